@@ -1,0 +1,296 @@
+"""sslmri command line: data, pretrain, finetune, runs, demo.
+
+Kept thin: every command parses options, then imports the library lazily (torch and timm take
+seconds to import, ``--help`` must not), calls one function and prints the result. Options left
+unset are passed as ``None`` and never override the defaults in ``sslmri_core/config.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+
+T = TypeVar("T")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Self-supervised MRI: pretrain, finetune, compare.")
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: the built-in synthetic MRI.")
+runs_app = typer.Typer(no_args_is_help=True, help="Runs in the run store.")
+app.add_typer(data_app, name="data")
+app.add_typer(runs_app, name="runs")
+
+DB_HELP = "Run store URL (default: $SSLMRI_DB or sqlite:///runs.db)."
+JSON_HELP = "Print one JSON object as the last line of stdout."
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run a command body; user errors become one line on stderr (exit 2), crashes exit 1."""
+    from sslmri_core.data import DataError
+    from sslmri_core.store import StoreError
+
+    try:
+        return action()
+    except (ValueError, DataError, StoreError, FileNotFoundError) as exc:
+        if exc.__class__.__name__ == "NonFiniteLossError":
+            _fail(str(exc), 1)
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted (the run is marked interrupted)", 130)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if os.environ.get("SSLMRI_DEBUG"):
+            raise
+        _fail(f"{exc.__class__.__name__}: {exc} (set SSLMRI_DEBUG=1 for a traceback)", 1)
+    raise AssertionError("unreachable")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.flush()
+    typer.echo(json.dumps(_jsonable(obj), default=str))
+
+
+def _result_dict(result: Any) -> dict[str, Any]:
+    return {"run_id": result.run_id, "kind": result.kind, "status": result.status,
+            "checkpoint": result.checkpoint, "out_dir": result.out_dir, "metrics": result.metrics}
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from rich.table import Table
+
+    from sslmri_core.progress import console
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if "/" not in key:  # per-class metrics are in the store and in --json
+            table.add_row(key, f"{value:.4f}")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="Folder to write <task>/<class>/<subject>_slice-<z>.png into."),
+    task: Optional[str] = typer.Option(None, help="tumor | alzheimer | parkinsons | ms | all"),
+    subjects: Optional[int] = typer.Option(None, help="Synthetic subjects per class."),
+    slices_per_subject: Optional[int] = typer.Option(None, help="Axial slices per subject."),
+    size: Optional[int] = typer.Option(None, help="Image side in pixels."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (same seed, same files)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write the built-in synthetic brain-MRI set (from the MNI152 template nilearn ships)."""
+
+    def action() -> None:
+        from sslmri_core.config import TASKS, SynthConfig, with_overrides
+        from sslmri_core.progress import console
+        from sslmri_core.synth import generate
+
+        cfg = with_overrides(SynthConfig(), task=task, subjects=subjects, slices_per_subject=slices_per_subject,
+                             size=size, seed=seed)
+        if cfg.task != "all" and cfg.task not in TASKS:
+            raise ValueError(f"--task must be one of {', '.join([*TASKS, 'all'])}, got {cfg.task!r}")
+        for name, value, low in (("--subjects", cfg.subjects, 1), ("--slices-per-subject", cfg.slices_per_subject, 1),
+                                 ("--size", cfg.size, 16)):
+            if value < low:
+                raise ValueError(f"{name} must be at least {low}, got {value}")
+        summary = generate(out, cfg)
+        console.print(f"wrote {summary.images} images of {summary.subjects} subjects to {out} in {summary.seconds:.1f}s")
+        if json_out:
+            _print_json({"out": str(summary.out), "tasks": summary.tasks, "subjects": summary.subjects,
+                         "images": summary.images, "seconds": summary.seconds})
+
+    _guarded(action)
+
+
+@app.command()
+def pretrain(
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="Image folder(s) ROOT/<class>/...; labels ignored. Default: built-in set."),
+    model: Optional[str] = typer.Option(None, help="Any timm model name (default resnet50)."),
+    image_size: Optional[int] = typer.Option(None, help="Training image side in pixels (default 128)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step; each gives two views (default 32)."),
+    epochs: Optional[int] = typer.Option(None, help="Passes over the data (default 10)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW)."),
+    temperature: Optional[float] = typer.Option(None, help="NT-Xent temperature (default 0.2)."),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32 (auto: bf16 where supported)."),
+    subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    out: Optional[Path] = typer.Option(None, help="Folder for run outputs and checkpoints (default runs/)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """SimCLR self-supervised pretraining of an encoder on unlabeled MRI slices."""
+
+    def action() -> None:
+        from sslmri_core.config import PretrainConfig, with_overrides
+        from sslmri_core.pretrain import pretrain as run_pretrain
+        from sslmri_core.store import RunStore
+
+        cfg = with_overrides(
+            PretrainConfig(), data=[str(d) for d in data] if data else None, model=model, image_size=image_size,
+            batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, temperature=temperature,
+            precision=precision, subject_pattern=subject_pattern, seed=seed, out=str(out) if out else None,
+        )
+        result = run_pretrain(cfg, RunStore(db), show_progress=progress)
+        _print_metrics(f"pretrain run {result.run_id} finished", result.metrics)
+        if json_out:
+            _print_json(_result_dict(result))
+
+    _guarded(action)
+
+
+@app.command()
+def finetune(
+    task: Optional[str] = typer.Option(None, help="Task name recorded with the run; picks the built-in set without --data (default tumor)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled folder ROOT/<class>/...; default: built-in set of --task."),
+    from_run: Optional[int] = typer.Option(None, help="SSL pretraining run whose encoder to start from."),
+    init: Optional[str] = typer.Option(None, help="ssl (with --from-run) | scratch"),
+    model: Optional[str] = typer.Option(None, help="timm model name (default: the pretraining run's)."),
+    image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default: the pretraining run's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step."),
+    mode: Optional[str] = typer.Option(None, help="linear (frozen encoder) | full"),
+    label_fraction: Optional[float] = typer.Option(None, help="Share of training subjects whose labels are used (0-1]."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (AdamW)."),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32"),
+    subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
+    seed: Optional[int] = typer.Option(None, help="Random seed (also picks the split)."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    out: Optional[Path] = typer.Option(None, help="Folder for run outputs and checkpoints (default runs/)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a classifier (linear probe or full fine-tune) on a subject-level split and score it on test."""
+
+    def action() -> None:
+        from sslmri_core.finetune import finetune as run_finetune
+        from sslmri_core.finetune import resolve_finetune_config
+        from sslmri_core.store import RunStore
+
+        store = RunStore(db)
+        cfg = resolve_finetune_config(
+            store, task=task, data=str(data) if data else None, from_run=from_run, init=init, model=model,
+            image_size=image_size, batch_size=batch_size, mode=mode, label_fraction=label_fraction, epochs=epochs,
+            lr=lr, precision=precision, subject_pattern=subject_pattern, seed=seed, out=str(out) if out else None,
+        )
+        result = run_finetune(cfg, store, show_progress=progress)
+        _print_metrics(f"finetune run {result.run_id} finished", result.metrics)
+        if json_out:
+            _print_json(_result_dict(result))
+
+    _guarded(action)
+
+
+@app.command()
+def demo(
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    out: Optional[Path] = typer.Option(None, help="Folder for run outputs (default runs/)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """The main job on the built-in data: SSL pretraining, then SSL (linear, full) vs scratch fine-tuning."""
+
+    def action() -> None:
+        from sslmri_core.demo import run_demo
+        from sslmri_core.store import RunStore
+
+        results = run_demo(RunStore(db), out=str(out) if out else None)
+        if json_out:
+            _print_json([_result_dict(r) for r in results])
+
+    _guarded(action)
+
+
+# ---------------------------------------------------------------------------------------------
+def _run_summary(store: Any, record: Any) -> dict[str, Any]:
+    return {"run_id": record.id, "kind": record.kind, "status": record.status, "task": record.task,
+            "parent_run_id": record.parent_run_id, "checkpoint": record.checkpoint_path,
+            "created_at": record.created_at.isoformat() if record.created_at else None,
+            "error": record.error, "metrics": store.final_metrics(record.id)}
+
+
+@runs_app.command("list")
+def runs_list(
+    kind: Optional[str] = typer.Option(None, help="Only runs of this kind (pretrain, finetune, ...)."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List the runs in the store."""
+
+    def action() -> None:
+        from rich.table import Table
+
+        from sslmri_core.progress import console
+        from sslmri_core.store import RunStore
+
+        store = RunStore(db)
+        rows = [_run_summary(store, r) for r in store.list_runs(kind)]
+        if json_out:
+            _print_json(rows)
+            return
+        if not rows:
+            console.print("No runs yet: run `make demo`, or `python cli.py pretrain` then `python cli.py finetune --from-run ID`.")
+            return
+        table = Table(title=f"runs in {store.url}")
+        for col in ("id", "kind", "status", "task", "parent", "created", "test acc", "test macro F1", "loss"):
+            table.add_column(col)
+        for r in rows:
+            m = r["metrics"]
+            fmt = lambda k: f"{m[k]:.3f}" if k in m else ""  # noqa: E731
+            table.add_row(str(r["run_id"]), r["kind"], r["status"], r["task"] or "", str(r["parent_run_id"] or ""),
+                          (r["created_at"] or "")[:19], fmt("test_accuracy"), fmt("test_macro_f1"), fmt("epoch_loss"))
+        console.print(table)
+
+    _guarded(action)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: int = typer.Argument(..., help="Run id."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Show one run: status, config and final metrics."""
+
+    def action() -> None:
+        from sslmri_core.progress import console
+        from sslmri_core.store import RunStore
+
+        store = RunStore(db)
+        record = store.get_run(run_id)
+        summary = {**_run_summary(store, record), "config": record.config, "device": record.device,
+                   "git_sha": record.git_sha, "out_dir": record.out_dir}
+        if json_out:
+            _print_json(summary)
+            return
+        console.print_json(json.dumps(_jsonable({k: v for k, v in summary.items() if k != "metrics"}), default=str))
+        _print_metrics(f"run {run_id} metrics", summary["metrics"])
+
+    _guarded(action)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,142 @@
+"""Run configurations: every default lives here, and only here.
+
+The CLI passes options the user left unset as ``None``; :func:`with_overrides` drops them, so
+defaults are never restated anywhere else. ``asdict(config)`` is what the run store and every
+checkpoint keep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+TASKS: dict[str, list[str]] = {
+    "tumor": ["glioma", "meningioma", "notumor", "pituitary"],
+    "alzheimer": ["Non Demented", "Very mild Dementia", "Mild Dementia", "Moderate Dementia"],
+    "parkinsons": ["normal", "parkinson"],
+    "ms": ["lesion", "no_lesion"],
+}
+
+
+@dataclass
+class SynthConfig:
+    """Built-in synthetic brain-MRI set (``cli.py data synth``)."""
+
+    task: str = "all"  # one of TASKS or "all"
+    subjects: int = 10  # synthetic subjects per class
+    slices_per_subject: int = 6
+    size: int = 128  # output PNG side in pixels
+    seed: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    """Per-sample random augmentations for grayscale MRI (no hue/saturation: meaningless here).
+
+    All-zero strengths (crop_scale_min=1, every probability and range 0) give the identity.
+    """
+
+    crop_scale_min: float = 0.35  # random resized crop keeps this share of the area, or more
+    crop_ratio: float = 4 / 3  # aspect ratio drawn log-uniformly in [1/r, r]
+    flip_p: float = 0.5
+    rotate_deg: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.3
+    gamma: float = 0.3  # log-uniform in [1/(1+g), 1+g]
+    blur_p: float = 0.5
+    blur_sigma: float = 1.2  # pixels, at most
+    noise_std: float = 0.03
+
+
+LIGHT_AUGMENT = AugmentConfig(
+    crop_scale_min=0.8, crop_ratio=1.1, rotate_deg=5.0, brightness=0.1, contrast=0.1, gamma=0.1,
+    blur_p=0.0, noise_std=0.0,
+)  # fine-tuning: keep the lesion in view
+
+
+@dataclass
+class PretrainConfig:
+    """SimCLR pretraining."""
+
+    data: list[str] = field(default_factory=list)  # empty: the built-in synthetic pool
+    model: str = "resnet50"
+    image_size: int = 128
+    batch_size: int = 32
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimiser steps in total
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 1.0
+    temperature: float = 0.2  # SimCLR (Chen et al. 2020), Table 5: 0.1-0.5 work best
+    proj_hidden_dim: int = 512
+    proj_dim: int = 128
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: str = "auto"  # auto | bf16 | fp32
+    seed: int = 0
+    out: str = "runs"
+    subject_pattern: str | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    """Classifier training on a labelled folder, from an SSL run or from scratch."""
+
+    task: str = "tumor"
+    data: str | None = None  # None: the built-in synthetic set for ``task``
+    from_run: int | None = None  # SSL pretraining run to start from
+    init: str = "ssl"  # ssl (needs from_run) | scratch
+    model: str = "resnet50"  # taken from the pretraining run when from_run is set
+    image_size: int = 128  # taken from the pretraining run when from_run is set
+    batch_size: int = 32
+    mode: str = "full"  # linear (frozen encoder) | full
+    label_fraction: float = 1.0
+    augment: AugmentConfig = field(default_factory=lambda: dataclasses.replace(LIGHT_AUGMENT))
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    precision: str = "auto"
+    seed: int = 0
+    out: str = "runs"
+    subject_pattern: str | None = None
+
+
+@dataclass
+class DemoConfig:
+    """What ``make demo`` runs on the built-in data (sized for <= 10 min on 2 CPU cores)."""
+
+    task: str = "tumor"
+    model: str = "resnet18"
+    image_size: int = 96
+    pretrain_epochs: int = 8
+    finetune_epochs: int = 6
+    batch_size: int = 32
+
+
+def with_overrides(config: T, **overrides: Any) -> T:
+    """Return a copy of ``config`` with every override that is not ``None`` applied."""
+    names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    unknown = set(overrides) - names
+    if unknown:
+        raise TypeError(f"unknown config field(s): {sorted(unknown)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(config, **given)  # type: ignore[type-var]
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """JSON-ready dict of a config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Rebuild a config from a stored dict, ignoring keys this version no longer knows."""
+    kept = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in values:
+            value = values[f.name]
+            if f.name == "augment" and isinstance(value, dict):
+                value = from_dict(AugmentConfig, value)
+            kept[f.name] = value
+    return cls(**kept)

@@ -1,0 +1,289 @@
+"""Fine-tuning: a classifier on an SSL encoder (linear probe or full) or trained from scratch.
+
+Model selection uses the validation split only; the test split is scored once, by the selected
+weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sslmri_core.augment import augment_batch, normalize, to_float
+from sslmri_core.config import FinetuneConfig, PretrainConfig, from_dict, to_dict, with_overrides
+from sslmri_core.data import ImageSet, load_folder
+from sslmri_core.evaluate import evaluate_probs
+from sslmri_core.models import Classifier, check_model_name, create_encoder
+from sslmri_core.optim import param_groups, warmup_cosine
+from sslmri_core.pretrain import TrainResult, write_unusable
+from sslmri_core.progress import console, make_progress
+from sslmri_core.runtime import (
+    atomic_save,
+    autocast,
+    device_name,
+    load_checkpoint,
+    pick_device,
+    resolve_precision,
+    seed_everything,
+)
+from sslmri_core.splits import Split, label_subset, split_by_subject
+from sslmri_core.store import RunStore
+
+INITS = ("ssl", "scratch")
+MODES = ("linear", "full")
+
+
+def resolve_finetune_config(store: RunStore, **overrides: Any) -> FinetuneConfig:
+    """Defaults, then the pretraining run's model and image size, then what the user set."""
+    base = FinetuneConfig()
+    from_run = overrides.get("from_run")
+    if from_run is not None:
+        parent = store.get_run(from_run)
+        if parent.kind != "pretrain":
+            raise ValueError(f"--from-run {from_run} is a {parent.kind} run, not a pretraining run")
+        pre = from_dict(PretrainConfig, parent.config)
+        base = with_overrides(base, model=pre.model, image_size=pre.image_size, init="ssl")
+    elif overrides.get("init") is None:
+        raise ValueError("say where the encoder starts: --from-run ID (an SSL pretraining run) or --init scratch")
+    return with_overrides(base, **overrides)
+
+
+def validate_finetune(cfg: FinetuneConfig) -> None:
+    """Reject impossible settings with a message naming the option."""
+    checks = [
+        (cfg.init in INITS, f"--init must be one of {', '.join(INITS)}, got {cfg.init!r}"),
+        (cfg.init != "ssl" or cfg.from_run is not None, "--init ssl needs --from-run ID"),
+        (cfg.init != "scratch" or cfg.from_run is None, "--init scratch and --from-run exclude each other"),
+        (cfg.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}"),
+        (cfg.init != "scratch" or cfg.mode == "full", "--mode linear needs a pretrained encoder (--from-run)"),
+        (0.0 < cfg.label_fraction <= 1.0, f"--label-fraction must be in (0, 1], got {cfg.label_fraction}"),
+        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    check_model_name(cfg.model)
+
+
+def load_finetune_data(cfg: FinetuneConfig) -> ImageSet:
+    """The ``--data`` folder, or the built-in labelled set of ``--task``."""
+    from sslmri_core.builtin import builtin_task_root
+
+    root = cfg.data or str(builtin_task_root(cfg.task))
+    data = load_folder(root, cfg.image_size, cfg.subject_pattern)
+    if len(data.classes) < 2:
+        raise ValueError(f"{root} has {len(data.classes)} class folder(s) with usable images; need at least 2")
+    return data
+
+
+def make_split(data: ImageSet, cfg: FinetuneConfig) -> tuple[Split, np.ndarray]:
+    """Subject-level 70/15/15 split and the labelled part of train for ``label_fraction``."""
+    split = split_by_subject(data.labels, data.subjects, seed=cfg.seed)
+    if len(split.val) == 0 or len(split.test) == 0:
+        raise ValueError(
+            f"too few subjects to split {data.root} into train/val/test "
+            f"(train {len(split.train)}, val {len(split.val)}, test {len(split.test)} images)"
+        )
+    labeled = label_subset(split.train, data.labels, data.subjects, cfg.label_fraction, seed=cfg.seed)
+    return split, labeled
+
+
+def _build_model(cfg: FinetuneConfig, n_classes: int, encoder_checkpoint: str | None) -> Classifier:
+    """Classifier on a fresh encoder, loaded from the SSL checkpoint when there is one."""
+    encoder = create_encoder(cfg.model)
+    if encoder_checkpoint is not None:
+        encoder.load_state_dict(load_checkpoint(encoder_checkpoint)["encoder"])
+    return Classifier(encoder, n_classes)
+
+
+def _parent_checkpoint(cfg: FinetuneConfig, store: RunStore) -> str | None:
+    """The SSL run's checkpoint file, or None when training from scratch."""
+    if cfg.from_run is None:
+        return None
+    parent = store.get_run(cfg.from_run)
+    if not parent.checkpoint_path or not Path(parent.checkpoint_path).is_file():
+        raise ValueError(f"--from-run {cfg.from_run} has no checkpoint file (run status: {parent.status})")
+    return parent.checkpoint_path
+
+
+def _split_params(data: ImageSet, split: Split, labeled: np.ndarray) -> dict[str, Any]:
+    return {
+        "data_root": data.root,
+        "classes": json.dumps(data.classes),
+        "split_level": split.level,
+        "n_train": len(split.train),
+        "n_labeled": len(labeled),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "n_unusable": len(data.unusable),
+    }
+
+
+def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, labeled: np.ndarray, device: torch.device, precision: str) -> None:
+    console.print(
+        f"finetune run {run_id}: {cfg.init}/{cfg.mode} {cfg.model} at {cfg.image_size}px, task {cfg.task}, "
+        f"{len(data.classes)} classes; train {len(labeled)}/{len(split.train)} labelled, val {len(split.val)}, "
+        f"test {len(split.test)} images ({len(data.unusable)} unusable) on {device_name(device)}, {precision}"
+    )
+    if split.level == "image":
+        console.print(
+            "[bold red]WARNING: no subject ids in the file names: the split is image-level, so slices of one "
+            "patient can land in train and test. Results are leakage-prone (recorded with the run); "
+            "pass --subject-pattern REGEX if the names carry an id.[/]"
+        )
+
+
+def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True) -> TrainResult:
+    """Train and evaluate a classifier as a tracked run; returns the run's result."""
+    validate_finetune(cfg)
+    encoder_checkpoint = _parent_checkpoint(cfg, store)
+    data = load_finetune_data(cfg)
+    split, labeled = make_split(data, cfg)
+    device = pick_device()
+    precision = resolve_precision(cfg.precision, device)
+    run_id = store.start_run(
+        "finetune", to_dict(cfg), task=cfg.task, parent_run_id=cfg.from_run, device=device_name(device)
+    )
+    out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
+    store.update_run(run_id, out_dir=str(out_dir))
+    store.log_params(run_id, {**_split_params(data, split, labeled), "precision": precision})
+    write_unusable(out_dir, data.unusable)
+    _announce(cfg, run_id, data, split, labeled, device, precision)
+    with store.track(run_id):
+        model = _build_model(cfg, len(data.classes), encoder_checkpoint).to(device)
+        trainer = _Trainer(cfg, data, model, device, precision)
+        best_epoch = trainer.fit(labeled, split.val, store, run_id, show_progress)
+        metrics = _final_evaluation(trainer, data, split, store, run_id)
+        metrics["best_epoch"] = float(best_epoch)
+        store.log_metrics(run_id, {"best_epoch": float(best_epoch)})
+        checkpoint = out_dir / "checkpoint.pt"
+        atomic_save(
+            {"kind": "finetune", "run_id": run_id, "config": to_dict(cfg), "classes": data.classes,
+             "best_epoch": best_epoch, "model": model.state_dict()},
+            checkpoint,
+        )
+        store.update_run(run_id, checkpoint_path=str(checkpoint))
+    return TrainResult(run_id, "finetune", "finished", str(checkpoint), metrics, str(out_dir))
+
+
+class _Trainer:
+    """Training and prediction over uint8 images ``(N, S, S)`` for one classifier."""
+
+    def __init__(self, cfg: FinetuneConfig, data: ImageSet, model: Classifier, device: torch.device, precision: str) -> None:
+        self.cfg, self.model, self.device, self.precision = cfg, model, device, precision
+        self.images = torch.from_numpy(data.images)
+        self.labels = torch.from_numpy(data.labels)
+        self.classes = data.classes
+        self.gen = seed_everything(cfg.seed)
+        self.model.to(memory_format=torch.channels_last)
+        if cfg.mode == "linear":
+            for p in self.model.encoder.parameters():
+                p.requires_grad_(False)
+        self._features: torch.Tensor | None = None
+
+    # -- prediction -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, idx: np.ndarray) -> torch.Tensor:
+        """Encoder features ``(len(idx), D)`` in eval mode, without augmentation."""
+        self.model.eval()
+        out = []
+        for b in range(0, len(idx), 64):
+            x = normalize(to_float(self.images[idx[b : b + 64]])).to(self.device)
+            with autocast(self.device, self.precision):
+                out.append(self.model.encoder(x.contiguous(memory_format=torch.channels_last)).float())
+        return torch.cat(out) if out else torch.zeros(0, int(self.model.encoder.num_features))
+
+    @torch.no_grad()
+    def predict(self, idx: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(len(idx), K)``."""
+        feats = self.encode(idx)
+        return F.softmax(self.model.fc(feats.to(self.device)), dim=1).cpu().numpy()
+
+    # -- training -------------------------------------------------------------------------------
+    def _train_epoch_linear(self, idx: np.ndarray, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
+        if self._features is None:  # the frozen encoder's features never change: compute once
+            self._features = self.encode(idx)
+        self.model.fc.train()
+        order = torch.randperm(len(idx), generator=self.gen)
+        losses = []
+        for b in range(0, len(idx), self.cfg.batch_size):
+            sel = order[b : b + self.cfg.batch_size]
+            logits = self.model.fc(self._features[sel].to(self.device))
+            loss = F.cross_entropy(logits, self.labels[idx][sel].to(self.device))
+            losses.append(self._step(loss, optimizer, scheduler))
+        return float(np.mean(losses))
+
+    def _train_epoch_full(self, idx: np.ndarray, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
+        self.model.train()
+        order = torch.randperm(len(idx), generator=self.gen)
+        losses = []
+        for b in range(0, len(idx), self.cfg.batch_size):
+            sel = idx[order[b : b + self.cfg.batch_size].numpy()]
+            if len(sel) < 2:
+                continue  # BatchNorm cannot train on a single image
+            x = to_float(self.images[sel]).to(self.device)
+            x = normalize(augment_batch(x, self.cfg.augment, self.gen)).contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.precision):
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), self.labels[sel].to(self.device))
+            losses.append(self._step(loss, optimizer, scheduler))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    @staticmethod
+    def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return float(loss.item())
+
+    def fit(self, train: np.ndarray, val: np.ndarray, store: RunStore, run_id: int, show_progress: bool) -> int:
+        """Train for ``epochs``, keep the weights with the best validation balanced accuracy; return that epoch."""
+        cfg = self.cfg
+        steps = cfg.epochs * max(1, -(-len(train) // cfg.batch_size))
+        optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        scheduler = warmup_cosine(optimizer, 0, steps)
+        train_epoch = self._train_epoch_linear if cfg.mode == "linear" else self._train_epoch_full
+        best = (-1.0, 0, copy.deepcopy(self.model.state_dict()))
+        y_val = self.labels[val].numpy()
+        with make_progress(show_progress) as progress:
+            bar = progress.add_task(f"finetune ({cfg.init}/{cfg.mode})", total=cfg.epochs, info="", ips=0.0)
+            for epoch in range(cfg.epochs):
+                train_loss = train_epoch(train, optimizer, scheduler)
+                val_eval = evaluate_probs(y_val, self.predict(val), self.classes, "val")
+                headline = {k: val_eval.metrics[k] for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")}
+                store.log_metrics(run_id, {"train_loss": train_loss, **headline}, step=epoch + 1, epoch=epoch)
+                if headline["val_balanced_accuracy"] > best[0]:
+                    best = (headline["val_balanced_accuracy"], epoch, copy.deepcopy(self.model.state_dict()))
+                progress.update(
+                    bar, advance=1, ips=0.0,
+                    info=f"loss {train_loss:.3f} val bal.acc {headline['val_balanced_accuracy']:.3f}",
+                )
+        self.model.load_state_dict(best[2])
+        return best[1]
+
+
+def _final_evaluation(trainer: _Trainer, data: ImageSet, split: Split, store: RunStore, run_id: int) -> dict[str, float]:
+    """Score the selected weights on val and (once) on test; store metrics, confusion and predictions."""
+    metrics: dict[str, float] = {}
+    for name, idx in (("val", split.val), ("test", split.test)):
+        probs = trainer.predict(idx)
+        result = evaluate_probs(data.labels[idx], probs, data.classes, name)
+        metrics.update(result.metrics)
+        store.log_confusion(run_id, name, "slice", data.classes, result.confusion.tolist())
+        store.log_predictions(run_id, [
+            {"split": name, "scan": data.items[i].path, "subject": data.items[i].subject,
+             "true_label": data.items[i].label, "pred_label": data.classes[int(p)],
+             "confidence": float(probs[j].max()), "probs": [round(float(v), 6) for v in probs[j]]}
+            for j, (i, p) in enumerate(zip(idx, result.predictions))
+        ])
+    store.log_metrics(run_id, metrics)
+    return metrics

@@ -1,0 +1,352 @@
+"""The run store: SQLAlchemy 2 models and the write API used by training code.
+
+Every run, its config, parameters, metric series, confusion matrices and per-scan predictions
+go here. The schema is owned by the Alembic migrations in ``sslmri_core/migrations``; opening a
+store upgrades it to the newest revision. ORM objects never leave this module: readers get plain
+dataclasses (here) or DataFrames (``sslmri_core.queries``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+DEFAULT_DB_URL = "sqlite:///runs.db"
+RUN_KINDS = ("pretrain", "finetune", "evaluate", "gradcam", "experiment")
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+class StoreError(RuntimeError):
+    """The run store cannot be opened or does not hold what was asked for."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(f"kind IN {RUN_KINDS!r}", name="ck_runs_kind"),
+        CheckConstraint(f"status IN {RUN_STATUSES!r}", name="ck_runs_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
+    task: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    git_sha: Mapped[str | None] = mapped_column(String(40))
+    host: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(255))
+    out_dir: Mapped[str | None] = mapped_column(Text)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Param(Base):
+    __tablename__ = "params"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+
+
+class Metric(Base):
+    """One point of a metric series. NaN is kept as ``value NULL, is_nan true`` (SQLite has no NaN)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_run_key", "run_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    step: Mapped[int | None] = mapped_column(Integer)
+    epoch: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    is_nan: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Confusion(Base):
+    __tablename__ = "confusion"
+    __table_args__ = (
+        UniqueConstraint("run_id", "split", "level", name="uq_confusion_run_split_level"),
+        CheckConstraint("level IN ('slice', 'subject')", name="ck_confusion_level"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(16))
+    labels: Mapped[list[str]] = mapped_column(JSON)
+    matrix: Mapped[list[list[int]]] = mapped_column(JSON)  # rows = true class, cols = predicted
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str] = mapped_column(String(16))
+    scan: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(String(255))
+    true_label: Mapped[str] = mapped_column(String(255))
+    pred_label: Mapped[str] = mapped_column(String(255))
+    confidence: Mapped[float] = mapped_column(Float)
+    probs: Mapped[list[float]] = mapped_column(JSON)  # in the order of the run's class labels
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as readers see it (no ORM object leaves the store)."""
+
+    id: int
+    kind: str
+    status: str
+    parent_run_id: int | None
+    task: str | None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    config: dict[str, Any]
+    git_sha: str | None
+    host: str | None
+    device: str | None
+    out_dir: str | None
+    checkpoint_path: str | None
+    error: str | None
+
+
+def resolve_db_url(db: str | None = None) -> str:
+    """``--db`` beats ``SSLMRI_DB`` beats ``sqlite:///runs.db``; a bare path means a SQLite file."""
+    url = db or os.environ.get("SSLMRI_DB") or DEFAULT_DB_URL
+    return url if "://" in url else f"sqlite:///{url}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the dashboard read while training writes; busy_timeout waits instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Engine for ``url``; SQLite files get WAL, a busy timeout and foreign keys."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1].split("?", 1)[0]
+        if path and path != ":memory:" and not path.startswith("file:"):
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the store's schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) == 40 else None
+
+
+def _record(run: Run) -> RunRecord:
+    return RunRecord(**{name: getattr(run, name) for name in RunRecord.__dataclass_fields__})
+
+
+class RunStore:
+    """Write access to one run store (SQLite file or PostgreSQL URL)."""
+
+    def __init__(self, url: str | None = None, *, upgrade: bool = True) -> None:
+        self.url = resolve_db_url(url)
+        try:
+            self.engine = make_engine(self.url)
+            if upgrade:
+                migrate(self.engine)
+        except Exception as exc:  # any driver/connection error becomes one clear line
+            raise StoreError(f"cannot open run store {self.url!r}: {exc.__class__.__name__}: {exc}") from exc
+
+    # -- runs ---------------------------------------------------------------------------------
+    def start_run(
+        self,
+        kind: str,
+        config: dict[str, Any],
+        *,
+        task: str | None = None,
+        parent_run_id: int | None = None,
+        device: str | None = None,
+    ) -> int:
+        """Insert a ``running`` run and return its id."""
+        now = _now()
+        with Session(self.engine) as session, session.begin():
+            run = Run(
+                kind=kind,
+                status="running",
+                parent_run_id=parent_run_id,
+                task=task,
+                created_at=now,
+                started_at=now,
+                config=config,
+                git_sha=_git_sha(),
+                host=socket.gethostname(),
+                device=device,
+            )
+            session.add(run)
+            session.flush()
+            return int(run.id)
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        """Set columns of a run (e.g. ``out_dir``, ``checkpoint_path``, ``config``, ``device``)."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Run).where(Run.id == run_id).values(**values))
+
+    def end_run(self, run_id: int, status: str = "finished", error: str | None = None) -> None:
+        """Close a run with its final status (and the error message when it failed)."""
+        if status not in RUN_STATUSES or status == "running":
+            raise ValueError(f"not a final status: {status}")
+        self.update_run(run_id, status=status, error=error, ended_at=_now())
+
+    @contextmanager
+    def track(self, run_id: int) -> Iterator[int]:
+        """Mark the run finished on success, failed (with the error) or interrupted otherwise."""
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.end_run(run_id, "interrupted", "interrupted by the user")
+            raise
+        except BaseException as exc:
+            self.end_run(run_id, "failed", f"{exc.__class__.__name__}: {exc}")
+            raise
+        else:
+            self.end_run(run_id, "finished")
+
+    def get_run(self, run_id: int) -> RunRecord:
+        with Session(self.engine) as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"no run with id {run_id} in {self.url}")
+            return _record(run)
+
+    def list_runs(self, kind: str | None = None) -> list[RunRecord]:
+        stmt = select(Run).order_by(Run.id)
+        if kind:
+            stmt = stmt.where(Run.kind == kind)
+        with Session(self.engine) as session:
+            return [_record(run) for run in session.scalars(stmt)]
+
+    # -- params and metrics -------------------------------------------------------------------
+    def log_params(self, run_id: int, params: dict[str, Any]) -> None:
+        """Store flat key/value parameters (values as text; replaces keys already there)."""
+        if not params:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(Param.__table__.delete().where(Param.run_id == run_id, Param.key.in_(list(params))))
+            conn.execute(
+                insert(Param),
+                [{"run_id": run_id, "key": k, "value": None if v is None else str(v)} for k, v in params.items()],
+            )
+
+    def log_metrics(
+        self, run_id: int, values: dict[str, float], *, step: int | None = None, epoch: int | None = None
+    ) -> None:
+        """Append one point per key to the run's metric series."""
+        if not values:
+            return
+        rows = []
+        for key, value in values.items():
+            value = float(value)
+            nan = math.isnan(value)
+            rows.append(
+                {"run_id": run_id, "key": key, "step": step, "epoch": epoch, "value": None if nan else value, "is_nan": nan}
+            )
+        with self.engine.begin() as conn:
+            conn.execute(insert(Metric), rows)
+
+    def metric_series(self, run_id: int, key: str) -> list[tuple[int | None, int | None, float]]:
+        """``(step, epoch, value)`` of one series in insertion order; NaN comes back as NaN."""
+        stmt = select(Metric.step, Metric.epoch, Metric.value, Metric.is_nan).where(
+            Metric.run_id == run_id, Metric.key == key
+        ).order_by(Metric.id)
+        with self.engine.connect() as conn:
+            return [(s, e, math.nan if n else float(v)) for s, e, v, n in conn.execute(stmt)]
+
+    def final_metrics(self, run_id: int) -> dict[str, float]:
+        """The last value of every metric series of a run."""
+        stmt = select(Metric.key, Metric.value, Metric.is_nan).where(Metric.run_id == run_id).order_by(Metric.id)
+        with self.engine.connect() as conn:
+            return {k: (math.nan if n else float(v)) for k, v, n in conn.execute(stmt)}
+
+    # -- evaluation results -------------------------------------------------------------------
+    def log_confusion(
+        self, run_id: int, split: str, level: str, labels: Sequence[str], matrix: Sequence[Sequence[int]]
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(Confusion),
+                [{"run_id": run_id, "split": split, "level": level, "labels": list(labels),
+                  "matrix": [[int(x) for x in row] for row in matrix]}],
+            )
+
+    def log_predictions(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows with ``split, scan, subject, true_label, pred_label, confidence, probs``."""
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(Prediction), [{"run_id": run_id, **row} for row in rows])
