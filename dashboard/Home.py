@@ -1,0 +1,52 @@
+"""sslmri dashboard home: where the store is, what ran, the latest results, what failed."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import common
+from sslmri_core import plots
+
+MAX_FAILED_SHOWN = 5
+
+url = common.setup_page("Home", "🧠")
+st.title("sslmri — SimCLR for brain MRI")
+status = common.require_runs(url)
+st.caption(f"Run store: `{status.url}` (set `SSLMRI_DB` to open another one)")
+
+runs = common.runs(url)
+counts = common.counts(url)
+totals = counts[["running", "finished", "failed", "interrupted"]].sum()
+cols = st.columns(5)
+cols[0].metric("Runs", status.n_runs)
+for col, name in zip(cols[1:], ["finished", "running", "failed", "interrupted"], strict=True):
+    col.metric(name.capitalize(), int(totals[name]))
+
+st.subheader("Runs by kind and status")
+st.dataframe(counts, hide_index=True, width="content")
+st.page_link(common.RUNS_PAGE, label="Browse all runs", icon="📋")
+
+st.subheader("Latest finetune results per task")
+latest = common.latest_finetune(url)
+if latest.empty:
+    st.info("No finished finetune run yet: `python cli.py finetune --from-run ID` (or `--init scratch`).")
+else:
+    st.caption("Per task and arm (init · mode, label fraction): the most recent finished finetune run.")
+    st.plotly_chart(plots.latest_results_figure(latest), key="latest-bars")
+    for task, table in latest.groupby("task", sort=True):
+        st.markdown(f"**{task}**")
+        st.dataframe(
+            table.drop(columns=["task", "init", "mode"]),
+            hide_index=True,
+            column_config={**common.METRIC_COLUMNS, "ended_at": st.column_config.DatetimeColumn("ended")},
+        )
+
+failed = runs[runs["status"] == "failed"]
+if not failed.empty:
+    st.subheader(f"Failed runs ({len(failed)})")
+    for _, row in failed.head(MAX_FAILED_SHOWN).iterrows():
+        task = f" · {row['task']}" if isinstance(row["task"], str) else ""
+        st.warning(f"Run #{row['id']} ({row['kind']}{task}) failed: {row['error'] or 'no error recorded'}")
+        st.page_link(common.RUNS_PAGE, label=f"Open run #{row['id']}", query_params={"run": str(row["id"])})
+    if len(failed) > MAX_FAILED_SHOWN:
+        st.caption(f"… and {len(failed) - MAX_FAILED_SHOWN} more on the Runs page (filter status = failed).")

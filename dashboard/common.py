@@ -1,0 +1,136 @@
+"""Shared dashboard pieces: page setup, the store URL, cached read-only queries, empty states.
+
+Streamlit puts the main script's folder (``dashboard/``) on ``sys.path`` for every page, so pages
+import this module as ``common``. Data comes only from :mod:`sslmri_core.queries`; results are
+cached for a few seconds so the dashboard follows runs that are still training.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy.engine import Engine
+
+from sslmri_core import queries
+from sslmri_core.store import resolve_db_url
+
+CACHE_TTL_S = 10
+RUNS_PAGE = "pages/1_Runs.py"
+EMPTY_HELP = """\
+Nothing has been recorded yet. Fill the store from the project folder:
+
+```bash
+make demo                                   # install, pretrain + finetune on built-in data, open this
+# or step by step:
+python cli.py pretrain                      # SimCLR pretraining, prints the run id
+python cli.py finetune --from-run ID        # fine-tune a classifier from that run
+```
+
+Runs go to `SSLMRI_DB` (default `sqlite:///runs.db` in the working folder); start the dashboard
+with the same `SSLMRI_DB`.
+"""
+
+
+def setup_page(title: str, icon: str) -> str:
+    """Configure the page, show the sidebar store box and return the store URL."""
+    st.set_page_config(page_title=f"sslmri · {title}", page_icon=icon, layout="wide")
+    url = store_url()
+    with st.sidebar:
+        st.caption(f"Run store: `{queries.display_url(url)}`")
+        if st.button("Reload data", help=f"Query results are cached for {CACHE_TTL_S} s"):
+            st.cache_data.clear()
+    return url
+
+
+def store_url() -> str:
+    """``SSLMRI_DB`` or ``sqlite:///runs.db`` (relative to the folder the dashboard runs in)."""
+    return resolve_db_url(None)
+
+
+@st.cache_resource(show_spinner=False)
+def engine(url: str) -> Engine:
+    """One read-only engine per store URL for the life of the server."""
+    return queries.read_engine(url)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def store_status(url: str) -> queries.StoreStatus:
+    return queries.store_status(url)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def runs(url: str, kind: str | None = None, status: str | None = None, task: str | None = None) -> pd.DataFrame:
+    return queries.runs_frame(engine(url), kind=kind, status=status, task=task)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def counts(url: str) -> pd.DataFrame:
+    return queries.counts_by_kind_status(engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def latest_finetune(url: str) -> pd.DataFrame:
+    return queries.latest_finetune_by_task(engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def run_detail(url: str, run_id: int) -> queries.RunDetail | None:
+    return queries.run_detail(engine(url), run_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def metric_series(url: str, run_id: int) -> pd.DataFrame:
+    return queries.metric_series(engine(url), run_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def final_metrics(url: str, run_id: int) -> pd.DataFrame:
+    return queries.final_metrics_frame(engine(url), run_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def confusion_views(url: str, run_id: int) -> list[tuple[str, str]]:
+    return queries.confusion_views(engine(url), run_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def confusion(url: str, run_id: int, split: str, level: str) -> queries.ConfusionMatrix | None:
+    return queries.confusion(engine(url), run_id, split=split, level=level)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def predictions(url: str, run_id: int) -> pd.DataFrame:
+    return queries.predictions_frame(engine(url), run_id)
+
+
+def require_runs(url: str) -> queries.StoreStatus:
+    """The store's status; shows the error or the empty state and stops the page if no runs."""
+    status = store_status(url)
+    if status.error:
+        st.error(f"Cannot read the run store `{status.url}`: {status.error}")
+        st.stop()
+    if status.empty:
+        where = "does not exist yet" if not status.exists else "has no runs yet"
+        st.info(f"The run store `{status.url}` {where}.")
+        st.markdown(EMPTY_HELP)
+        st.stop()
+    return status
+
+
+def run_label(row: pd.Series) -> str:
+    """``#7 · finetune · tumor · finished`` for pickers and links."""
+    task = row["task"] if isinstance(row["task"], str) else "—"
+    return f"#{row['id']} · {row['kind']} · {task} · {row['status']}"
+
+
+METRIC_COLUMNS = {
+    "test_accuracy": st.column_config.NumberColumn("test accuracy", format="%.3f"),
+    "test_balanced_accuracy": st.column_config.NumberColumn("test bal. accuracy", format="%.3f"),
+    "test_macro_f1": st.column_config.NumberColumn("test macro F1", format="%.3f"),
+    "final_loss": st.column_config.NumberColumn("final loss", format="%.4f"),
+    "label_fraction": st.column_config.NumberColumn("label fraction", format="percent"),
+    "duration_s": st.column_config.NumberColumn("duration (s)", format="%.0f"),
+    "value": st.column_config.NumberColumn("value", format="%.4f"),
+    "parent_run_id": st.column_config.NumberColumn("parent", format="%d"),
+    "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
+}

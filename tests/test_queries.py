@@ -1,0 +1,277 @@
+"""The read-only query module over a store filled through the real RunStore API."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import OperationalError
+
+from sslmri_core import plots, queries
+from sslmri_core.store import Run, RunStore
+
+LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
+MATRIX = [[5, 1, 0, 0], [0, 4, 2, 0], [0, 0, 6, 0], [1, 0, 0, 5]]
+
+
+def _pretrain_config() -> dict:
+    return {"data": [], "model": "resnet18", "image_size": 96, "batch_size": 32, "epochs": 2,
+            "max_steps": None, "lr": 0.001, "temperature": 0.2, "seed": 0}
+
+
+def _finetune_config(init: str, mode: str, from_run: int | None, fraction: float = 1.0) -> dict:
+    return {"task": "tumor", "data": None, "from_run": from_run, "init": init, "model": "resnet18",
+            "image_size": 96, "mode": mode, "label_fraction": fraction, "epochs": 3, "seed": 0}
+
+
+def _log_finetune(store: RunStore, run_id: int, accuracy: float, f1: float) -> None:
+    store.log_params(run_id, {"split_level": "subject", "n_train": 42, "n_val": 9, "n_test": 24,
+                              "classes": '["glioma", "meningioma", "notumor", "pituitary"]'})
+    for epoch in range(3):
+        store.log_metrics(run_id, {"train_loss": 1.2 - 0.3 * epoch, "val_accuracy": 0.5 + 0.1 * epoch,
+                                   "val_balanced_accuracy": 0.45 + 0.1 * epoch, "val_macro_f1": 0.4 + 0.1 * epoch},
+                          epoch=epoch)
+    store.log_metrics(run_id, {"test_accuracy": accuracy, "test_balanced_accuracy": accuracy - 0.02,
+                               "test_macro_precision": f1 + 0.01, "test_macro_recall": f1 - 0.01,
+                               "test_macro_f1": f1, "val_accuracy": 0.7, "best_epoch": 2, "test_ece": math.nan})
+    store.log_confusion(run_id, "test", "slice", LABELS, MATRIX)
+    store.log_confusion(run_id, "val", "slice", LABELS, [[2, 0, 0, 0], [0, 2, 0, 0], [0, 1, 1, 0], [0, 0, 0, 3]])
+    store.log_predictions(run_id, [
+        {"split": "test", "scan": f"/data/tumor/{label}/s{i}.png", "subject": f"S{i}", "true_label": label,
+         "pred_label": LABELS[(j + i) % 4], "confidence": 0.5 + 0.1 * i, "probs": [0.25, 0.25, 0.25, 0.25]}
+        for j, label in enumerate(LABELS) for i in range(2)
+    ])
+
+
+def populate_store(url: str) -> dict[str, int]:
+    """A pretrain run, finetune runs from scratch and from SSL (an older and a newer), a failed run."""
+    store = RunStore(url)
+    ids: dict[str, int] = {}
+    ids["pretrain"] = store.start_run("pretrain", _pretrain_config(), device="cpu")
+    for step in range(10):
+        loss = math.nan if step == 3 else 5.0 - 0.3 * step
+        store.log_metrics(ids["pretrain"], {"loss": loss, "lr": 1e-3 * (step + 1) / 10, "images_per_s": 30.0 + step},
+                          step=step, epoch=step // 5)
+    store.log_metrics(ids["pretrain"], {"epoch_loss": 4.4}, epoch=0)
+    store.log_metrics(ids["pretrain"], {"epoch_loss": 3.1}, epoch=1)
+    store.update_run(ids["pretrain"], checkpoint_path="/runs/1/encoder.pt")
+    store.end_run(ids["pretrain"])
+
+    for name, init, mode, parent, acc, f1 in [
+        ("scratch", "scratch", "full", None, 0.812, 0.804),
+        ("ssl_old", "ssl", "linear", ids["pretrain"], 0.700, 0.690),
+    ]:
+        ids[name] = store.start_run("finetune", _finetune_config(init, mode, parent), task="tumor",
+                                    parent_run_id=parent, device="cpu")
+        _log_finetune(store, ids[name], acc, f1)
+        store.end_run(ids[name])
+
+    ids["failed"] = store.start_run("finetune", {**_finetune_config("ssl", "full", 1), "task": "alzheimer"},
+                                    task="alzheimer", parent_run_id=ids["pretrain"])
+    with pytest.raises(RuntimeError), store.track(ids["failed"]):
+        raise RuntimeError("boom: out of memory")
+
+    ids["ssl_new"] = store.start_run("finetune", _finetune_config("ssl", "linear", ids["pretrain"]), task="tumor",
+                                     parent_run_id=ids["pretrain"], device="cpu")
+    _log_finetune(store, ids["ssl_new"], 0.853, 0.847)
+    store.end_run(ids["ssl_new"])
+    store.engine.dispose()
+    return ids
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, int]]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'runs.db'}"
+    return url, populate_store(url)
+
+
+# -- empty and missing stores -------------------------------------------------------------------
+def test_missing_store_reads_as_empty_and_is_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "runs.db"
+    url = f"sqlite:///{path}"
+    status = queries.store_status(url)
+    assert (status.exists, status.n_runs, status.empty, status.error) == (False, 0, True, None)
+    assert queries.runs_frame(url).empty and "test_accuracy" in queries.runs_frame(url).columns
+    assert queries.counts_by_kind_status(url).empty
+    assert queries.latest_finetune_by_task(url).empty
+    assert queries.run_detail(url, 1) is None
+    assert queries.metric_series(url, 1).empty
+    assert queries.final_metrics(url, 1) == {}
+    assert queries.confusion(url, 1) is None
+    assert queries.confusion_views(url, 1) == []
+    assert queries.predictions_frame(url, 1).empty
+    # Through a (cached) engine too: connecting read-only must not create the file either.
+    engine = queries.read_engine(url)
+    assert queries.runs_frame(engine).empty
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_store_without_schema_reads_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "blank.db"
+    sqlite3.connect(path).close()
+    status = queries.store_status(f"sqlite:///{path}")
+    assert status.exists and status.n_runs == 0 and status.empty
+    assert queries.runs_frame(str(path)).empty  # a bare path means a SQLite file
+    assert queries.latest_finetune_by_task(str(path)).empty
+
+
+def test_unreachable_server_is_reported_not_raised() -> None:
+    status = queries.store_status("postgresql://user:secret@127.0.0.1:1/runs")
+    assert not status.exists and status.error
+    assert "secret" not in status.url
+
+
+# -- read-only ----------------------------------------------------------------------------------
+def test_read_engine_refuses_writes(populated: tuple[str, dict[str, int]]) -> None:
+    url, _ = populated
+    engine = queries.read_engine(url)
+    row = {"kind": "pretrain", "status": "running", "created_at": datetime.now(timezone.utc), "config": {}}
+    with pytest.raises(OperationalError, match="readonly"):
+        with engine.begin() as conn:
+            conn.execute(insert(Run).values(**row))
+    with pytest.raises(OperationalError, match="readonly"):
+        with engine.begin() as conn:
+            conn.execute(delete(Run))
+    with engine.connect() as conn:
+        assert len(conn.execute(select(Run.id)).all()) == 5
+
+
+# -- runs ---------------------------------------------------------------------------------------
+def test_store_status_and_counts(populated: tuple[str, dict[str, int]]) -> None:
+    url, _ = populated
+    status = queries.store_status(url)
+    assert (status.exists, status.n_runs, status.error) == (True, 5, None)
+    counts = queries.counts_by_kind_status(url).set_index("kind")
+    assert counts.loc["finetune", "finished"] == 3 and counts.loc["finetune", "failed"] == 1
+    assert counts.loc["finetune", "total"] == 4 and counts.loc["pretrain", "total"] == 1
+    assert counts.loc["pretrain", "running"] == 0
+
+
+def test_runs_frame(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    runs = queries.runs_frame(url)
+    assert runs["id"].tolist() == sorted(ids.values(), reverse=True)
+    by_id = runs.set_index("id")
+    ssl = by_id.loc[ids["ssl_new"]]
+    assert (ssl["kind"], ssl["task"], ssl["init"], ssl["mode"], ssl["model"]) == (
+        "finetune", "tumor", "ssl", "linear", "resnet18")
+    assert ssl["label_fraction"] == 1.0 and ssl["parent_run_id"] == ids["pretrain"]
+    assert ssl["test_accuracy"] == pytest.approx(0.853) and ssl["test_macro_f1"] == pytest.approx(0.847)
+    assert ssl["final_loss"] == pytest.approx(0.6)  # last train_loss
+    pretrain = by_id.loc[ids["pretrain"]]
+    assert pretrain["final_loss"] == pytest.approx(3.1)  # last epoch_loss beats the noisier step loss
+    assert pd.isna(pretrain["test_accuracy"]) and pd.isna(pretrain["init"])
+    assert pretrain["duration_s"] >= 0 and str(runs["created_at"].dt.tz) == "UTC"
+    failed = by_id.loc[ids["failed"]]
+    assert failed["status"] == "failed" and "boom" in failed["error"]
+
+
+def test_runs_frame_filters(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    assert queries.runs_frame(url, kind="pretrain")["id"].tolist() == [ids["pretrain"]]
+    assert queries.runs_frame(url, status="failed")["id"].tolist() == [ids["failed"]]
+    assert set(queries.runs_frame(url, task="tumor")["id"]) == {ids["scratch"], ids["ssl_old"], ids["ssl_new"]}
+    assert queries.runs_frame(url, kind="gradcam").empty
+
+
+def test_run_detail(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    detail = queries.run_detail(url, ids["scratch"])
+    assert detail is not None
+    assert detail.run.config == _finetune_config("scratch", "full", None)
+    assert detail.params["split_level"] == "subject" and detail.params["n_test"] == "24"
+    assert queries.params_frame(detail)["key"].tolist()[0] == "classes"
+    assert queries.run_detail(url, 999) is None
+
+
+# -- metrics and evaluation ---------------------------------------------------------------------
+def test_metric_series_restores_nan(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    series = queries.metric_series(url, ids["pretrain"])
+    assert list(series.columns) == queries.SERIES_COLUMNS
+    loss = series[series["key"] == "loss"]
+    assert loss["step"].tolist() == list(range(10))
+    assert math.isnan(loss["value"].iloc[3]) and loss["value"].isna().sum() == 1
+    assert loss["value"].iloc[4] == pytest.approx(3.8)
+    only_lr = queries.metric_series(url, ids["pretrain"], keys=["lr"])
+    assert set(only_lr["key"]) == {"lr"} and len(only_lr) == 10
+    epoch_loss = series[series["key"] == "epoch_loss"]
+    assert epoch_loss["step"].isna().all() and epoch_loss["epoch"].tolist() == [0, 1]
+
+
+def test_final_metrics(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    finals = queries.final_metrics(url, ids["ssl_new"])
+    assert finals["test_accuracy"] == pytest.approx(0.853)
+    assert finals["val_accuracy"] == pytest.approx(0.7)  # the final value, not the last epoch's
+    assert math.isnan(finals["test_ece"])
+    assert queries.final_metrics(url, 999) == {}
+    frame = queries.final_metrics_frame(url, ids["ssl_new"])
+    assert list(frame.columns) == ["metric", "value"] and "test_macro_f1" in set(frame["metric"])
+
+
+def test_confusion_round_trips(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    cm = queries.confusion(url, ids["scratch"])
+    assert cm is not None and (cm.split, cm.level) == ("test", "slice")
+    assert cm.labels == LABELS and cm.matrix == MATRIX
+    assert cm.counts().loc["meningioma", "notumor"] == 2
+    normalised = cm.normalised()
+    np.testing.assert_allclose(normalised.sum(axis=1), 1.0)
+    assert normalised.loc["meningioma", "meningioma"] == pytest.approx(4 / 6)
+    assert queries.confusion(url, ids["scratch"], split="val").matrix[2] == [0, 1, 1, 0]
+    assert queries.confusion(url, ids["scratch"], level="subject") is None
+    assert queries.confusion(url, ids["pretrain"]) is None
+    assert queries.confusion_views(url, ids["scratch"]) == [("test", "slice"), ("val", "slice")]
+
+
+def test_empty_confusion_row_normalises_to_zero() -> None:
+    cm = queries.ConfusionMatrix("test", "slice", ["a", "b"], [[0, 0], [1, 3]])
+    assert cm.normalised().loc["a"].tolist() == [0.0, 0.0]
+
+
+def test_predictions_frame(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    preds = queries.predictions_frame(url, ids["scratch"], split="test")
+    assert len(preds) == 8 and preds["confidence"].is_monotonic_increasing
+    assert preds["correct"].sum() == 4  # the i == 0 row of each label predicts that label
+    assert queries.predictions_frame(url, ids["scratch"], split="val").empty
+
+
+def test_latest_finetune_by_task(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    latest = queries.latest_finetune_by_task(url)
+    assert list(latest.columns) == queries.LATEST_COLUMNS
+    assert latest["task"].tolist() == ["tumor", "tumor"]  # the failed alzheimer run is left out
+    by_arm = latest.set_index("arm")
+    assert by_arm.loc["ssl · linear", "run_id"] == ids["ssl_new"]  # newer beats older
+    assert by_arm.loc["ssl · linear", "test_accuracy"] == pytest.approx(0.853)
+    assert by_arm.loc["scratch · full", "run_id"] == ids["scratch"]
+    assert by_arm.loc["scratch · full", "test_macro_f1"] == pytest.approx(0.804)
+
+
+# -- figures ------------------------------------------------------------------------------------
+def test_curve_groups_and_figures(populated: tuple[str, dict[str, int]]) -> None:
+    url, ids = populated
+    groups = plots.curve_groups(queries.metric_series(url, ids["pretrain"]))
+    assert groups == {"Loss per step": ["loss"], "Learning rate per step": ["lr"],
+                      "Throughput per step": ["images_per_s"], "Loss per epoch": ["epoch_loss"]}
+    series = queries.metric_series(url, ids["scratch"])
+    groups = plots.curve_groups(series)
+    assert groups == {"Loss per epoch": ["train_loss"],
+                      "Validation per epoch": ["val_accuracy", "val_balanced_accuracy", "val_macro_f1"]}
+    fig = plots.curves_figure(series, groups["Validation per epoch"])
+    assert len(fig.data) == 3 and list(fig.data[0].x) == [0, 1, 2]  # the final value is no epoch
+    cm = queries.confusion(url, ids["scratch"])
+    assert cm is not None
+    heat = plots.confusion_figure(cm, normalise=True)
+    assert heat.data[0].z[1][1] == pytest.approx(4 / 6)
+    assert plots.confusion_figure(cm).data[0].z[0][0] == 5
+    bars = plots.latest_results_figure(queries.latest_finetune_by_task(url))
+    assert {trace.name for trace in bars.data} == {"scratch · full @ 100% labels", "ssl · linear @ 100% labels"}
