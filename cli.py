@@ -105,8 +105,8 @@ def data_synth(
 
     def action() -> None:
         from sslmri_core.config import TASKS, SynthConfig, with_overrides
+        from sslmri_core.builtin import generate_with_progress
         from sslmri_core.progress import console
-        from sslmri_core.synth import generate
 
         cfg = with_overrides(SynthConfig(), task=task, subjects=subjects, slices_per_subject=slices_per_subject,
                              size=size, seed=seed)
@@ -116,7 +116,7 @@ def data_synth(
                                  ("--size", cfg.size, 16)):
             if value < low:
                 raise ValueError(f"{name} must be at least {low}, got {value}")
-        summary = generate(out, cfg)
+        summary = generate_with_progress(out, cfg)
         console.print(f"wrote {summary.images} images of {summary.subjects} subjects to {out} in {summary.seconds:.1f}s")
         if json_out:
             _print_json({"out": str(summary.out), "tasks": summary.tasks, "subjects": summary.subjects,

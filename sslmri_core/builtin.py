@@ -6,15 +6,20 @@ unlabelled pool for pretraining (different seed), so SSL never sees a test subje
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sslmri_core.config import TASKS, SynthConfig
+from sslmri_core.config import BUILTIN_SETS, TASKS, SynthConfig, to_dict
+
+if TYPE_CHECKING:
+    from sslmri_core.synth import SynthSummary
 
 BUILTIN_VERSION = "v1"
-SEEDS = {"labeled": 0, "pretrain": 1000}
 
 
 def cache_dir() -> Path:
@@ -24,19 +29,20 @@ def cache_dir() -> Path:
 
 def builtin_root(purpose: str = "labeled") -> Path:
     """Folder holding ``<task>/<class>/...`` for every task; generated once, atomically."""
-    if purpose not in SEEDS:
-        raise ValueError(f"purpose must be one of {sorted(SEEDS)}")
-    root = cache_dir() / "builtin" / f"{BUILTIN_VERSION}-{purpose}"
+    if purpose not in BUILTIN_SETS:
+        raise ValueError(f"purpose must be one of {sorted(BUILTIN_SETS)}")
+    cfg = BUILTIN_SETS[purpose]
+    digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    root = cache_dir() / "builtin" / f"{BUILTIN_VERSION}-{purpose}-{digest}"  # new settings, new folder
     if (root / ".complete").exists():
         return root
     from sslmri_core.progress import console
-    from sslmri_core.synth import generate
 
     console.print(f"Generating the built-in synthetic MRI set ({purpose}) into {root} (first use only)...")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        generate(tmp, SynthConfig(task="all", seed=SEEDS[purpose]))
+        generate_with_progress(tmp, cfg)
         (tmp / ".complete").write_text(BUILTIN_VERSION)
         if root.exists():
             shutil.rmtree(root)
@@ -45,6 +51,16 @@ def builtin_root(purpose: str = "labeled") -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def generate_with_progress(out: Path, cfg: SynthConfig) -> SynthSummary:
+    """Write a synthetic set with a progress bar over subjects."""
+    from sslmri_core.progress import make_progress
+    from sslmri_core.synth import generate
+
+    with make_progress() as progress:
+        bar = progress.add_task("synth", total=None, info="subjects", ips=0.0)
+        return generate(out, cfg, lambda done, total: progress.update(bar, completed=done, total=total))
 
 
 def builtin_task_root(task: str) -> Path:

@@ -32,6 +32,14 @@ class SynthConfig:
     seed: int = 0
 
 
+# The built-in data (generated on first use): a labelled set for fine-tuning and testing, and a
+# pool of other synthetic subjects (another seed) for pretraining, so SSL never sees a test subject.
+BUILTIN_SETS: dict[str, SynthConfig] = {
+    "labeled": SynthConfig(task="all", subjects=20, seed=0),
+    "pretrain": SynthConfig(task="all", subjects=10, seed=1000),
+}
+
+
 @dataclass
 class AugmentConfig:
     """Per-sample random augmentations for grayscale MRI (no hue/saturation: meaningless here).
@@ -110,8 +118,8 @@ class DemoConfig:
     task: str = "tumor"
     model: str = "resnet18"
     image_size: int = 96
-    pretrain_epochs: int = 8
-    finetune_epochs: int = 6
+    pretrain_epochs: int = 6
+    finetune_epochs: int = 8
     batch_size: int = 32
 
 

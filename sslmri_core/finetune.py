@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -257,14 +258,16 @@ class _Trainer:
         with make_progress(show_progress) as progress:
             bar = progress.add_task(f"finetune ({cfg.init}/{cfg.mode})", total=cfg.epochs, info="", ips=0.0)
             for epoch in range(cfg.epochs):
+                start = time.perf_counter()
                 train_loss = train_epoch(train, optimizer, scheduler)
+                ips = len(train) / (time.perf_counter() - start)
                 val_eval = evaluate_probs(y_val, self.predict(val), self.classes, "val")
                 headline = {k: val_eval.metrics[k] for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")}
                 store.log_metrics(run_id, {"train_loss": train_loss, **headline}, step=epoch + 1, epoch=epoch)
                 if headline["val_balanced_accuracy"] > best[0]:
                     best = (headline["val_balanced_accuracy"], epoch, copy.deepcopy(self.model.state_dict()))
                 progress.update(
-                    bar, advance=1, ips=0.0,
+                    bar, advance=1, ips=ips,
                     info=f"loss {train_loss:.3f} val bal.acc {headline['val_balanced_accuracy']:.3f}",
                 )
         self.model.load_state_dict(best[2])

@@ -7,12 +7,23 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 console = Console(stderr=True)
+
+
+class _RateColumn(ProgressColumn):
+    """Images per second from the task's ``ips`` field; blank until there is one."""
+
+    def render(self, task: Task) -> Text:
+        ips = float(task.fields.get("ips") or 0.0)
+        return Text(f"{ips:7.1f} img/s" if ips > 0 else "")
 
 
 def make_progress(enabled: bool = True) -> Progress:
@@ -22,7 +33,7 @@ def make_progress(enabled: bool = True) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
-        TextColumn("{task.fields[ips]:>7.1f} img/s"),
+        _RateColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
