@@ -125,6 +125,109 @@ def data_synth(
     _guarded(action)
 
 
+def _print_check(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from sslmri_core.progress import console
+
+    table = Table(title=f"{report['root']}: {report['usable']} of {report['files']} files usable, {report['images']} images")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    for name, count in report["classes"].items():
+        table.add_row(name, str(count))
+    console.print(table)
+    if report["split_level"] == "subject":
+        console.print(f"subjects: {report['subjects']} (pattern: {report['subject_pattern']}); splits are by subject")
+    else:
+        console.print("[bold red]no subject ids in the file names: splits will be image-level (leakage-prone); "
+                      "pass --subject-pattern REGEX if the names carry one[/]")
+    if report["given_split"]:
+        console.print(f"given split folders: {report['given_split']} (honour them with --use-given-split)")
+    for note in report["notes"]:
+        console.print(f"note: {note}")
+    for item in report["unusable"][:20]:
+        console.print(f"[yellow]unusable[/] {item['path']}: {item['reason']}")
+    if len(report["unusable"]) > 20:
+        console.print(f"... and {len(report['unusable']) - 20} more unusable files (see --json or --export)")
+
+
+@data_app.command("check")
+def data_check(
+    folder: Path = typer.Argument(..., help="Data folder: ROOT/<class>/... images or NIfTI volumes."),
+    subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
+    class_map: Optional[str] = typer.Option(None, help="Rename or merge classes: 'glioma=tumour,meningioma=tumour'."),
+    image_size: Optional[int] = typer.Option(None, help="Cache images at this size (default 128)."),
+    export: Optional[Path] = typer.Option(None, help="Write the manifest to this .csv or .parquet file."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Build the manifest (and image cache): counts per class, subjects, and every unusable file with its reason."""
+
+    def action() -> None:
+        from sslmri_core.config import FinetuneConfig
+        from sslmri_core.ingest import build_manifest
+        from sslmri_core.progress import console
+        from sslmri_core.sources import parse_class_map
+        from sslmri_core.store import RunStore
+
+        manifest, _ = build_manifest(folder, image_size or FinetuneConfig().image_size, subject_pattern,
+                                     parse_class_map(class_map), progress=None)
+        report = manifest.check_summary()
+        report["dataset_id"] = RunStore(db).save_manifest(manifest) if manifest.rows else None
+        if export:
+            console.print(f"manifest written to {manifest.export(export)}")
+        _print_check(report)
+        if json_out:
+            _print_json(report)
+        if not report["usable"]:
+            _fail(f"no usable images in {folder} ({report['files']} files found)", 1)
+
+    _guarded(action)
+
+
+@data_app.command("audit")
+def data_audit(
+    folder: Path = typer.Argument(..., help="Data folder: ROOT/<class>/... images or NIfTI volumes."),
+    subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the subject split checked for cross-split leaks."),
+    near_threshold: int = typer.Option(4, help="Perceptual-hash distance (of 64 bits) that counts as a near-duplicate."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Duplicates, near-duplicates, subject leaks across splits, acquisition confounds, class balance."""
+
+    def action() -> None:
+        from sslmri_core.audit import audit_dataset
+        from sslmri_core.config import FinetuneConfig
+        from sslmri_core.ingest import build_manifest
+        from sslmri_core.progress import console
+        from sslmri_core.splits import make_split
+        from sslmri_core.store import RunStore
+
+        defaults = FinetuneConfig()
+        manifest, images = build_manifest(folder, defaults.image_size, subject_pattern)
+        usable = manifest.usable
+        if not usable:
+            _fail(f"no usable images in {folder}", 1)
+        split_of = None
+        if not manifest.has_given_split:  # check the split sslmri itself would draw
+            classes = {c: i for i, c in enumerate(manifest.classes)}
+            split = make_split([classes[r.label] for r in usable], [r.subject for r in usable],
+                               [None] * len(usable), split_seed if split_seed is not None else defaults.split_seed)
+            split_of = {usable[i].key: name for i, name in enumerate(split.assignment(len(usable)))}
+        report = audit_dataset(manifest, images, split_of, near_threshold=near_threshold)
+        store = RunStore(db)
+        dataset_id = store.save_manifest(manifest)
+        details = report.to_json()
+        summary = {**report.summary, "dataset_id": dataset_id,
+                   "audit_id": store.save_audit(dataset_id, report.summary, details)}
+        console.print_json(json.dumps(_jsonable({k: v for k, v in summary.items()}), default=str))
+        if json_out:
+            _print_json(summary)
+
+    _guarded(action)
+
+
 @app.command()
 def pretrain(
     data: Optional[list[Path]] = typer.Option(None, "--data", help="Image folder(s) ROOT/<class>/...; labels ignored. Default: built-in set."),
@@ -137,6 +240,9 @@ def pretrain(
     temperature: Optional[float] = typer.Option(None, help="NT-Xent temperature (default 0.2)."),
     precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32 (auto: bf16 where supported)."),
     subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
+    exclude_test: Optional[bool] = typer.Option(None, "--exclude-test/--include-test",
+                                                help="Leave each --data folder's test split out of the pool (default)."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the subject split whose test part is left out."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     out: Optional[Path] = typer.Option(None, help="Folder for run outputs and checkpoints (default runs/)."),
@@ -154,6 +260,7 @@ def pretrain(
             PretrainConfig(), data=[str(d) for d in data] if data else None, model=model, image_size=image_size,
             batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, temperature=temperature,
             precision=precision, subject_pattern=subject_pattern, seed=seed, out=str(out) if out else None,
+            exclude_test=exclude_test, split_seed=split_seed,
         )
         result = run_pretrain(cfg, RunStore(db), show_progress=progress)
         _print_metrics(f"pretrain run {result.run_id} finished", result.metrics)
@@ -174,6 +281,10 @@ def finetune(
     batch_size: Optional[int] = typer.Option(None, help="Images per step."),
     mode: Optional[str] = typer.Option(None, help="linear (frozen encoder) | full"),
     label_fraction: Optional[float] = typer.Option(None, help="Share of training subjects whose labels are used (0-1]."),
+    labels_per_class: Optional[int] = typer.Option(None, help="Instead: whole subjects until N labelled images per class."),
+    use_given_split: Optional[bool] = typer.Option(None, "--use-given-split", help="Honour the folder's Training/Testing split."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the train/val/test split (default 0: identical across runs)."),
+    class_map: Optional[str] = typer.Option(None, help="Rename or merge classes: 'glioma=tumour,meningioma=tumour'."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (AdamW)."),
     precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32"),
@@ -191,11 +302,15 @@ def finetune(
         from sslmri_core.finetune import resolve_finetune_config
         from sslmri_core.store import RunStore
 
+        from sslmri_core.sources import parse_class_map
+
         store = RunStore(db)
         cfg = resolve_finetune_config(
             store, task=task, data=str(data) if data else None, from_run=from_run, init=init, model=model,
             image_size=image_size, batch_size=batch_size, mode=mode, label_fraction=label_fraction, epochs=epochs,
             lr=lr, precision=precision, subject_pattern=subject_pattern, seed=seed, out=str(out) if out else None,
+            labels_per_class=labels_per_class, use_given_split=use_given_split, split_seed=split_seed,
+            class_map=parse_class_map(class_map) or None,
         )
         result = run_finetune(cfg, store, show_progress=progress)
         _print_metrics(f"finetune run {result.run_id} finished", result.metrics)

@@ -41,6 +41,14 @@ else:
             column_config={**common.METRIC_COLUMNS, "ended_at": st.column_config.DatetimeColumn("ended")},
         )
 
+leaky = latest[latest["leakage_prone"].astype(bool)] if not latest.empty else latest
+if not leaky.empty:
+    st.error(
+        f"{len(leaky)} of these results are leakage-prone: their split is image-level (no subject ids, so one "
+        "patient's slices can sit in train and test) or their SSL encoder pretrained on test images. "
+        "Runs: " + ", ".join(f"#{r}" for r in leaky["run_id"])
+    )
+
 failed = runs[runs["status"] == "failed"]
 if not failed.empty:
     st.subheader(f"Failed runs ({len(failed)})")

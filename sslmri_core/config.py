@@ -86,6 +86,10 @@ class PretrainConfig:
     seed: int = 0
     out: str = "runs"
     subject_pattern: str | None = None
+    # Leave out the test subjects of each --data folder (its given test split, or the 70/15/15
+    # subject split drawn with split_seed), so a model fine-tuned and tested on it never saw them.
+    exclude_test: bool = True
+    split_seed: int = 0
 
 
 @dataclass
@@ -101,6 +105,10 @@ class FinetuneConfig:
     batch_size: int = 32
     mode: str = "full"  # linear (frozen encoder) | full
     label_fraction: float = 1.0
+    labels_per_class: int | None = None  # instead of a fraction: whole subjects until N images per class
+    use_given_split: bool = False  # honour the data set's Training/Testing folders
+    split_seed: int = 0  # the split is fixed by this; ``seed`` varies training and the label draw
+    class_map: dict[str, str] = field(default_factory=dict)  # rename / merge class folders
     augment: AugmentConfig = field(default_factory=lambda: dataclasses.replace(LIGHT_AUGMENT))
     epochs: int = 10
     lr: float = 1e-3

@@ -33,7 +33,7 @@ from sslmri_core.runtime import (
     resolve_precision,
     seed_everything,
 )
-from sslmri_core.splits import Split, label_subset, split_by_subject
+from sslmri_core.splits import Split, label_subset, make_split
 from sslmri_core.store import RunStore
 
 INITS = ("ssl", "scratch")
@@ -64,6 +64,10 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         (cfg.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}"),
         (cfg.init != "scratch" or cfg.mode == "full", "--mode linear needs a pretrained encoder (--from-run)"),
         (0.0 < cfg.label_fraction <= 1.0, f"--label-fraction must be in (0, 1], got {cfg.label_fraction}"),
+        (cfg.labels_per_class is None or cfg.labels_per_class >= 1,
+         f"--labels-per-class must be at least 1, got {cfg.labels_per_class}"),
+        (cfg.labels_per_class is None or cfg.label_fraction == 1.0,
+         "--labels-per-class and --label-fraction exclude each other"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
@@ -79,21 +83,21 @@ def load_finetune_data(cfg: FinetuneConfig) -> ImageSet:
     from sslmri_core.builtin import builtin_task_root
 
     root = cfg.data or str(builtin_task_root(cfg.task))
-    data = load_folder(root, cfg.image_size, cfg.subject_pattern)
+    data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map)
     if len(data.classes) < 2:
         raise ValueError(f"{root} has {len(data.classes)} class folder(s) with usable images; need at least 2")
     return data
 
 
-def make_split(data: ImageSet, cfg: FinetuneConfig) -> tuple[Split, np.ndarray]:
-    """Subject-level 70/15/15 split and the labelled part of train for ``label_fraction``."""
-    split = split_by_subject(data.labels, data.subjects, seed=cfg.seed)
+def split_data(data: ImageSet, cfg: FinetuneConfig) -> tuple[Split, np.ndarray]:
+    """The subject-level split (or the given one) and the labelled part of train for the label budget."""
+    split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, cfg.use_given_split)
     if len(split.val) == 0 or len(split.test) == 0:
         raise ValueError(
             f"too few subjects to split {data.root} into train/val/test "
             f"(train {len(split.train)}, val {len(split.val)}, test {len(split.test)} images)"
         )
-    labeled = label_subset(split.train, data.labels, data.subjects, cfg.label_fraction, seed=cfg.seed)
+    labeled = label_subset(split.train, data.labels, data.subjects, cfg.label_fraction, cfg.seed, cfg.labels_per_class)
     return split, labeled
 
 
@@ -128,6 +132,22 @@ def _split_params(data: ImageSet, split: Split, labeled: np.ndarray) -> dict[str
     }
 
 
+def _split_rows(data: ImageSet, split: Split, labeled: np.ndarray) -> list[dict[str, Any]]:
+    """Every image's split, for the store (``labeled`` marks the label budget inside train)."""
+    names = split.assignment(len(data.items))
+    chosen = set(labeled.tolist())
+    return [{"key": it.key, "subject": it.subject, "split": name, "labeled": i in chosen}
+            for i, (it, name) in enumerate(zip(data.items, names))]
+
+
+def _pool_overlap(store: RunStore, from_run: int | None, data: ImageSet, split: Split) -> int:
+    """How many of this split's test images the SSL run pretrained on."""
+    if from_run is None:
+        return 0
+    pool = store.split_of(from_run)
+    return sum(pool.get(data.items[int(i)].key) == "pool" for i in split.test)
+
+
 def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, labeled: np.ndarray, device: torch.device, precision: str) -> None:
     console.print(
         f"finetune run {run_id}: {cfg.init}/{cfg.mode} {cfg.model} at {cfg.image_size}px, task {cfg.task}, "
@@ -147,7 +167,7 @@ def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True
     validate_finetune(cfg)
     encoder_checkpoint = _parent_checkpoint(cfg, store)
     data = load_finetune_data(cfg)
-    split, labeled = make_split(data, cfg)
+    split, labeled = split_data(data, cfg)
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
     run_id = store.start_run(
@@ -155,9 +175,20 @@ def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True
     )
     out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
     store.update_run(run_id, out_dir=str(out_dir))
-    store.log_params(run_id, {**_split_params(data, split, labeled), "precision": precision})
+    overlap = _pool_overlap(store, cfg.from_run, data, split)
+    store.log_params(run_id, {
+        **_split_params(data, split, labeled), "precision": precision, "ssl_pool_test_overlap": overlap,
+        "dataset": store.save_manifest(data.manifests[0]),
+    })
+    store.log_split(run_id, _split_rows(data, split, labeled))
     write_unusable(out_dir, data.unusable)
     _announce(cfg, run_id, data, split, labeled, device, precision)
+    if overlap:
+        console.print(
+            f"[bold red]WARNING: {overlap} test image(s) of this split were in the pretraining pool of run "
+            f"{cfg.from_run}: the SSL encoder has seen them (recorded as ssl_pool_test_overlap). Pretrain with "
+            "the same --split-seed (and, with --use-given-split, on a folder with a Testing split) to avoid it.[/]"
+        )
     with store.track(run_id):
         model = _build_model(cfg, len(data.classes), encoder_checkpoint).to(device)
         trainer = _Trainer(cfg, data, model, device, precision)

@@ -17,6 +17,7 @@ from sslmri_core.models import SimCLRModel, check_model_name, create_encoder
 from sslmri_core.optim import param_groups, warmup_cosine
 from sslmri_core.progress import console, make_progress
 from sslmri_core.runtime import atomic_save, autocast, device_name, pick_device, resolve_precision, seed_everything
+from sslmri_core.splits import make_split
 from sslmri_core.store import RunStore
 
 
@@ -51,12 +52,31 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     check_model_name(cfg.model)
 
 
-def load_pretrain_data(cfg: PretrainConfig) -> ImageSet:
-    """All images of the ``--data`` folders (labels ignored), or the built-in pretraining pool."""
+def load_pretrain_data(cfg: PretrainConfig) -> tuple[ImageSet, list[str]]:
+    """The pretraining pool and, per image found, its role (``pool`` or ``excluded``).
+
+    Without ``--data`` the pool is the built-in pretraining set (its subjects are never used for
+    fine-tuning, so nothing needs excluding). With ``--data`` and ``exclude_test``, each folder's
+    test images are left out: its given test split when it has one, else the 70/15/15 subject
+    split drawn with ``split_seed`` (the split ``finetune`` uses by default).
+    """
     from sslmri_core.builtin import builtin_root
 
-    roots = cfg.data or [str(builtin_root("pretrain"))]
-    return concat_sets([load_folder(root, cfg.image_size, cfg.subject_pattern) for root in roots])
+    if not cfg.data:
+        data = load_folder(builtin_root("pretrain"), cfg.image_size, cfg.subject_pattern)
+        return data, ["pool"] * len(data.items)
+    sets, roles = [], []
+    for root in cfg.data:
+        data = load_folder(root, cfg.image_size, cfg.subject_pattern)
+        role = ["pool"] * len(data.items)
+        if cfg.exclude_test:
+            use_given = any(data.given_splits)
+            split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, use_given)
+            for i in split.test:
+                role[int(i)] = "excluded"
+        sets.append(data)
+        roles.extend(role)
+    return concat_sets(sets), roles
 
 
 def write_unusable(out_dir: Path, unusable: list[tuple[str, str]]) -> None:
@@ -70,26 +90,33 @@ def write_unusable(out_dir: Path, unusable: list[tuple[str, str]]) -> None:
 def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True) -> TrainResult:
     """Run SimCLR pretraining as a tracked run; returns the run's result."""
     validate_pretrain(cfg)
-    data = load_pretrain_data(cfg)
-    if len(data.items) < 2:
-        raise ValueError(f"pretraining needs at least 2 usable images, found {len(data.items)}")
+    found, roles = load_pretrain_data(cfg)
+    pool = np.array([i for i, r in enumerate(roles) if r == "pool"], dtype=np.int64)
+    if len(pool) < 2:
+        raise ValueError(f"pretraining needs at least 2 usable images, found {len(pool)}")
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
     run_id = store.start_run("pretrain", to_dict(cfg), device=device_name(device))
     out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
     store.update_run(run_id, out_dir=str(out_dir))
-    store.log_params(
-        run_id,
-        {"n_images": len(data.items), "n_unusable": len(data.unusable), "precision": precision,
-         "data_roots": data.root},
-    )
-    write_unusable(out_dir, data.unusable)
+    n_excluded = len(roles) - len(pool)
+    store.log_params(run_id, {
+        "n_images": len(pool), "n_excluded_test": n_excluded, "n_unusable": len(found.unusable),
+        "precision": precision, "data_roots": found.root,
+        "datasets": ",".join(str(store.save_manifest(m)) for m in found.manifests),
+        "pool": "built-in pretraining subjects" if not cfg.data else
+        ("without each folder's test split" if cfg.exclude_test else "all images, test splits included"),
+    })
+    store.log_split(run_id, [{"key": it.key, "subject": it.subject, "split": role, "labeled": False}
+                             for it, role in zip(found.items, roles)])
+    write_unusable(out_dir, found.unusable)
     console.print(
-        f"pretrain run {run_id}: {len(data.items)} images ({len(data.unusable)} unusable) from {data.root}; "
+        f"pretrain run {run_id}: {len(pool)} images ({n_excluded} test images left out, "
+        f"{len(found.unusable)} unusable files) from {found.root}; "
         f"{cfg.model} at {cfg.image_size}px on {device_name(device)}, {precision}"
     )
     with store.track(run_id):
-        metrics, checkpoint = _train(cfg, data.images, store, run_id, out_dir, device, precision, show_progress)
+        metrics, checkpoint = _train(cfg, found.images[pool], store, run_id, out_dir, device, precision, show_progress)
     return TrainResult(run_id, "pretrain", "finished", str(checkpoint), metrics, str(out_dir))
 
 

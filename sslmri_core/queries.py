@@ -36,12 +36,15 @@ LOSS_KEYS = ("epoch_loss", "loss", "train_loss")
 
 RUN_COLUMNS = [
     "id", "kind", "status", "task", "parent_run_id", "model", "init", "mode", "label_fraction",
-    *SUMMARY_METRICS, "final_loss", "created_at", "ended_at", "duration_s", "device", "host", "error",
+    *SUMMARY_METRICS, "final_loss", "split_level", "leakage_prone", "created_at", "ended_at", "duration_s",
+    "device", "host", "error",
 ]
+LEAK_PARAMS = ("split_level", "ssl_pool_test_overlap")
 SERIES_COLUMNS = ["key", "step", "epoch", "value"]
 PREDICTION_COLUMNS = ["split", "scan", "subject", "true_label", "pred_label", "confidence", "probs"]
 LATEST_COLUMNS = [
     "task", "arm", "init", "mode", "label_fraction", "model", "run_id", "ended_at", *SUMMARY_METRICS,
+    "leakage_prone",
 ]
 
 
@@ -222,6 +225,23 @@ def _last_metrics(engine: Engine, keys: Sequence[str], run_ids: Sequence[int] | 
     return wide.reindex(columns=list(keys))
 
 
+def _params_wide(engine: Engine, keys: Sequence[str], run_ids: Sequence[int]) -> pd.DataFrame:
+    """Selected parameters per run: a frame indexed by run id with one column per key."""
+    stmt = select(Param.run_id, Param.key, Param.value).where(
+        Param.key.in_(list(keys)), Param.run_id.in_([int(r) for r in run_ids])
+    )
+    with engine.connect() as conn:
+        frame = pd.DataFrame(conn.execute(stmt).all(), columns=["run_id", "key", "value"])
+    wide = frame.pivot(index="run_id", columns="key", values="value") if not frame.empty else pd.DataFrame()
+    return wide.reindex(columns=list(keys))
+
+
+def _leakage_prone(params: pd.DataFrame) -> pd.Series:
+    """Image-level split (no subject ids), or test images the SSL encoder pretrained on."""
+    overlap = pd.to_numeric(params["ssl_pool_test_overlap"], errors="coerce").fillna(0)
+    return (params["split_level"] == "image") | (overlap > 0)
+
+
 def _restore_nan(frame: pd.DataFrame) -> pd.Series:
     values = pd.to_numeric(frame["value"], errors="coerce").astype("float64")
     return values.where(~frame["is_nan"].astype(bool), np.nan)
@@ -253,6 +273,8 @@ def runs_frame(
     last = _last_metrics(engine, [*SUMMARY_METRICS, *LOSS_KEYS], runs["id"].tolist())
     runs = runs.join(last, on="id")
     runs["final_loss"] = runs[list(LOSS_KEYS)].bfill(axis=1).iloc[:, 0].astype("float64")
+    runs = runs.join(_params_wide(engine, LEAK_PARAMS, runs["id"].tolist()), on="id")
+    runs["leakage_prone"] = _leakage_prone(runs)
     for column in ("created_at", "started_at", "ended_at"):
         runs[column] = _utc(runs[column])
     start = runs["started_at"].fillna(runs["created_at"])

@@ -50,11 +50,12 @@ def _group_labels(labels: Sequence[int], groups: Sequence[str]) -> dict[str, int
 
 
 def _allocate(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Group counts for train/val/test; every split gets one group when there are at least three."""
+    """Group counts for train/val/test; each non-empty split gets a group when there are at least three."""
     n_val = round(n * fractions[1])
     n_test = round(n * fractions[2])
     if n >= 3:
-        n_val, n_test = max(n_val, 1), max(n_test, 1)
+        n_val = max(n_val, 1) if fractions[1] > 0 else 0
+        n_test = max(n_test, 1) if fractions[2] > 0 else 0
     n_train = n - n_val - n_test
     return n_train, n_val, n_test
 
@@ -80,25 +81,75 @@ def split_by_subject(
     return Split(idx["train"], idx["val"], idx["test"], level)
 
 
-def label_subset(
-    train: np.ndarray, labels: Sequence[int], subjects: Sequence[str | None], fraction: float, seed: int = 0
-) -> np.ndarray:
-    """The labelled part of ``train``: ``fraction`` of each class's subjects (at least one).
+def split_given(
+    labels: Sequence[int],
+    subjects: Sequence[str | None],
+    given: Sequence[str | None],
+    seed: int = 0,
+    val_fraction: float = 0.15,
+) -> Split:
+    """Honour the data set's own split folders: its test stays test, its val (or, when it has
+    none, ``val_fraction`` of its training subjects) is val. Images outside any split folder train."""
+    test = np.array([i for i, g in enumerate(given) if g == "test"], dtype=np.int64)
+    if len(test) == 0:
+        raise ValueError("--use-given-split: the data folder has no Testing/test folder")
+    groups, level = _groups(subjects)
+    given_val = np.array([i for i, g in enumerate(given) if g == "val"], dtype=np.int64)
+    rest = np.array([i for i, g in enumerate(given) if g not in ("test", "val")], dtype=np.int64)
+    if len(given_val):
+        return Split(rest, given_val, test, level)
+    inner = split_by_subject([labels[i] for i in rest], [subjects[i] for i in rest], seed,
+                             (1.0 - val_fraction, val_fraction, 0.0))
+    return Split(rest[inner.train], rest[inner.val], test, level)
 
-    Subjects are ranked once per seed, so a smaller fraction's subjects are always inside a
-    larger fraction's (budgets are nested).
+
+def make_split(
+    labels: Sequence[int],
+    subjects: Sequence[str | None],
+    given: Sequence[str | None],
+    seed: int = 0,
+    use_given: bool = False,
+) -> Split:
+    """The split every command uses for a data set: its given split when asked, else 70/15/15 by subject."""
+    return split_given(labels, subjects, given, seed) if use_given else split_by_subject(labels, subjects, seed)
+
+
+def label_subset(
+    train: np.ndarray,
+    labels: Sequence[int],
+    subjects: Sequence[str | None],
+    fraction: float = 1.0,
+    seed: int = 0,
+    per_class: int | None = None,
+) -> np.ndarray:
+    """The labelled part of ``train``, drawn by subject: ``fraction`` of each class's subjects (at
+    least one), or whole subjects until a class has ``per_class`` labelled images.
+
+    Subjects are ranked once per seed, so a smaller budget's subjects are always inside a larger
+    budget's (budgets are nested).
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"labels per class must be at least 1, got {per_class}")
+    if fraction == 1.0 and per_class is None:
         return train
     groups, _ = _groups(subjects)
     train_groups = [groups[i] for i in train]
     group_label = _group_labels([labels[i] for i in train], train_groups)
+    size = Counter(train_groups)
     rng = np.random.default_rng(seed + 7919)  # a stream of its own, independent of the split's
     keep: set[str] = set()
     for cls in sorted(set(group_label.values())):
         members = sorted(g for g, c in group_label.items() if c == cls)
         order = [members[i] for i in rng.permutation(len(members))]
-        keep.update(order[: max(1, math.ceil(fraction * len(order)))])
+        if per_class is None:
+            keep.update(order[: max(1, math.ceil(fraction * len(order)))])
+            continue
+        total = 0
+        for g in order:
+            if total >= per_class:
+                break
+            keep.add(g)
+            total += size[g]
     return np.array([i for i, g in zip(train, train_groups) if g in keep], dtype=np.int64)

@@ -1,7 +1,7 @@
 """The run store: SQLAlchemy 2 models and the write API used by training code.
 
 Every run, its config, parameters, metric series, confusion matrices and per-scan predictions
-go here. The schema is owned by the Alembic migrations in ``sslmri_core/migrations``; opening a
+go here, and so do data-set manifests, each run's split assignment and data audits. The schema is owned by the Alembic migrations in ``sslmri_core/migrations``; opening a
 store upgrades it to the newest revision. ORM objects never leave this module: readers get plain
 dataclasses (here) or DataFrames (``sslmri_core.queries``).
 """
@@ -14,7 +14,7 @@ import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from sslmri_core.manifest import Manifest
 
 DEFAULT_DB_URL = "sqlite:///runs.db"
 RUN_KINDS = ("pretrain", "finetune", "evaluate", "gradcam", "experiment")
@@ -131,6 +133,75 @@ class Prediction(Base):
     pred_label: Mapped[str] = mapped_column(String(255))
     confidence: Mapped[float] = mapped_column(Float)
     probs: Mapped[list[float]] = mapped_column(JSON)  # in the order of the run's class labels
+
+
+class Dataset(Base):
+    """A data folder's manifest summary, keyed by its content fingerprint."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    root: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    n_files: Mapped[int] = mapped_column(Integer)
+    n_usable: Mapped[int] = mapped_column(Integer)
+    n_images: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[dict[str, int]] = mapped_column(JSON)
+    subject_pattern: Mapped[str | None] = mapped_column(Text)
+    split_level: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ManifestEntry(Base):
+    """One manifest row (an image, a NIfTI slice, or a file that could not be used, with the reason)."""
+
+    __tablename__ = "manifest_rows"
+    __table_args__ = (Index("ix_manifest_rows_dataset", "dataset_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    rel_path: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(255))
+    folder_label: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    given_split: Mapped[str | None] = mapped_column(String(16))
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    file_size: Mapped[int | None] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    mode: Mapped[str | None] = mapped_column(String(32))
+    bit_depth: Mapped[int | None] = mapped_column(Integer)
+    slice_index: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    mask_path: Mapped[str | None] = mapped_column(Text)
+
+
+class SplitAssignment(Base):
+    """Which split each image of a run was in (``pool``/``excluded`` for pretraining runs)."""
+
+    __tablename__ = "split_assignments"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    subject: Mapped[str | None] = mapped_column(String(255))
+    split: Mapped[str] = mapped_column(String(16))
+    labeled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Audit(Base):
+    """A data audit of one dataset: summary numbers and the detailed findings."""
+
+    __tablename__ = "audits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
@@ -345,6 +416,48 @@ class RunStore:
                 [{"run_id": run_id, "split": split, "level": level, "labels": list(labels),
                   "matrix": [[int(x) for x in row] for row in matrix]}],
             )
+
+    # -- data -------------------------------------------------------------------------------------
+    def save_manifest(self, manifest: Manifest) -> int:
+        """Store a manifest once per content fingerprint; returns the dataset id."""
+        fingerprint = manifest.fingerprint()
+        summary = manifest.check_summary()
+        with Session(self.engine) as session, session.begin():
+            existing = session.scalars(select(Dataset.id).where(Dataset.fingerprint == fingerprint)).first()
+            if existing is not None:
+                return int(existing)
+            dataset = Dataset(
+                fingerprint=fingerprint, root=manifest.root, created_at=_now(), n_files=int(summary["files"]),
+                n_usable=int(summary["usable"]), n_images=int(summary["images"]), classes=summary["classes"],
+                subject_pattern=manifest.subject_pattern, split_level=manifest.split_level, summary=summary,
+            )
+            session.add(dataset)
+            session.flush()
+            dataset_id = int(dataset.id)
+        rows = [{"dataset_id": dataset_id, "key": r.key, **asdict(r)} for r in manifest.rows]
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), 5000):
+                conn.execute(insert(ManifestEntry), rows[start : start + 5000])
+        return dataset_id
+
+    def log_split(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows with ``key, subject, split, labeled``: where each image of the run went."""
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), 5000):
+                conn.execute(insert(SplitAssignment), [{"run_id": run_id, **r} for r in rows[start : start + 5000]])
+
+    def split_of(self, run_id: int) -> dict[str, str]:
+        """``key -> split`` of a run's images."""
+        stmt = select(SplitAssignment.key, SplitAssignment.split).where(SplitAssignment.run_id == run_id)
+        with self.engine.connect() as conn:
+            return dict(conn.execute(stmt).all())
+
+    def save_audit(self, dataset_id: int, summary: dict[str, Any], details: dict[str, Any]) -> int:
+        with Session(self.engine) as session, session.begin():
+            audit = Audit(dataset_id=dataset_id, created_at=_now(), summary=summary, details=details)
+            session.add(audit)
+            session.flush()
+            return int(audit.id)
 
     def log_predictions(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
         """Rows with ``split, scan, subject, true_label, pred_label, confidence, probs``."""

@@ -8,7 +8,7 @@ import pytest
 
 import sslmri_core.builtin as builtin
 from sslmri_core.config import SynthConfig
-from sslmri_core.data import scan_folder
+from sslmri_core.sources import discover
 
 TINY = {
     "labeled": SynthConfig(task="all", subjects=3, slices_per_subject=1, size=48, seed=0),
@@ -32,8 +32,8 @@ def test_generated_once_then_reused(tiny_builtin: Path) -> None:
 
 
 def test_pretraining_pool_shares_no_image_with_the_labelled_set(tiny_builtin: Path) -> None:
-    labeled, _ = scan_folder(builtin.builtin_root("labeled"))
-    pool, _ = scan_folder(builtin.builtin_root("pretrain"))
+    labeled = discover(builtin.builtin_root("labeled")).files
+    pool = discover(builtin.builtin_root("pretrain")).files
     hashes = lambda items: {Path(it.path).read_bytes() for it in items}  # noqa: E731
     assert labeled and pool and not (hashes(labeled) & hashes(pool))
 

@@ -155,3 +155,20 @@ def test_store_without_runs_shows_empty_state(tmp_path: Path, monkeypatch: pytes
     at = open_home()
     assert_no_exception(at)
     assert "has no runs yet" in page_text(at) and "make demo" in page_text(at)
+
+
+def test_home_flags_leakage_prone_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sslmri_core.store import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    for level in ("image", "subject"):
+        run = store.start_run("finetune", {"init": "scratch", "mode": "full", "label_fraction": 1.0}, task=level)
+        store.log_params(run, {"split_level": level, "ssl_pool_test_overlap": 0})
+        store.log_metrics(run, {"test_accuracy": 0.9, "test_balanced_accuracy": 0.9, "test_macro_f1": 0.9})
+        store.end_run(run)
+    monkeypatch.setenv("SSLMRI_DB", url)
+    at = open_home()
+    assert_no_exception(at)
+    errors = " ".join(e.value for e in at.error)
+    assert "1 of these results are leakage-prone" in errors and "#1" in errors and "#2" not in errors

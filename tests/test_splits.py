@@ -63,3 +63,26 @@ def test_label_fractions_are_nested_and_by_subject() -> None:
 def test_label_fraction_out_of_range() -> None:
     with pytest.raises(ValueError, match="label fraction"):
         label_subset(np.arange(3), [0, 1, 0], ["a", "b", "c"], 1.5)
+
+
+def test_labels_per_class_by_subject_and_nested() -> None:
+    labels, subjects = _dataset(n_subjects_per_class=20, slices=5)
+    split = split_by_subject(labels, subjects, seed=0)
+    small, large = (set(label_subset(split.train, labels, subjects, seed=2, per_class=n).tolist()) for n in (5, 25))
+    assert small <= large
+    counts = np.bincount(np.asarray(labels)[sorted(small)], minlength=3)
+    assert (counts == 5).all()  # one whole 5-slice subject per class
+
+
+def test_given_split_is_honoured() -> None:
+    from sslmri_core.splits import make_split
+
+    labels, subjects = _dataset(n_subjects_per_class=10)
+    given = ["test" if int(s.split("s")[-1]) >= 8 else "train" for s in subjects]
+    split = make_split(labels, subjects, given, seed=0, use_given=True)
+    assert {given[i] for i in split.test} == {"test"} and len(split.test) == given.count("test")
+    assert {given[i] for i in np.concatenate([split.train, split.val])} == {"train"}
+    train_subjects = {subjects[i] for i in split.train}
+    assert not train_subjects & {subjects[i] for i in split.val}
+    with pytest.raises(ValueError, match="no Testing"):
+        make_split(labels, subjects, ["train"] * len(labels), use_given=True)

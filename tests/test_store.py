@@ -99,3 +99,42 @@ def test_status_is_guarded_by_a_constraint(store: RunStore) -> None:
     run = store.start_run("pretrain", {})
     with pytest.raises(IntegrityError):
         store.update_run(run, status="exploded")
+
+
+def test_a_store_made_by_the_first_schema_is_upgraded(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from sslmri_core.store import make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__import__("sslmri_core").__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO runs (kind, status, created_at, config) VALUES ('pretrain', 'finished', '2026-01-01', '{}')")
+    assert "datasets" not in inspect(engine).get_table_names()
+    store = RunStore(url)
+    assert {"datasets", "manifest_rows", "split_assignments", "audits"} <= set(inspect(store.engine).get_table_names())
+    assert store.get_run(1).status == "finished"
+
+
+def test_manifest_is_stored_once_per_fingerprint(store: RunStore, tmp_path: Path) -> None:
+    from sslmri_core.manifest import Manifest, ManifestRow
+
+    row = ManifestRow(path="/d/a/x.png", rel_path="a/x.png", label="a", folder_label="a", subject="sub-1",
+                      given_split=None, content_hash="abc", file_size=10, width=8, height=8, mode="L", bit_depth=8)
+    bad = ManifestRow(path="/d/a/y.png", rel_path="a/y.png", label="", folder_label="a", subject=None,
+                      given_split=None, content_hash=None, file_size=None, width=None, height=None, mode=None,
+                      bit_depth=None, status="unusable", reason="empty file (0 bytes)")
+    manifest = Manifest("/d", [row, bad], "bids")
+    first = store.save_manifest(manifest)
+    assert store.save_manifest(manifest) == first
+    run = store.start_run("finetune", {})
+    store.log_split(run, [{"key": row.key, "subject": "sub-1", "split": "train", "labeled": True}])
+    assert store.split_of(run) == {"/d/a/x.png": "train"}

@@ -1,0 +1,166 @@
+"""Build a data folder's manifest and its decoded images, through the cache.
+
+First build: every file is read once, hashed, decoded at the training size and stored in the
+content-addressed cache (in worker processes). Later builds only stat the files: unchanged ones
+come from the cache index without being opened, changed ones are decoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sslmri_core.cache import FileStat, StatIndex, array_path, default_root, read_array, stat_file, write_array
+from sslmri_core.decode import DecodeError, decode_image_bytes, nifti_slices
+from sslmri_core.manifest import OK, UNUSABLE, Manifest, ManifestRow
+from sslmri_core.sources import DataError, SourceFile, discover, parse_subject, subject_regex
+
+INLINE_BELOW = 64  # fewer files than this are decoded in-process: starting workers costs more
+
+
+def _hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _facts(content_hash: str | None, nbytes: int | None, **values: Any) -> dict[str, Any]:
+    base = {"content_hash": content_hash, "file_size": nbytes, "width": None, "height": None, "mode": None,
+            "bit_depth": None, "slice_index": None, "status": OK, "reason": None}
+    return {**base, **values}
+
+
+def process_file(job: tuple[str, str, int, str]) -> list[dict[str, Any]]:
+    """Read, hash and decode one file into the cache; returns one facts dict per image it holds.
+
+    Runs in worker processes: takes and returns plain data only.
+    """
+    path, kind, size, cache_root = job
+    root = Path(cache_root)
+    try:
+        data = Path(path).read_bytes()
+    except PermissionError:
+        return [_facts(None, None, status=UNUSABLE, reason="cannot read: permission denied")]
+    except OSError as exc:
+        return [_facts(None, None, status=UNUSABLE, reason=f"cannot read: {exc.strerror or exc}")]
+    digest = _hash(data)
+    try:
+        if kind == "nifti":
+            slices, facts = nifti_slices(path, size)
+            out = []
+            for z, array in slices:
+                write_array(root, size, digest, z, array)
+                out.append(_facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode,
+                                  bit_depth=facts.bit_depth, slice_index=z))
+            return out
+        array, facts = decode_image_bytes(data, size)
+    except DecodeError as exc:
+        return [_facts(digest, len(data), status=UNUSABLE, reason=str(exc))]
+    except Exception as exc:  # a decoder bug must still become a reported reason, not a crash
+        return [_facts(digest, len(data), status=UNUSABLE, reason=f"cannot decode: {exc.__class__.__name__}: {exc}")]
+    write_array(root, size, digest, None, array)
+    return [_facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode,
+                   bit_depth=facts.bit_depth)]
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """fork where there is one: workers start in milliseconds and need no importable ``__main__``.
+
+    Safe here because workers only run PIL / NumPy / nibabel code, never torch or CUDA.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _cached_facts_valid(root: Path, size: int, facts: list[dict[str, Any]]) -> bool:
+    return all(f["status"] != OK or array_path(root, size, f["content_hash"], f["slice_index"]).exists() for f in facts)
+
+
+def _decode_all(jobs: list[tuple[str, str, int, str]], workers: int,
+                progress: Callable[[int, int], None] | None) -> list[list[dict[str, Any]]]:
+    if len(jobs) < INLINE_BELOW or workers <= 1:
+        results = []
+        for i, job in enumerate(jobs):
+            results.append(process_file(job))
+            if progress:
+                progress(i + 1, len(jobs))
+        return results
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+        results = []
+        for result in pool.map(process_file, jobs, chunksize=32):
+            results.append(result)
+            if progress:
+                progress(len(results), len(jobs))
+        return results
+
+
+def _row(src: SourceFile, facts: dict[str, Any], label: str, subject: str | None) -> ManifestRow:
+    return ManifestRow(path=src.path, rel_path=src.rel_path, label=label, folder_label=src.folder_label,
+                       subject=subject, given_split=src.given_split, mask_path=src.mask_path, **facts)
+
+
+def _unusable_row(root: Path, path: str, reason: str) -> ManifestRow:
+    p = Path(path)
+    try:
+        rel = p.relative_to(root).as_posix()
+    except ValueError:
+        rel = path
+    return ManifestRow(path=path, rel_path=rel, label="", folder_label=p.parent.name, subject=None, given_split=None,
+                       content_hash=None, file_size=None, width=None, height=None, mode=None, bit_depth=None,
+                       status=UNUSABLE, reason=reason)
+
+
+def build_manifest(
+    root: str | Path,
+    size: int = 128,
+    subject_pattern: str | None = None,
+    class_map: dict[str, str] | None = None,
+    *,
+    workers: int | None = None,
+    cache_root: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Manifest, np.ndarray]:
+    """Manifest of ``root`` and its usable images, uint8 ``(N, size, size)`` in ``manifest.usable`` order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    cache = cache_root or default_root()
+    found = discover(root)
+    pattern_label, regex = subject_regex(subject_pattern, [Path(f.path).name for f in found.files])
+    class_map = class_map or {}
+
+    stats = {f.path: stat_file(f.path) for f in found.files}
+    index = StatIndex(cache)
+    try:
+        known = index.lookup_many([s for s in stats.values() if s is not None], size)
+        facts_of: dict[str, list[dict[str, Any]]] = {
+            p: f for p, f in known.items() if _cached_facts_valid(cache, size, f)
+        }
+        todo = [f for f in found.files if stats[f.path] is not None and f.path not in facts_of]
+        jobs = [(f.path, f.kind, size, str(cache)) for f in todo]
+        results = _decode_all(jobs, workers or min(os.cpu_count() or 2, 8), progress)
+        fresh = [(src, res) for src, res in zip(todo, results)]
+        facts_of.update({src.path: res for src, res in fresh})
+        index.store([(stats[src.path], res) for src, res in fresh if stats[src.path] is not None], size)
+    finally:
+        index.close()
+
+    rows: list[ManifestRow] = []
+    for src in found.files:
+        if stats[src.path] is None:
+            rows.append(_unusable_row(root, src.path, "cannot read: file vanished or cannot be stat'ed"))
+            continue
+        label = class_map.get(src.folder_label, src.folder_label)
+        subject = parse_subject(Path(src.path).name, regex)
+        rows.extend(_row(src, facts, label, subject) for facts in facts_of[src.path])
+    rows.extend(_unusable_row(root, path, reason) for path, reason in found.unusable)
+    manifest = Manifest(str(root), rows, pattern_label, found.notes)
+    usable = manifest.usable
+    images = (np.stack([read_array(cache, size, r.content_hash, r.slice_index) for r in usable])  # type: ignore[arg-type]
+              if usable else np.zeros((0, size, size), np.uint8))
+    return manifest, images

@@ -1,0 +1,95 @@
+"""A corpus of broken and unusual image files, generated (never real data)."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(mode: str = "L", size: tuple[int, int] = (40, 30), value: int = 120) -> bytes:
+    buf = io.BytesIO()
+    if mode == "I;16":
+        Image.fromarray(np.full(size[::-1], value * 200, dtype=np.uint16)).save(buf, "PNG")
+    elif mode == "P":
+        Image.new("L", size, value).convert("P").save(buf, "PNG")
+    else:
+        fill = value if mode == "L" else tuple([value] * len(mode))
+        Image.new(mode, size, fill).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def huge_header_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A valid PNG signature and IHDR claiming ``width x height`` pixels, with almost no data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def jpeg_bytes(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> bytes:
+    buf = io.BytesIO()
+    fill = 128 if mode == "L" else tuple([128] * len(mode))
+    Image.new(mode, size, fill).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def truncated_jpeg() -> bytes:
+    """A noisy JPEG cut in half: the header reads, the pixel data ends early."""
+    buf = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    return data[: len(data) // 2]
+
+
+def write_corpus(root: Path) -> dict[str, str | None]:
+    """Write good and bad files under ``root/<class>/``; returns rel path -> expected reason fragment (None = usable)."""
+    files: dict[str, bytes] = {
+        "glioma/sub-01_L.png": png_bytes("L"),
+        "glioma/sub-02_rgb.png": png_bytes("RGB"),
+        "glioma/sub-03_rgba.png": png_bytes("RGBA"),
+        "glioma/sub-04_16bit.png": png_bytes("I;16"),
+        "glioma/sub-05_palette.png": png_bytes("P"),
+        "glioma/sub-06_cmyk.jpg": jpeg_bytes("CMYK"),
+        "glioma/sub-07 ünïcode spaced.jpg": jpeg_bytes("L"),
+        "glioma/sub-08_wide.bmp": png_bytes("L", (80, 20)),  # PNG content behind a .bmp name decodes fine
+        "notumor/sub-09_tiff.tif": png_bytes("L"),
+        "notumor/sub-10_truncated.jpg": truncated_jpeg(),
+        "notumor/sub-11_zero.png": b"",
+        "notumor/sub-12_text.png": b"this is not an image at all\n",
+        "notumor/sub-13_one_pixel.png": png_bytes("L", (1, 1)),
+        "notumor/sub-14_bomb.png": huge_header_png(),
+        "notumor/notes.txt": b"free text",
+    }
+    expected: dict[str, str | None] = {
+        "glioma/sub-01_L.png": None, "glioma/sub-02_rgb.png": None, "glioma/sub-03_rgba.png": None,
+        "glioma/sub-04_16bit.png": None, "glioma/sub-05_palette.png": None, "glioma/sub-06_cmyk.jpg": None,
+        "glioma/sub-07 ünïcode spaced.jpg": None, "glioma/sub-08_wide.bmp": None, "notumor/sub-09_tiff.tif": None,
+        "notumor/sub-10_truncated.jpg": "truncated",
+        "notumor/sub-11_zero.png": "empty file",
+        "notumor/sub-12_text.png": "not an image",
+        "notumor/sub-13_one_pixel.png": "too small",
+        "notumor/sub-14_bomb.png": "too large",
+        "notumor/notes.txt": "not an image file type",
+        "notumor/loop.png": "loop",
+        "notumor/dangling.png": "broken symbolic link",
+        "stray.png": "directly in the data folder",
+    }
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "stray.png").write_bytes(png_bytes("L"))
+    os.symlink(root / "notumor" / "loop.png", root / "notumor" / "loop.png")  # points at itself
+    os.symlink(root / "notumor" / "gone.png", root / "notumor" / "dangling.png")
+    (root / "meningioma").mkdir()  # an empty class folder
+    return expected
