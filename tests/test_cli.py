@@ -146,3 +146,27 @@ def test_a_crashing_run_is_marked_failed(synth_tumor: Path, tmp_path: Path, monk
 
     (run,) = RunStore(db).list_runs()
     assert run.status == "failed" and "loss became nan" in (run.error or "")
+
+
+def test_pretraining_pool_leaves_out_the_test_subjects(synth_tumor: Path, tmp_path: Path) -> None:
+    db, out = f"sqlite:///{tmp_path / 'runs.db'}", str(tmp_path / "runs")
+    from sslmri_core.store import RunStore
+
+    store = RunStore(db)
+    overlaps = {}
+    for flag in ("--exclude-test", "--include-test"):
+        code, pre, err = _invoke(["pretrain", "--data", str(synth_tumor), *TINY, "--max-steps", "1", "--batch-size", "8",
+                                  flag, "--db", db, "--out", out, "--json"])
+        assert code == 0, err
+        code, ft, err = _invoke(["finetune", "--data", str(synth_tumor), "--from-run", str(pre["run_id"]),
+                                 "--epochs", "1", "--no-progress", "--db", db, "--out", out, "--json"])
+        assert code == 0, err
+        params = _params(store, ft["run_id"])
+        overlaps[flag] = (int(params["ssl_pool_test_overlap"]), int(params["n_test"]), "WARNING" in err)
+        pool = store.split_of(pre["run_id"])
+        test_keys = {k for k, v in store.split_of(ft["run_id"]).items() if v == "test"}
+        if flag == "--exclude-test":
+            assert {pool[k] for k in test_keys} == {"excluded"}
+    assert overlaps["--exclude-test"][0] == 0 and not overlaps["--exclude-test"][2]
+    n_test = overlaps["--include-test"][1]
+    assert overlaps["--include-test"] == (n_test, n_test, True)
