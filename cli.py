@@ -213,7 +213,8 @@ def data_audit(
         if not manifest.has_given_split:  # check the split sslmri itself would draw
             classes = {c: i for i, c in enumerate(manifest.classes)}
             split = make_split([classes[r.label] for r in usable], [r.subject for r in usable],
-                               [None] * len(usable), split_seed if split_seed is not None else defaults.split_seed)
+                               [None] * len(usable), split_seed if split_seed is not None else defaults.split_seed,
+                               hashes=[r.content_hash for r in usable])
             split_of = {usable[i].key: name for i, name in enumerate(split.assignment(len(usable)))}
         report = audit_dataset(manifest, images, split_of, near_threshold=near_threshold)
         store = RunStore(db)

@@ -40,6 +40,10 @@ class ImageSet:
         return [it.subject for it in self.items]
 
     @property
+    def hashes(self) -> list[str | None]:
+        return [it.content_hash for it in self.items]
+
+    @property
     def given_splits(self) -> list[str | None]:
         return [it.given_split for it in self.items]
 

@@ -91,7 +91,8 @@ def load_finetune_data(cfg: FinetuneConfig) -> ImageSet:
 
 def split_data(data: ImageSet, cfg: FinetuneConfig) -> tuple[Split, np.ndarray]:
     """The subject-level split (or the given one) and the labelled part of train for the label budget."""
-    split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, cfg.use_given_split)
+    split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, cfg.use_given_split,
+                       data.hashes)
     if len(split.val) == 0 or len(split.test) == 0:
         raise ValueError(
             f"too few subjects to split {data.root} into train/val/test "

@@ -71,7 +71,7 @@ def load_pretrain_data(cfg: PretrainConfig) -> tuple[ImageSet, list[str]]:
         role = ["pool"] * len(data.items)
         if cfg.exclude_test:
             use_given = any(data.given_splits)
-            split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, use_given)
+            split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, use_given, data.hashes)
             for i in split.test:
                 role[int(i)] = "excluded"
         sets.append(data)

@@ -34,10 +34,13 @@ class Split:
         return out
 
 
-def _groups(subjects: Sequence[str | None]) -> tuple[list[str], str]:
-    """Group key per image: the subject when every image has one, else the image itself."""
+def _groups(subjects: Sequence[str | None], hashes: Sequence[str | None] | None = None) -> tuple[list[str], str]:
+    """Group key per image: the subject when every image has one, else the image itself, with
+    byte-identical copies (same ``hashes`` entry) kept together so a duplicate never spans splits."""
     if subjects and all(s is not None for s in subjects):
         return [str(s) for s in subjects], "subject"
+    if hashes is not None:
+        return [f"content-{h}" if h else f"image-{i}" for i, h in enumerate(hashes)], "image"
     return [f"image-{i}" for i in range(len(subjects))], "image"
 
 
@@ -65,9 +68,13 @@ def split_by_subject(
     subjects: Sequence[str | None],
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    hashes: Sequence[str | None] | None = None,
 ) -> Split:
-    """Stratified (by class) group split: 70/15/15 of each class's subjects, deterministic for a seed."""
-    groups, level = _groups(subjects)
+    """Stratified (by class) group split: 70/15/15 of each class's subjects, deterministic for a seed.
+
+    Without subject ids, ``hashes`` (content hashes) keep exact duplicates on one side.
+    """
+    groups, level = _groups(subjects, hashes)
     group_label = _group_labels(labels, groups)
     rng = np.random.default_rng(seed)
     split_of: dict[str, str] = {}
@@ -109,9 +116,13 @@ def make_split(
     given: Sequence[str | None],
     seed: int = 0,
     use_given: bool = False,
+    hashes: Sequence[str | None] | None = None,
 ) -> Split:
-    """The split every command uses for a data set: its given split when asked, else 70/15/15 by subject."""
-    return split_given(labels, subjects, given, seed) if use_given else split_by_subject(labels, subjects, seed)
+    """The split every command uses for a data set: its given split when asked, else 70/15/15 by
+    subject (by image, duplicates kept together, when there are no subject ids)."""
+    if use_given:
+        return split_given(labels, subjects, given, seed)
+    return split_by_subject(labels, subjects, seed, hashes=hashes)
 
 
 def label_subset(

@@ -148,5 +148,5 @@ def test_data_check_cli_reports_and_exits(tmp_path: Path, monkeypatch: pytest.Mo
     empty = tmp_path / "nothing"
     (empty / "a").mkdir(parents=True)
     (empty / "a" / "x.png").write_bytes(b"junk")
-    result = CliRunner().invoke(app, ["data", "check", str(empty), "--json"])
+    result = CliRunner().invoke(app, ["data", "check", str(empty), "--json", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
     assert result.exit_code == 1 and "no usable" in result.stderr

@@ -86,3 +86,14 @@ def test_given_split_is_honoured() -> None:
     assert not train_subjects & {subjects[i] for i in split.val}
     with pytest.raises(ValueError, match="no Testing"):
         make_split(labels, subjects, ["train"] * len(labels), use_given=True)
+
+
+def test_without_subjects_exact_duplicates_stay_on_one_side() -> None:
+    labels = [0] * 30 + [1] * 30
+    hashes = [f"h{i % 20}" for i in range(60)]  # every content appears three times
+    split = split_by_subject(labels, [None] * 60, seed=0, hashes=hashes)
+    side = {}
+    for name in ("train", "val", "test"):
+        for i in getattr(split, name):
+            assert side.setdefault(hashes[i], name) == name
+    assert split.level == "image"
