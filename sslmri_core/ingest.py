@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sslmri_core.cache import FileStat, StatIndex, array_path, default_root, read_array, stat_file, write_array
+from sslmri_core.cache import ImageCache, default_root, stat_file
 from sslmri_core.decode import DecodeError, decode_image_bytes, nifti_slices
 from sslmri_core.manifest import OK, UNUSABLE, Manifest, ManifestRow
 from sslmri_core.sources import DataError, SourceFile, discover, parse_subject, subject_regex
@@ -35,37 +35,35 @@ def _facts(content_hash: str | None, nbytes: int | None, **values: Any) -> dict[
     return {**base, **values}
 
 
-def process_file(job: tuple[str, str, int, str]) -> list[dict[str, Any]]:
-    """Read, hash and decode one file into the cache; returns one facts dict per image it holds.
+Decoded = tuple[list[dict[str, Any]], list[tuple[str, int | None, bytes]]]
+
+
+def process_file(job: tuple[str, str, int]) -> Decoded:
+    """Read, hash and decode one file: one facts dict per image it holds, and the arrays' bytes.
 
     Runs in worker processes: takes and returns plain data only.
     """
-    path, kind, size, cache_root = job
-    root = Path(cache_root)
+    path, kind, size = job
     try:
         data = Path(path).read_bytes()
     except PermissionError:
-        return [_facts(None, None, status=UNUSABLE, reason="cannot read: permission denied")]
+        return [_facts(None, None, status=UNUSABLE, reason="cannot read: permission denied")], []
     except OSError as exc:
-        return [_facts(None, None, status=UNUSABLE, reason=f"cannot read: {exc.strerror or exc}")]
+        return [_facts(None, None, status=UNUSABLE, reason=f"cannot read: {exc.strerror or exc}")], []
     digest = _hash(data)
     try:
         if kind == "nifti":
             slices, facts = nifti_slices(path, size)
-            out = []
-            for z, array in slices:
-                write_array(root, size, digest, z, array)
-                out.append(_facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode,
-                                  bit_depth=facts.bit_depth, slice_index=z))
-            return out
+            rows = [_facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode,
+                           bit_depth=facts.bit_depth, slice_index=z) for z, _ in slices]
+            return rows, [(digest, z, array.tobytes()) for z, array in slices]
         array, facts = decode_image_bytes(data, size)
     except DecodeError as exc:
-        return [_facts(digest, len(data), status=UNUSABLE, reason=str(exc))]
+        return [_facts(digest, len(data), status=UNUSABLE, reason=str(exc))], []
     except Exception as exc:  # a decoder bug must still become a reported reason, not a crash
-        return [_facts(digest, len(data), status=UNUSABLE, reason=f"cannot decode: {exc.__class__.__name__}: {exc}")]
-    write_array(root, size, digest, None, array)
-    return [_facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode,
-                   bit_depth=facts.bit_depth)]
+        return [_facts(digest, len(data), status=UNUSABLE, reason=f"cannot decode: {exc.__class__.__name__}: {exc}")], []
+    row = _facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode, bit_depth=facts.bit_depth)
+    return [row], [(digest, None, array.tobytes())]
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -77,12 +75,8 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _cached_facts_valid(root: Path, size: int, facts: list[dict[str, Any]]) -> bool:
-    return all(f["status"] != OK or array_path(root, size, f["content_hash"], f["slice_index"]).exists() for f in facts)
-
-
-def _decode_all(jobs: list[tuple[str, str, int, str]], workers: int,
-                progress: Callable[[int, int], None] | None) -> list[list[dict[str, Any]]]:
+def _decode_all(jobs: list[tuple[str, str, int]], workers: int,
+                progress: Callable[[int, int], None] | None) -> list[Decoded]:
     if len(jobs) < INLINE_BELOW or workers <= 1:
         results = []
         for i, job in enumerate(jobs):
@@ -129,38 +123,31 @@ def build_manifest(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
-    cache = cache_root or default_root()
     found = discover(root)
     pattern_label, regex = subject_regex(subject_pattern, [Path(f.path).name for f in found.files])
     class_map = class_map or {}
 
     stats = {f.path: stat_file(f.path) for f in found.files}
-    index = StatIndex(cache)
+    cache = ImageCache(cache_root or default_root())
     try:
-        known = index.lookup_many([s for s in stats.values() if s is not None], size)
-        facts_of: dict[str, list[dict[str, Any]]] = {
-            p: f for p, f in known.items() if _cached_facts_valid(cache, size, f)
-        }
+        facts_of = cache.known_files([s for s in stats.values() if s is not None], size)
         todo = [f for f in found.files if stats[f.path] is not None and f.path not in facts_of]
-        jobs = [(f.path, f.kind, size, str(cache)) for f in todo]
-        results = _decode_all(jobs, workers or min(os.cpu_count() or 2, 8), progress)
-        fresh = [(src, res) for src, res in zip(todo, results)]
-        facts_of.update({src.path: res for src, res in fresh})
-        index.store([(stats[src.path], res) for src, res in fresh if stats[src.path] is not None], size)
-    finally:
-        index.close()
+        results = _decode_all([(f.path, f.kind, size) for f in todo], workers or min(os.cpu_count() or 2, 8), progress)
+        facts_of.update({src.path: facts for src, (facts, _) in zip(todo, results)})
+        cache.store(size, [(stats[src.path], facts) for src, (facts, _) in zip(todo, results)],  # type: ignore[misc]
+                    [a for _, arrays in results for a in arrays])
 
-    rows: list[ManifestRow] = []
-    for src in found.files:
-        if stats[src.path] is None:
-            rows.append(_unusable_row(root, src.path, "cannot read: file vanished or cannot be stat'ed"))
-            continue
-        label = class_map.get(src.folder_label, src.folder_label)
-        subject = parse_subject(Path(src.path).name, regex)
-        rows.extend(_row(src, facts, label, subject) for facts in facts_of[src.path])
-    rows.extend(_unusable_row(root, path, reason) for path, reason in found.unusable)
-    manifest = Manifest(str(root), rows, pattern_label, found.notes)
-    usable = manifest.usable
-    images = (np.stack([read_array(cache, size, r.content_hash, r.slice_index) for r in usable])  # type: ignore[arg-type]
-              if usable else np.zeros((0, size, size), np.uint8))
+        rows: list[ManifestRow] = []
+        for src in found.files:
+            if stats[src.path] is None:
+                rows.append(_unusable_row(root, src.path, "cannot read: file vanished or cannot be stat'ed"))
+                continue
+            label = class_map.get(src.folder_label, src.folder_label)
+            subject = parse_subject(Path(src.path).name, regex)
+            rows.extend(_row(src, facts, label, subject) for facts in facts_of[src.path])
+        rows.extend(_unusable_row(root, path, reason) for path, reason in found.unusable)
+        manifest = Manifest(str(root), rows, pattern_label, found.notes)
+        images = cache.read(size, [(r.content_hash or "", r.slice_index) for r in manifest.usable])
+    finally:
+        cache.close()
     return manifest, images
