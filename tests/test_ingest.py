@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import sslmri_core.ingest as ingest
-from bad_files import png_bytes, write_corpus
+from bad_files import NIFTI_NAN_SLICES, png_bytes, write_corpus
 from cli import app
 from sslmri_core.decode import decode_image
 from sslmri_core.ingest import build_manifest
@@ -45,8 +45,9 @@ def test_every_file_is_used_or_reported_with_its_reason(tmp_path: Path, cache: P
         else:
             assert fragment in reasons.get(rel, ""), f"{rel}: expected '{fragment}', got {reasons.get(rel)!r}"
     assert report["files"] == report["usable"] + len(report["unusable"])
-    assert report["usable"] == sum(v is None for v in expected.values()) == len(images)
-    assert images.shape[1:] == (32, 32) and images.dtype == np.uint8
+    assert report["usable"] == sum(v is None for v in expected.values())
+    assert report["images"] == report["usable"] - 1 + NIFTI_NAN_SLICES == len(images)  # one NIfTI, several slices
+    assert images.shape[1:] == (32, 32) and images.dtype == np.uint8 and np.isfinite(images.astype(float)).all()
     assert any("empty class folder" in note and "meningioma" in note for note in report["notes"])
 
 
@@ -141,8 +142,8 @@ def test_data_check_cli_reports_and_exits(tmp_path: Path, monkeypatch: pytest.Mo
                                       "--db", f"sqlite:///{tmp_path / 'r.db'}"])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["files"] == report["usable"] + len(report["unusable"]) and report["usable"] == 9
-    assert report["split_level"] == "subject" and report["subjects"] == 9
+    assert report["files"] == report["usable"] + len(report["unusable"]) and report["usable"] == 10
+    assert report["split_level"] == "subject" and report["subjects"] == 10
     assert export.read_text().count("\n") >= report["files"]
 
     empty = tmp_path / "nothing"
@@ -150,3 +151,17 @@ def test_data_check_cli_reports_and_exits(tmp_path: Path, monkeypatch: pytest.Mo
     (empty / "a" / "x.png").write_bytes(b"junk")
     result = CliRunner().invoke(app, ["data", "check", str(empty), "--json", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
     assert result.exit_code == 1 and "no usable" in result.stderr
+
+
+def test_manifest_exports_to_csv_and_parquet(tmp_path: Path, cache: Path) -> None:
+    import pandas as pd
+
+    root = tmp_path / "d"
+    write_corpus(root)
+    manifest, _ = build_manifest(root, 32, cache_root=cache)
+    for name, reader in (("m.csv", pd.read_csv), ("m.parquet", pd.read_parquet)):
+        frame = reader(manifest.export(tmp_path / name))
+        assert len(frame) == len(manifest.rows)
+        assert {"key", "path", "label", "subject", "content_hash", "status", "reason"} <= set(frame.columns)
+    with pytest.raises(ValueError, match="--export"):
+        manifest.export(tmp_path / "m.xlsx")
