@@ -1,4 +1,4 @@
-"""sslmri command line: data, pretrain, finetune, runs, demo.
+"""sslmri command line: data, pretrain, finetune, runs, db, demo.
 
 Kept thin: every command parses options, then imports the library lazily (torch and timm take
 seconds to import, ``--help`` must not), calls one function and prints the result. Options left
@@ -22,8 +22,10 @@ T = TypeVar("T")
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Self-supervised MRI: pretrain, finetune, compare.")
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: the built-in synthetic MRI.")
 runs_app = typer.Typer(no_args_is_help=True, help="Runs in the run store.")
+db_app = typer.Typer(no_args_is_help=True, help="The run store's schema.")
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
+app.add_typer(db_app, name="db")
 
 DB_HELP = "Run store URL (default: $SSLMRI_DB or sqlite:///runs.db)."
 JSON_HELP = "Print one JSON object as the last line of stdout."
@@ -45,8 +47,8 @@ def _guarded(action: Callable[[], T]) -> T:
         if exc.__class__.__name__ == "NonFiniteLossError":
             _fail(str(exc), 1)
         _fail(str(exc), 2)
-    except KeyboardInterrupt:
-        _fail("interrupted (the run is marked interrupted)", 130)
+    except KeyboardInterrupt as exc:
+        _fail(f"{exc or 'interrupted'} (the run is marked interrupted)", 130)
     except typer.Exit:
         raise
     except Exception as exc:
@@ -245,6 +247,10 @@ def pretrain(
                                                 help="Leave each --data folder's test split out of the pool (default)."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the subject split whose test part is left out."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
+    checkpoint_minutes: Optional[float] = typer.Option(
+        None, help="Also checkpoint mid-epoch after this many minutes (default 10; 0: epoch ends only)."),
+    resume: Optional[int] = typer.Option(
+        None, help="Continue this interrupted (or killed, or failed) pretraining run from its last checkpoint."),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     out: Optional[Path] = typer.Option(None, help="Folder for run outputs and checkpoints (default runs/)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -255,15 +261,23 @@ def pretrain(
     def action() -> None:
         from sslmri_core.config import PretrainConfig, with_overrides
         from sslmri_core.pretrain import pretrain as run_pretrain
+        from sslmri_core.pretrain import resume_pretrain
         from sslmri_core.store import RunStore
 
-        cfg = with_overrides(
-            PretrainConfig(), data=[str(d) for d in data] if data else None, model=model, image_size=image_size,
+        overrides = dict(
+            data=[str(d) for d in data] if data else None, model=model, image_size=image_size,
             batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, temperature=temperature,
             precision=precision, subject_pattern=subject_pattern, seed=seed, out=str(out) if out else None,
-            exclude_test=exclude_test, split_seed=split_seed,
+            exclude_test=exclude_test, split_seed=split_seed, checkpoint_minutes=checkpoint_minutes,
         )
-        result = run_pretrain(cfg, RunStore(db), show_progress=progress)
+        if resume is not None:
+            given = ["--" + k.replace("_", "-") for k, v in overrides.items() if v is not None]
+            if given:
+                raise ValueError(f"--resume {resume} continues the run with its stored settings; "
+                                 f"leave out {', '.join(given)}")
+            result = resume_pretrain(resume, RunStore(db), show_progress=progress)
+        else:
+            result = run_pretrain(with_overrides(PretrainConfig(), **overrides), RunStore(db), show_progress=progress)
         _print_metrics(f"pretrain run {result.run_id} finished", result.metrics)
         if json_out:
             _print_json(_result_dict(result))
@@ -348,6 +362,16 @@ def _run_summary(store: Any, record: Any) -> dict[str, Any]:
             "error": record.error, "metrics": store.final_metrics(record.id)}
 
 
+def _store_stale_runs(store: Any) -> None:
+    """Store ``interrupted`` for runs whose process died (no heartbeat); best effort: a read-only role just reads."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        store.mark_stale_interrupted()
+    except SQLAlchemyError:
+        pass  # the records still read as interrupted
+
+
 @runs_app.command("list")
 def runs_list(
     kind: Optional[str] = typer.Option(None, help="Only runs of this kind (pretrain, finetune, ...)."),
@@ -363,6 +387,7 @@ def runs_list(
         from sslmri_core.store import RunStore
 
         store = RunStore(db)
+        _store_stale_runs(store)
         rows = [_run_summary(store, r) for r in store.list_runs(kind)]
         if json_out:
             _print_json(rows)
@@ -370,7 +395,7 @@ def runs_list(
         if not rows:
             console.print("No runs yet: run `make demo`, or `python cli.py pretrain` then `python cli.py finetune --from-run ID`.")
             return
-        table = Table(title=f"runs in {store.url}")
+        table = Table(title=f"runs in {store.display_url}")
         for col in ("id", "kind", "status", "task", "parent", "created", "test acc", "test macro F1", "loss"):
             table.add_column(col)
         for r in rows:
@@ -396,6 +421,7 @@ def runs_show(
         from sslmri_core.store import RunStore
 
         store = RunStore(db)
+        _store_stale_runs(store)
         record = store.get_run(run_id)
         summary = {**_run_summary(store, record), "config": record.config, "device": record.device,
                    "git_sha": record.git_sha, "out_dir": record.out_dir}
@@ -404,6 +430,36 @@ def runs_show(
             return
         console.print_json(json.dumps(_jsonable({k: v for k, v in summary.items() if k != "metrics"}), default=str))
         _print_metrics(f"run {run_id} metrics", summary["metrics"])
+
+    _guarded(action)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Upgrade the store's schema to the newest revision (every command also does this on opening a store)."""
+
+    def action() -> None:
+        from sslmri_core.progress import console
+        from sslmri_core.store import RunStore, current_revision, head_revision, migrate, retrying
+
+        store = RunStore(db, upgrade=False)
+        try:
+            before = current_revision(store.engine)
+            retrying(migrate)(store.engine)
+            after = current_revision(store.engine)
+        except Exception as exc:
+            from sslmri_core.store import StoreError
+
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+            raise StoreError(f"cannot upgrade run store {store.display_url!r} (--db / $SSLMRI_DB): "
+                             f"{exc.__class__.__name__}: {reason}") from exc
+        console.print(f"{store.display_url}: revision {before or '(empty)'} -> {after} "
+                      + ("(already current)" if before == after else f"(head {head_revision()})"))
+        if json_out:
+            _print_json({"db": store.display_url, "before": before, "after": after, "head": head_revision()})
 
     _guarded(action)
 

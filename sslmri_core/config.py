@@ -90,6 +90,9 @@ class PretrainConfig:
     # subject split drawn with split_seed), so a model fine-tuned and tested on it never saw them.
     exclude_test: bool = True
     split_seed: int = 0
+    # Besides the checkpoint at every epoch end, one mid-epoch when this long has passed since the
+    # last (so a killed run loses at most this much work); 0: epoch ends only.
+    checkpoint_minutes: float = 10.0
 
 
 @dataclass

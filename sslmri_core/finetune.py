@@ -25,16 +25,19 @@ from sslmri_core.optim import param_groups, warmup_cosine
 from sslmri_core.pretrain import TrainResult, write_unusable
 from sslmri_core.progress import console, make_progress
 from sslmri_core.runtime import (
+    PRECISIONS,
+    CheckpointError,
     atomic_save,
     autocast,
     device_name,
     load_checkpoint,
     pick_device,
     resolve_precision,
+    run_file,
     seed_everything,
 )
 from sslmri_core.splits import Split, label_subset, make_split
-from sslmri_core.store import RunStore
+from sslmri_core.store import Heartbeat, RunStore, StoreError
 
 INITS = ("ssl", "scratch")
 MODES = ("linear", "full")
@@ -45,7 +48,10 @@ def resolve_finetune_config(store: RunStore, **overrides: Any) -> FinetuneConfig
     base = FinetuneConfig()
     from_run = overrides.get("from_run")
     if from_run is not None:
-        parent = store.get_run(from_run)
+        try:
+            parent = store.get_run(from_run)
+        except StoreError as exc:
+            raise ValueError(f"--from-run {from_run}: {exc}") from None
         if parent.kind != "pretrain":
             raise ValueError(f"--from-run {from_run} is a {parent.kind} run, not a pretraining run")
         pre = from_dict(PretrainConfig, parent.config)
@@ -71,6 +77,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -102,22 +109,27 @@ def split_data(data: ImageSet, cfg: FinetuneConfig) -> tuple[Split, np.ndarray]:
     return split, labeled
 
 
-def _build_model(cfg: FinetuneConfig, n_classes: int, encoder_checkpoint: str | None) -> Classifier:
-    """Classifier on a fresh encoder, loaded from the SSL checkpoint when there is one."""
+def _build_model(cfg: FinetuneConfig, n_classes: int, encoder_state: dict[str, Any] | None) -> Classifier:
+    """Classifier on a fresh encoder, loaded with the SSL encoder's weights when there are some."""
     encoder = create_encoder(cfg.model)
-    if encoder_checkpoint is not None:
-        encoder.load_state_dict(load_checkpoint(encoder_checkpoint)["encoder"])
+    if encoder_state is not None:
+        encoder.load_state_dict(encoder_state)
     return Classifier(encoder, n_classes)
 
 
-def _parent_checkpoint(cfg: FinetuneConfig, store: RunStore) -> str | None:
-    """The SSL run's checkpoint file, or None when training from scratch."""
+def _parent_encoder(cfg: FinetuneConfig, store: RunStore) -> dict[str, Any] | None:
+    """The SSL run's encoder weights (checked before a run is recorded), or None when training from scratch."""
     if cfg.from_run is None:
         return None
     parent = store.get_run(cfg.from_run)
     if not parent.checkpoint_path or not Path(parent.checkpoint_path).is_file():
         raise ValueError(f"--from-run {cfg.from_run} has no checkpoint file (run status: {parent.status})")
-    return parent.checkpoint_path
+    # The path comes from the store: open it only inside that run's own output folder, weights only.
+    path = run_file(parent.checkpoint_path, parent.out_dir, f"--from-run {cfg.from_run} checkpoint")
+    state = load_checkpoint(path).get("encoder")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--from-run {cfg.from_run}: {path} holds no encoder weights")
+    return state
 
 
 def _split_params(data: ImageSet, split: Split, labeled: np.ndarray) -> dict[str, Any]:
@@ -166,7 +178,7 @@ def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, la
 def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True) -> TrainResult:
     """Train and evaluate a classifier as a tracked run; returns the run's result."""
     validate_finetune(cfg)
-    encoder_checkpoint = _parent_checkpoint(cfg, store)
+    encoder_state = _parent_encoder(cfg, store)
     data = load_finetune_data(cfg)
     split, labeled = split_data(data, cfg)
     device = pick_device()
@@ -191,8 +203,9 @@ def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True
             "the same --split-seed (and, with --use-given-split, on a folder with a Testing split) to avoid it.[/]"
         )
     with store.track(run_id):
-        model = _build_model(cfg, len(data.classes), encoder_checkpoint).to(device)
+        model = _build_model(cfg, len(data.classes), encoder_state).to(device)
         trainer = _Trainer(cfg, data, model, device, precision)
+        trainer.beat = Heartbeat(store, run_id)
         best_epoch = trainer.fit(labeled, split.val, store, run_id, show_progress)
         metrics = _final_evaluation(trainer, data, split, store, run_id)
         metrics["best_epoch"] = float(best_epoch)
@@ -221,6 +234,7 @@ class _Trainer:
             for p in self.model.encoder.parameters():
                 p.requires_grad_(False)
         self._features: torch.Tensor | None = None
+        self.beat: Any = lambda: None  # the run's heartbeat (rate-limited), called every batch
 
     # -- prediction -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -232,6 +246,7 @@ class _Trainer:
             x = normalize(to_float(self.images[idx[b : b + 64]])).to(self.device)
             with autocast(self.device, self.precision):
                 out.append(self.model.encoder(x.contiguous(memory_format=torch.channels_last)).float())
+            self.beat()
         return torch.cat(out) if out else torch.zeros(0, int(self.model.encoder.num_features))
 
     @torch.no_grad()
@@ -270,12 +285,12 @@ class _Trainer:
             losses.append(self._step(loss, optimizer, scheduler))
         return float(np.mean(losses)) if losses else float("nan")
 
-    @staticmethod
-    def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
+    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        self.beat()
         return float(loss.item())
 
     def fit(self, train: np.ndarray, val: np.ndarray, store: RunStore, run_id: int, show_progress: bool) -> int:

@@ -1,28 +1,56 @@
-"""SimCLR pretraining: two augmented views per image, one forward pass, NT-Xent."""
+"""SimCLR pretraining: two augmented views per image, one forward pass, NT-Xent.
+
+Resumable: checkpoints hold the model, optimiser, scheduler, every random state and the position
+in the data (epoch, batch, that epoch's order), written at every epoch end, every
+``checkpoint_minutes`` mid-epoch, and at the next step boundary after SIGTERM or Ctrl-C. A run
+whose process died continues with :func:`resume_pretrain` (``pretrain --resume ID``) on the
+same steps it would have taken.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from sslmri_core.augment import augment_batch, normalize, to_float
-from sslmri_core.config import PretrainConfig, to_dict
+from sslmri_core.config import PretrainConfig, from_dict, to_dict
 from sslmri_core.data import ImageSet, concat_sets, load_folder
 from sslmri_core.losses import nt_xent
 from sslmri_core.models import SimCLRModel, check_model_name, create_encoder
 from sslmri_core.optim import param_groups, warmup_cosine
 from sslmri_core.progress import console, make_progress
-from sslmri_core.runtime import atomic_save, autocast, device_name, pick_device, resolve_precision, seed_everything
+from sslmri_core.runtime import (
+    PRECISIONS,
+    CheckpointError,
+    atomic_save,
+    autocast,
+    device_name,
+    load_checkpoint,
+    pick_device,
+    resolve_precision,
+    rng_state,
+    run_file,
+    seed_everything,
+    set_rng_state,
+)
 from sslmri_core.splits import make_split
-from sslmri_core.store import RunStore
+from sslmri_core.store import Heartbeat, RunStore, StoreError
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM or Ctrl-C stopped the run at a step boundary, after writing a checkpoint to resume from."""
 
 
 @dataclass
@@ -45,6 +73,8 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.max_steps is None or cfg.max_steps >= 1, f"--max-steps must be at least 1, got {cfg.max_steps}"),
         (cfg.temperature > 0, f"--temperature must be positive, got {cfg.temperature}"),
+        (cfg.checkpoint_minutes >= 0, f"--checkpoint-minutes must be 0 or more, got {cfg.checkpoint_minutes}"),
+        (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -116,8 +146,90 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
         f"{cfg.model} at {cfg.image_size}px on {device_name(device)}, {precision}"
     )
     with store.track(run_id):
-        metrics, checkpoint = _train(cfg, found.images[pool], store, run_id, out_dir, device, precision, show_progress)
+        metrics, checkpoint = _train(cfg, found.images[pool], store, run_id, out_dir, device, precision, show_progress,
+                                     _pool_hash(found.items, pool))
     return TrainResult(run_id, "pretrain", "finished", str(checkpoint), metrics, str(out_dir))
+
+
+def _pool_hash(items: list[Any], pool: np.ndarray) -> str:
+    """Fingerprint of the pretraining pool in order: a resumed run must see the same images at the same indices."""
+    return hashlib.sha256("\n".join(items[int(i)].key for i in pool).encode()).hexdigest()
+
+
+def resume_pretrain(run_id: int, store: RunStore, *, show_progress: bool = True) -> TrainResult:
+    """Continue an interrupted (or failed, or killed) pretraining run from its last checkpoint.
+
+    The run keeps its id, config and metric series: points logged after the checkpoint are
+    dropped and logged again, so each step appears once. Refused while the run is alive.
+    """
+    try:
+        record = store.get_run(run_id)
+    except StoreError as exc:
+        raise ValueError(f"--resume {run_id}: {exc}") from None
+    if record.kind != "pretrain":
+        raise ValueError(f"--resume {run_id} is a {record.kind} run; only pretraining runs can be resumed")
+    if record.status == "finished":
+        raise ValueError(f"--resume {run_id}: the run already finished")
+    if record.status == "running":
+        raise ValueError(f"--resume {run_id}: the run is still running (last heartbeat {record.heartbeat_at}); "
+                         "stop it first (SIGTERM writes a checkpoint)")
+    if not record.out_dir:
+        raise ValueError(f"--resume {run_id}: the run has no output folder recorded")
+    cfg = from_dict(PretrainConfig, record.config)
+    validate_pretrain(cfg)
+    state = None
+    if record.checkpoint_path:
+        state = load_checkpoint(run_file(record.checkpoint_path, record.out_dir, "checkpoint"))
+        if state.get("kind") != "pretrain" or state.get("run_id") != run_id:
+            raise CheckpointError(f"--resume {run_id}: {record.checkpoint_path} is not this run's checkpoint")
+    found, roles = load_pretrain_data(cfg)
+    pool = np.array([i for i, r in enumerate(roles) if r == "pool"], dtype=np.int64)
+    pool_hash = _pool_hash(found.items, pool)
+    stored_pool = sum(1 for split in store.split_of(run_id).values() if split == "pool")
+    if (state is not None and state.get("pool_hash", pool_hash) != pool_hash) or stored_pool != len(pool):
+        raise ValueError(f"--resume {run_id}: the data changed since the run started ({stored_pool} images in its "
+                         f"pool, {len(pool)} now); start a new run instead")
+    device = pick_device()
+    precision = resolve_precision(cfg.precision, device)
+    if not store.reopen_run(run_id):
+        raise ValueError(f"--resume {run_id}: another process has just resumed or is running it")
+    done = int(state["step"]) if state is not None else 0
+    dropped = store.truncate_metrics(run_id, done)
+    store.log_params(run_id, {"resumed_from_step": done})
+    out_dir = Path(record.out_dir)
+    console.print(
+        f"resuming pretrain run {run_id} at step {done} ({dropped} metric points after the checkpoint dropped); "
+        f"{len(pool)} images, {cfg.model} at {cfg.image_size}px on {device_name(device)}, {precision}"
+    )
+    with store.track(run_id):
+        metrics, checkpoint = _train(cfg, found.images[pool], store, run_id, out_dir, device, precision, show_progress,
+                                     pool_hash, resume=state)
+    return TrainResult(run_id, "pretrain", "finished", str(checkpoint), metrics, str(out_dir))
+
+
+class _StopSignals:
+    """SIGTERM and the first Ctrl-C ask the training loop to stop at the next step boundary (a second Ctrl-C stops at once)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt("interrupted by the user")
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous = signal.getsignal(sig)
+                self._previous[sig] = signal.SIG_DFL if previous is None else previous
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _train(
@@ -129,8 +241,10 @@ def _train(
     device: torch.device,
     precision: str,
     show_progress: bool,
+    pool_hash: str = "",
+    resume: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], Path]:
-    """The SimCLR loop over uint8 images ``(N, S, S)``; checkpoints every epoch."""
+    """The SimCLR loop over uint8 images ``(N, S, S)``; checkpoints every epoch (and see module docs)."""
     gen = seed_everything(cfg.seed)
     data = torch.from_numpy(images)
     n = len(data)
@@ -142,18 +256,43 @@ def _train(
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total)
     checkpoint = out_dir / "checkpoint.pt"
-    step, metrics = 0, {}
-    with make_progress(show_progress) as progress:
-        bar = progress.add_task("pretrain", total=total, info="", ips=0.0)
-        for epoch in range(cfg.epochs):
-            if step >= total:
-                break
+    # Where the loop stands: the next epoch and batch, that epoch's order, the losses of its steps so far.
+    step, epoch, first_batch, order, losses, metrics = 0, 0, 0, None, [], {}
+    if resume is not None:
+        model.encoder.load_state_dict(resume["encoder"])
+        model.head.load_state_dict(resume["head"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        step, metrics = int(resume["step"]), dict(resume.get("metrics", {}))
+        position = resume.get("position") or {"epoch": int(resume["epoch"]) + 1, "batch": 0, "order": None, "losses": []}
+        epoch, first_batch, order, losses = position["epoch"], position["batch"], position["order"], list(position["losses"])
+        if "rng" in resume:
+            set_rng_state(resume["rng"], gen)
+
+    def save() -> None:
+        atomic_save({
+            "kind": "pretrain", "run_id": run_id, "config": to_dict(cfg), "epoch": epoch - 1, "step": step,
+            "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "position": {"epoch": epoch, "batch": first_batch, "order": order, "losses": list(losses)},
+            "rng": rng_state(gen), "pool_hash": pool_hash, "metrics": dict(metrics), "total": total,
+        }, checkpoint)
+        store.update_run(run_id, checkpoint_path=str(checkpoint))
+
+    beat = Heartbeat(store, run_id)
+    last_save = time.monotonic()
+    with _StopSignals() as stop, make_progress(show_progress) as progress:
+        bar = progress.add_task("pretrain", total=total, completed=step, info="", ips=0.0)
+        while epoch < cfg.epochs and step < total:
             model.train()
-            order = torch.randperm(n, generator=gen)
-            losses = []
-            for b in range(steps_per_epoch):
-                if step >= total:
-                    break
+            if order is None:
+                order = torch.randperm(n, generator=gen)
+            while first_batch < steps_per_epoch and step < total:
+                if stop.requested:
+                    save()
+                    raise RunInterrupted(f"stopped by {stop.requested} at step {step} of {total}; checkpoint saved, "
+                                         f"continue with: python cli.py pretrain --resume {run_id}")
+                b = first_batch
                 start = time.perf_counter()
                 x = to_float(data[order[b * batch : (b + 1) * batch]]).to(device)
                 views = torch.cat([augment_batch(x, cfg.augment, gen), augment_batch(x, cfg.augment, gen)])
@@ -170,42 +309,23 @@ def _train(
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                first_batch += 1
                 ips = 2 * len(x) / (time.perf_counter() - start)  # both views count
                 losses.append(loss.item())
                 store.log_metrics(
                     run_id, {"loss": losses[-1], "lr": scheduler.get_last_lr()[0], "images_per_s": ips},
                     step=step, epoch=epoch,
                 )
+                beat()
                 progress.update(bar, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.3f}", ips=ips)
-            metrics = {"epoch_loss": float(np.mean(losses)), "steps": float(step)}
-            store.log_metrics(run_id, {"epoch_loss": metrics["epoch_loss"]}, step=step, epoch=epoch)
-            _save(checkpoint, model, optimizer, scheduler, cfg, run_id, epoch, step)
-            store.update_run(run_id, checkpoint_path=str(checkpoint))
+                if (cfg.checkpoint_minutes and first_batch < steps_per_epoch and step < total
+                        and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes):
+                    save()
+                    last_save = time.monotonic()
+            if losses:
+                metrics = {"epoch_loss": float(np.mean(losses)), "steps": float(step)}
+                store.log_metrics(run_id, {"epoch_loss": metrics["epoch_loss"]}, step=step, epoch=epoch)
+            epoch, first_batch, order, losses = epoch + 1, 0, None, []
+            save()
+            last_save = time.monotonic()
     return metrics, checkpoint
-
-
-def _save(
-    path: Path,
-    model: SimCLRModel,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    cfg: PretrainConfig,
-    run_id: int,
-    epoch: int,
-    step: int,
-) -> None:
-    """Atomic checkpoint with everything needed to fine-tune from it (and, later, to resume)."""
-    atomic_save(
-        {
-            "kind": "pretrain",
-            "run_id": run_id,
-            "config": to_dict(cfg),
-            "epoch": epoch,
-            "step": step,
-            "encoder": model.encoder.state_dict(),
-            "head": model.head.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-        },
-        path,
-    )

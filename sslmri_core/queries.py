@@ -25,7 +25,20 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from sslmri_core.store import RUN_STATUSES, Confusion, Metric, Param, Prediction, Run, RunRecord, resolve_db_url
+from sslmri_core.store import (
+    RUN_STATUSES,
+    STALE_ERROR,
+    Confusion,
+    Metric,
+    Param,
+    Prediction,
+    Run,
+    RunRecord,
+    effective_status,
+    record_from,
+    resolve_db_url,
+    stale_cutoff,
+)
 
 Store = str | Engine | None  # a URL (None: SSLMRI_DB or the default) or an engine from read_engine
 
@@ -188,12 +201,13 @@ def store_status(url: str | None = None) -> StoreStatus:
 
 
 def counts_by_kind_status(store: Store = None) -> pd.DataFrame:
-    """One row per run kind: a column per status with its count, and ``total``."""
+    """One row per run kind: a column per status with its count, and ``total`` (silent runs count as interrupted)."""
     columns = ["kind", *RUN_STATUSES, "total"]
     engine = _ready(store)
     if engine is None:
         return pd.DataFrame(columns=columns)
-    stmt = select(Run.kind, Run.status, func.count()).group_by(Run.kind, Run.status)
+    status = effective_status().label("status")
+    stmt = select(Run.kind, status, func.count()).group_by(Run.kind, status)
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
     if not rows:
@@ -257,18 +271,33 @@ def _config_columns(configs: pd.Series) -> pd.DataFrame:
 def runs_frame(
     store: Store = None, kind: str | None = None, status: str | None = None, task: str | None = None
 ) -> pd.DataFrame:
-    """All runs (newest first) with config highlights, summary test metrics and final loss."""
+    """All runs (newest first) with config highlights, summary test metrics and final loss.
+
+    ``status`` is what a reader should see: a ``running`` run without a heartbeat for longer than
+    the heartbeat timeout shows as ``interrupted`` (its process is gone), with the reason in ``error``.
+    """
     engine = _ready(store)
     if engine is None:
         return pd.DataFrame(columns=RUN_COLUMNS)
-    stmt = select(Run).order_by(Run.id.desc())
-    for column, wanted in ((Run.kind, kind), (Run.status, status), (Run.task, task)):
+    cutoff = stale_cutoff()
+    shown_status = effective_status(cutoff)
+    table_columns = [c for c in Run.__table__.columns if c.name != "status"]
+    stmt = select(*table_columns, shown_status.label("status"), Run.status.label("stored_status")).order_by(
+        Run.id.desc()
+    )
+    for column, wanted in ((Run.kind, kind), (shown_status, status), (Run.task, task)):
         if wanted:
             stmt = stmt.where(column == wanted)
     with engine.connect() as conn:
-        runs = pd.DataFrame(conn.execute(stmt).mappings().all(), columns=[c.name for c in Run.__table__.columns])
+        rows = conn.execute(stmt).mappings().all()
+    runs = pd.DataFrame(rows, columns=[*(c.name for c in table_columns), "status", "stored_status"])
     if runs.empty:
         return pd.DataFrame(columns=RUN_COLUMNS)
+    stale = (runs["status"] == "interrupted") & (runs["stored_status"] == "running")
+    if stale.any():
+        last = _utc(runs["heartbeat_at"].fillna(runs["started_at"]).fillna(runs["created_at"]))
+        runs["error"] = runs["error"].astype(object)
+        runs.loc[stale, "error"] = [STALE_ERROR.format(last=t.isoformat(timespec="seconds")) for t in last[stale]]
     runs = pd.concat([runs, _config_columns(runs["config"])], axis=1)
     last = _last_metrics(engine, [*SUMMARY_METRICS, *LOSS_KEYS], runs["id"].tolist())
     runs = runs.join(last, on="id")
@@ -295,7 +324,7 @@ def run_detail(store: Store, run_id: int) -> RunDetail | None:
             return None
         params = conn.execute(select(Param.key, Param.value).where(Param.run_id == int(run_id)).order_by(Param.key))
         param_map = {key: value for key, value in params}
-    record = RunRecord(**{name: row[name] for name in RunRecord.__dataclass_fields__})
+    record: RunRecord = record_from(row)  # a silent "running" run reads as interrupted
     return RunDetail(run=record, params=param_map)
 
 

@@ -1,10 +1,12 @@
-"""Device, precision, seeding and safe checkpoint files."""
+"""Device, precision, seeding, random states and safe checkpoint files."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,32 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def rng_state(gen: torch.Generator) -> dict[str, Any]:
+    """Every random state a training run draws from, as plain data a ``weights_only`` load accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "data": gen.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved (Python, NumPy, torch, CUDA and the data generator)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
     """Write a checkpoint so that a crash never leaves a half-written file at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,9 +100,71 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
             os.unlink(tmp)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted or read (a pickle payload, a damaged file)."""
+
+
+class UnsafePathError(ValueError):
+    """A path read from the run store that points outside the folders it may be opened from."""
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data, never arbitrary pickles."""
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data, never arbitrary pickles.
+
+    A file that carries anything else (e.g. a pickled object whose ``__reduce__`` would run code)
+    is refused with a one-line :class:`CheckpointError`; nothing in it is executed.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it references {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"refusing to load checkpoint {path}: it holds Python objects, not just tensors and plain data{what}; "
+            "it may run code when unpickled, so only weights_only loading is allowed"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = " ".join(str(exc).split()).split(". ")[0]
+        raise CheckpointError(f"cannot read checkpoint {path} (damaged or not a checkpoint): {first}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"cannot use checkpoint {path}: it holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+DATA_ROOTS_ENV = "SSLMRI_DATA_ROOTS"
+
+
+def data_roots() -> list[Path]:
+    """Folders configured as data roots (``$SSLMRI_DATA_ROOTS``, separated by ``os.pathsep``)."""
+    raw = os.environ.get(DATA_ROOTS_ENV, "")
+    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def inside_roots(path: str | Path, roots: list[str | Path], what: str = "file") -> Path:
+    """``path`` resolved (symbolic links and ``..`` followed), if it lies under one of ``roots``; else an error.
+
+    Paths read from the run store are opened only through this, so a store row (edited, or from
+    another machine) cannot make sslmri read or unpickle a file elsewhere on disk.
+    """
+    resolved = Path(path).expanduser().resolve()
+    for root in roots:
+        if root and resolved.is_relative_to(Path(root).expanduser().resolve()):
+            return resolved
+    shown = ", ".join(str(r) for r in roots if r) or "none"
+    raise UnsafePathError(f"refusing to open {what} {path}: it is outside the allowed folders ({shown})")
+
+
+def run_file(path: str | Path, out_dir: str | None, what: str = "file") -> Path:
+    """A file named by a run's store row (its checkpoint): only under the run's own output folder."""
+    if not out_dir:
+        raise UnsafePathError(f"refusing to open {what} {path}: the run has no output folder recorded")
+    return inside_roots(path, [out_dir], what)
+
+
+def scan_file(path: str | Path, run_data: str | list[str] | None) -> Path:
+    """A scan named by a store row (a prediction's ``scan``): only under the run's data folder(s) or ``$SSLMRI_DATA_ROOTS``."""
+    roots: list[str | Path] = [run_data] if isinstance(run_data, str) else list(run_data or [])
+    return inside_roots(path, [*roots, *data_roots()], "scan")

@@ -4,20 +4,29 @@ Every run, its config, parameters, metric series, confusion matrices and per-sca
 go here, and so do data-set manifests, each run's split assignment and data audits. The schema is owned by the Alembic migrations in ``sslmri_core/migrations``; opening a
 store upgrades it to the newest revision. ORM objects never leave this module: readers get plain
 dataclasses (here) or DataFrames (``sslmri_core.queries``).
+
+Concurrency and crashes: every write is one transaction, retried with backoff when SQLite says
+the database is locked (or PostgreSQL reports a serialization failure or deadlock). A running
+training process refreshes its run's ``heartbeat_at``; a ``running`` run whose last sign of life
+is older than :func:`heartbeat_timeout_s` *reads* as ``interrupted`` everywhere (the process was
+killed or crashed), and writers (the CLI) may store that with :meth:`RunStore.mark_stale_interrupted`.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import random
 import socket
 import subprocess
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -31,20 +40,40 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
+    case,
     create_engine,
+    delete,
     event,
+    func,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from sslmri_core.manifest import Manifest
 
 DEFAULT_DB_URL = "sqlite:///runs.db"
 RUN_KINDS = ("pretrain", "finetune", "evaluate", "gradcam", "experiment")
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+
+# Heartbeats: training refreshes ``runs.heartbeat_at`` at most every interval; a ``running`` run
+# silent for longer than the timeout reads as ``interrupted``. Both can be set by environment
+# variable (tests use short ones); these are the only defaults.
+HEARTBEAT_INTERVAL_ENV = "SSLMRI_HEARTBEAT_INTERVAL"
+HEARTBEAT_TIMEOUT_ENV = "SSLMRI_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_INTERVAL_S = 15.0
+DEFAULT_HEARTBEAT_TIMEOUT_S = 300.0
+STALE_ERROR = "no heartbeat since {last}: the process is gone (killed or crashed)"
+# Writes that find SQLite locked (or hit a PostgreSQL serialization failure) are retried.
+WRITE_ATTEMPTS = 8
+_RETRY_SQLSTATES = ("40001", "40P01")  # serialization_failure, deadlock_detected
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class StoreError(RuntimeError):
@@ -53,6 +82,81 @@ class StoreError(RuntimeError):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"${name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"${name} must be positive, got {raw!r}")
+    return value
+
+
+def heartbeat_interval_s() -> float:
+    """Seconds between two heartbeat writes of a training run (``$SSLMRI_HEARTBEAT_INTERVAL``, default 15)."""
+    return _env_seconds(HEARTBEAT_INTERVAL_ENV, DEFAULT_HEARTBEAT_INTERVAL_S)
+
+
+def heartbeat_timeout_s() -> float:
+    """Silence after which a ``running`` run reads as ``interrupted`` (``$SSLMRI_HEARTBEAT_TIMEOUT``, default 300)."""
+    return _env_seconds(HEARTBEAT_TIMEOUT_ENV, DEFAULT_HEARTBEAT_TIMEOUT_S)
+
+
+def stale_cutoff(now: datetime | None = None) -> datetime:
+    """Runs whose last sign of life is before this moment are no longer running."""
+    return (now or _now()) - timedelta(seconds=heartbeat_timeout_s())
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; the store always writes UTC.
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password hidden, for messages and titles."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: show as given (it cannot hold a usable password either)
+        return url
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    orig = getattr(exc, "orig", None)
+    text = str(orig or exc).lower()
+    if "database is locked" in text or "database table is locked" in text or "database is busy" in text:
+        return True
+    return getattr(orig, "sqlstate", None) in _RETRY_SQLSTATES or getattr(orig, "pgcode", None) in _RETRY_SQLSTATES
+
+
+_retry_rng = random.Random()  # never the global one: training seeds and replays it
+
+
+def retrying(method: F) -> F:
+    """Retry a write (one transaction, so safe to repeat) while the database is locked; backoff 50 ms to 2 s."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        delay = 0.05
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return method(*args, **kwargs)
+            except DBAPIError as exc:
+                if attempt == WRITE_ATTEMPTS or not _retryable(exc):
+                    raise
+                time.sleep(delay * (1.0 + _retry_rng.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Base(DeclarativeBase):
@@ -81,6 +185,18 @@ class Run(Base):
     out_dir: Mapped[str | None] = mapped_column(Text)
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+def last_alive() -> ColumnElement[Any]:
+    """A run's last sign of life: its heartbeat, else its start."""
+    return func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at)
+
+
+def effective_status(cutoff: datetime | None = None) -> ColumnElement[Any]:
+    """SQL for the status readers show: ``running`` with no heartbeat since ``cutoff`` is ``interrupted``."""
+    cutoff = cutoff or stale_cutoff()
+    return case((and_(Run.status == "running", last_alive() < cutoff), "interrupted"), else_=Run.status)
 
 
 class Param(Base):
@@ -223,6 +339,7 @@ class RunRecord:
     out_dir: str | None
     checkpoint_path: str | None
     error: str | None
+    heartbeat_at: datetime | None = None
 
 
 def resolve_db_url(db: str | None = None) -> str:
@@ -253,16 +370,51 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def migrate(engine: Engine) -> None:
-    """Upgrade the store's schema to the newest Alembic revision."""
-    from alembic import command
+def _alembic_config() -> Any:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as connection:
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The store's schema revision (None: an empty database)."""
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the store's schema to the newest Alembic revision.
+
+    Cheap when already there (one read). Otherwise the upgrade holds a lock (SQLite ``BEGIN
+    IMMEDIATE``, a PostgreSQL advisory lock) so processes opening a new store at once take turns.
+    """
+    from alembic import command
+
+    if current_revision(engine) == head_revision():
+        return
+    cfg = _alembic_config()
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            # pysqlite would open the transaction lazily (and leave DDL outside it): take the write lock now.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7155171)")
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+        connection.commit()
 
 
 def _git_sha() -> str | None:
@@ -280,8 +432,36 @@ def _git_sha() -> str | None:
     return sha if out.returncode == 0 and len(sha) == 40 else None
 
 
+def record_from(values: Any, cutoff: datetime | None = None) -> RunRecord:
+    """A :class:`RunRecord` from an ORM run or a row mapping, with the status readers should see."""
+    get = values.__getitem__ if hasattr(values, "keys") else lambda name: getattr(values, name)
+    fields = {name: get(name) for name in RunRecord.__dataclass_fields__}
+    for name in ("created_at", "started_at", "ended_at", "heartbeat_at"):
+        fields[name] = _aware(fields[name])
+    last = fields["heartbeat_at"] or fields["started_at"] or fields["created_at"]
+    if fields["status"] == "running" and last is not None and last < (cutoff or stale_cutoff()):
+        fields["status"] = "interrupted"
+        fields["error"] = fields["error"] or STALE_ERROR.format(last=last.isoformat(timespec="seconds"))
+    return RunRecord(**fields)
+
+
 def _record(run: Run) -> RunRecord:
-    return RunRecord(**{name: getattr(run, name) for name in RunRecord.__dataclass_fields__})
+    return record_from(run)
+
+
+class Heartbeat:
+    """Call as often as you like (every step); writes the run's heartbeat at most once per interval."""
+
+    def __init__(self, store: RunStore, run_id: int, interval_s: float | None = None) -> None:
+        self.store, self.run_id = store, run_id
+        self.interval_s = heartbeat_interval_s() if interval_s is None else interval_s
+        self._last = time.monotonic()
+
+    def __call__(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.interval_s:
+            self._last = now
+            self.store.heartbeat(self.run_id)
 
 
 class RunStore:
@@ -292,11 +472,20 @@ class RunStore:
         try:
             self.engine = make_engine(self.url)
             if upgrade:
-                migrate(self.engine)
+                retrying(migrate)(self.engine)
         except Exception as exc:  # any driver/connection error becomes one clear line
-            raise StoreError(f"cannot open run store {self.url!r}: {exc.__class__.__name__}: {exc}") from exc
+            raise StoreError(
+                f"cannot open run store {mask_url(self.url)!r} (--db / $SSLMRI_DB): "
+                f"{exc.__class__.__name__}: {_one_line(getattr(exc, 'orig', None) or exc)}"
+            ) from exc
+
+    @property
+    def display_url(self) -> str:
+        """The store's URL with any password hidden."""
+        return mask_url(self.url)
 
     # -- runs ---------------------------------------------------------------------------------
+    @retrying
     def start_run(
         self,
         kind: str,
@@ -320,11 +509,13 @@ class RunStore:
                 git_sha=_git_sha(),
                 host=socket.gethostname(),
                 device=device,
+                heartbeat_at=now,
             )
             session.add(run)
             session.flush()
             return int(run.id)
 
+    @retrying
     def update_run(self, run_id: int, **values: Any) -> None:
         """Set columns of a run (e.g. ``out_dir``, ``checkpoint_path``, ``config``, ``device``)."""
         with self.engine.begin() as conn:
@@ -336,13 +527,59 @@ class RunStore:
             raise ValueError(f"not a final status: {status}")
         self.update_run(run_id, status=status, error=error, ended_at=_now())
 
+    @retrying
+    def heartbeat(self, run_id: int) -> None:
+        """The run's process is alive: one cheap UPDATE of ``heartbeat_at``."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=_now()))
+
+    @retrying
+    def mark_stale_interrupted(self) -> int:
+        """Store ``interrupted`` for every ``running`` run silent past the heartbeat timeout; returns how many.
+
+        Readers already show such runs as interrupted; writers (the CLI) call this so the stored
+        status agrees. ``ended_at`` becomes the last sign of life.
+        """
+        cutoff = stale_cutoff()
+        with self.engine.begin() as conn:
+            stale = conn.execute(
+                select(Run.id, last_alive()).where(Run.status == "running", last_alive() < cutoff)
+            ).all()
+            for run_id, last in stale:
+                last = _aware(last) if isinstance(last, datetime) else None
+                conn.execute(
+                    update(Run).where(Run.id == run_id, Run.status == "running", last_alive() < cutoff).values(
+                        status="interrupted", ended_at=last,
+                        error=STALE_ERROR.format(last=last.isoformat(timespec="seconds") if last else "?"),
+                    )
+                )
+        return len(stale)
+
+    @retrying
+    def reopen_run(self, run_id: int) -> bool:
+        """Set an interrupted, failed or silent run back to ``running`` (to resume it); False if it is alive or finished.
+
+        One conditional UPDATE, so two processes resuming the same run cannot both get it.
+        """
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(Run)
+                .where(Run.id == run_id)
+                .where(
+                    (Run.status.in_(("interrupted", "failed")))
+                    | and_(Run.status == "running", last_alive() < stale_cutoff())
+                )
+                .values(status="running", ended_at=None, error=None, heartbeat_at=_now())
+            )
+        return result.rowcount == 1
+
     @contextmanager
     def track(self, run_id: int) -> Iterator[int]:
         """Mark the run finished on success, failed (with the error) or interrupted otherwise."""
         try:
             yield run_id
-        except KeyboardInterrupt:
-            self.end_run(run_id, "interrupted", "interrupted by the user")
+        except KeyboardInterrupt as exc:
+            self.end_run(run_id, "interrupted", str(exc) or "interrupted by the user")
             raise
         except BaseException as exc:
             self.end_run(run_id, "failed", f"{exc.__class__.__name__}: {exc}")
@@ -358,6 +595,7 @@ class RunStore:
             return _record(run)
 
     def list_runs(self, kind: str | None = None) -> list[RunRecord]:
+        """Every run (oldest first); a silent ``running`` run comes back as ``interrupted``."""
         stmt = select(Run).order_by(Run.id)
         if kind:
             stmt = stmt.where(Run.kind == kind)
@@ -365,6 +603,7 @@ class RunStore:
             return [_record(run) for run in session.scalars(stmt)]
 
     # -- params and metrics -------------------------------------------------------------------
+    @retrying
     def log_params(self, run_id: int, params: dict[str, Any]) -> None:
         """Store flat key/value parameters (values as text; replaces keys already there)."""
         if not params:
@@ -376,6 +615,7 @@ class RunStore:
                 [{"run_id": run_id, "key": k, "value": None if v is None else str(v)} for k, v in params.items()],
             )
 
+    @retrying
     def log_metrics(
         self, run_id: int, values: dict[str, float], *, step: int | None = None, epoch: int | None = None
     ) -> None:
@@ -392,6 +632,13 @@ class RunStore:
         with self.engine.begin() as conn:
             conn.execute(insert(Metric), rows)
 
+    @retrying
+    def truncate_metrics(self, run_id: int, after_step: int) -> int:
+        """Delete the run's metric points logged after ``after_step`` (a resumed run logs them again)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > after_step))
+        return int(result.rowcount or 0)
+
     def metric_series(self, run_id: int, key: str) -> list[tuple[int | None, int | None, float]]:
         """``(step, epoch, value)`` of one series in insertion order; NaN comes back as NaN."""
         stmt = select(Metric.step, Metric.epoch, Metric.value, Metric.is_nan).where(
@@ -407,6 +654,7 @@ class RunStore:
             return {k: (math.nan if n else float(v)) for k, v, n in conn.execute(stmt)}
 
     # -- evaluation results -------------------------------------------------------------------
+    @retrying
     def log_confusion(
         self, run_id: int, split: str, level: str, labels: Sequence[str], matrix: Sequence[Sequence[int]]
     ) -> None:
@@ -418,8 +666,9 @@ class RunStore:
             )
 
     # -- data -------------------------------------------------------------------------------------
+    @retrying
     def save_manifest(self, manifest: Manifest) -> int:
-        """Store a manifest once per content fingerprint; returns the dataset id."""
+        """Store a manifest once per content fingerprint (summary and rows in one transaction); returns the dataset id."""
         fingerprint = manifest.fingerprint()
         summary = manifest.check_summary()
         with Session(self.engine) as session, session.begin():
@@ -434,12 +683,12 @@ class RunStore:
             session.add(dataset)
             session.flush()
             dataset_id = int(dataset.id)
-        rows = [{"dataset_id": dataset_id, "key": r.key, **asdict(r)} for r in manifest.rows]
-        with self.engine.begin() as conn:
+            rows = [{"dataset_id": dataset_id, "key": r.key, **asdict(r)} for r in manifest.rows]
             for start in range(0, len(rows), 5000):
-                conn.execute(insert(ManifestEntry), rows[start : start + 5000])
+                session.execute(insert(ManifestEntry), rows[start : start + 5000])
         return dataset_id
 
+    @retrying
     def log_split(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
         """Rows with ``key, subject, split, labeled``: where each image of the run went."""
         with self.engine.begin() as conn:
@@ -452,6 +701,7 @@ class RunStore:
         with self.engine.connect() as conn:
             return dict(conn.execute(stmt).all())
 
+    @retrying
     def save_audit(self, dataset_id: int, summary: dict[str, Any], details: dict[str, Any]) -> int:
         with Session(self.engine) as session, session.begin():
             audit = Audit(dataset_id=dataset_id, created_at=_now(), summary=summary, details=details)
@@ -459,6 +709,7 @@ class RunStore:
             session.flush()
             return int(audit.id)
 
+    @retrying
     def log_predictions(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
         """Rows with ``split, scan, subject, true_label, pred_label, confidence, probs``."""
         if rows:

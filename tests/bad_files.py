@@ -51,8 +51,31 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) // 2]
 
 
+def nifti_with_nans(path: Path) -> None:
+    """A 3-D volume whose anatomy (slices 2..7 of 10) has NaN voxels: usable, NaN read as 0."""
+    import nibabel as nib
+
+    vol = np.zeros((24, 24, 10), dtype=np.float32)
+    vol[4:20, 4:20, 2:8] = np.random.default_rng(1).random((16, 16, 6)) + 1
+    vol[5:9, 5:9, 3:5] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+
+
+def nifti_4d(path: Path) -> None:
+    """A 4-D series (e.g. fMRI): refused with a reason."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 3), np.float32), np.eye(4)), path)
+
+
+NIFTI_NAN_SLICES = 6  # usable axial slices of nifti_with_nans
+
+
 def write_corpus(root: Path) -> dict[str, str | None]:
-    """Write good and bad files under ``root/<class>/``; returns rel path -> expected reason fragment (None = usable)."""
+    """Write good and bad files under ``root/<class>/``; returns rel path -> expected reason fragment (None = usable).
+
+    A NIfTI volume is one file; the one with NaNs gives :data:`NIFTI_NAN_SLICES` images.
+    """
     files: dict[str, bytes] = {
         "glioma/sub-01_L.png": png_bytes("L"),
         "glioma/sub-02_rgb.png": png_bytes("RGB"),
@@ -79,6 +102,8 @@ def write_corpus(root: Path) -> dict[str, str | None]:
         "notumor/sub-12_text.png": "not an image",
         "notumor/sub-13_one_pixel.png": "too small",
         "notumor/sub-14_bomb.png": "too large",
+        "glioma/sub-16_T1w_nan.nii.gz": None,
+        "notumor/sub-17_bold.nii": "4-D",
         "notumor/notes.txt": "not an image file type",
         "notumor/loop.png": "loop",
         "notumor/dangling.png": "broken symbolic link",
@@ -89,6 +114,8 @@ def write_corpus(root: Path) -> dict[str, str | None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     (root / "stray.png").write_bytes(png_bytes("L"))
+    nifti_with_nans(root / "glioma" / "sub-16_T1w_nan.nii.gz")
+    nifti_4d(root / "notumor" / "sub-17_bold.nii")
     os.symlink(root / "notumor" / "loop.png", root / "notumor" / "loop.png")  # points at itself
     os.symlink(root / "notumor" / "gone.png", root / "notumor" / "dangling.png")
     (root / "meningioma").mkdir()  # an empty class folder

@@ -116,12 +116,26 @@ def _params(store: object, run_id: int) -> dict[str, str]:
         (["pretrain", "--model", "no_such_net"], "--model"),
         (["pretrain", "--image-size", "0"], "--image-size"),
         (["pretrain", "--epochs", "-1"], "--epochs"),
+        (["pretrain", "--batch-size", "0"], "--batch-size"),
+        (["pretrain", "--max-steps", "0"], "--max-steps"),
+        (["pretrain", "--precision", "fp8"], "--precision"),
+        (["pretrain", "--resume", "999"], "--resume 999"),
+        (["pretrain", "--resume", "1", "--epochs", "3"], "leave out --epochs"),
+        (["finetune", "--init", "scratch", "--model", "no_such_net"], "--model"),
+        (["finetune", "--init", "scratch", "--image-size", "0"], "--image-size"),
+        (["finetune", "--init", "scratch", "--epochs", "-1"], "--epochs"),
+        (["finetune", "--init", "scratch", "--batch-size", "0"], "--batch-size"),
         (["finetune", "--init", "scratch", "--label-fraction", "1.5"], "--label-fraction"),
-        (["finetune", "--from-run", "999"], "no run with id 999"),
+        (["finetune", "--init", "scratch", "--label-fraction", "0"], "--label-fraction"),
+        (["finetune", "--init", "scratch", "--labels-per-class", "0"], "--labels-per-class"),
+        (["finetune", "--init", "scratch", "--mode", "sideways"], "--mode"),
+        (["finetune", "--from-run", "999"], "--from-run 999"),
         (["finetune"], "--from-run"),
         (["runs", "show", "999"], "no run with id 999"),
         (["pretrain", "--data", "/no/such/folder"], "not found"),
-        (["runs", "list", "--db", "postgresql+psycopg://x@127.0.0.1:1/none"], "cannot open run store"),
+        (["runs", "list", "--db", "postgresql+psycopg://x:pw@127.0.0.1:1/none"], "--db"),
+        (["db", "upgrade", "--db", "postgresql+psycopg://x:pw@127.0.0.1:1/none"], "--db"),
+        (["runs", "list", "--db", "nosuchdb://x"], "--db"),
     ],
 )
 def test_bad_options_give_one_clear_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
@@ -130,6 +144,29 @@ def test_bad_options_give_one_clear_line_and_exit_2(args: list[str], needle: str
     code, _, err = _invoke(args)
     assert code == 2
     assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err  # one line
+    assert ":pw@" not in err  # a password in the URL is never shown
+
+
+def test_db_upgrade_reports_the_revision_before_and_after(db_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from sslmri_core.store import head_revision, make_engine
+
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ROOT / "sslmri_core" / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    engine.dispose()
+    code, report, err = _invoke(["db", "upgrade", "--db", db_url, "--json"])
+    assert code == 0, err
+    assert (report["before"], report["after"]) == ("0001", head_revision())
+    assert f"0001 -> {head_revision()}" in err
+    code, report, err = _invoke(["db", "upgrade", "--db", db_url, "--json"])
+    assert code == 0 and report["before"] == report["after"] == head_revision() and "already current" in err
 
 
 def test_a_crashing_run_is_marked_failed(synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
