@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +45,6 @@ class ImageSet:
     @property
     def given_splits(self) -> list[str | None]:
         return [it.given_split for it in self.items]
-
-    def class_counts(self) -> dict[str, int]:
-        counts = Counter(it.label for it in self.items)
-        return {c: counts.get(c, 0) for c in self.classes}
 
 
 def load_folder(

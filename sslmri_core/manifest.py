@@ -9,9 +9,7 @@ nothing the user pointed at disappears silently.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -131,11 +129,3 @@ class Manifest:
         else:
             raise ValueError(f"--export must end in .csv or .parquet, got {path.name}")
         return path
-
-
-def summary_json(manifest: Manifest) -> str:
-    return json.dumps(manifest.check_summary())
-
-
-def rows_by_key(rows: Iterable[ManifestRow]) -> dict[str, ManifestRow]:
-    return {r.key: r for r in rows}
