@@ -201,6 +201,7 @@ def data_audit(
     def action() -> None:
         from sslmri_core.audit import audit_dataset
         from sslmri_core.config import FinetuneConfig
+        from sslmri_core.data import from_manifest
         from sslmri_core.ingest import build_manifest
         from sslmri_core.progress import console
         from sslmri_core.splits import make_split
@@ -208,23 +209,21 @@ def data_audit(
 
         defaults = FinetuneConfig()
         manifest, images = build_manifest(folder, defaults.image_size, subject_pattern)
-        usable = manifest.usable
-        if not usable:
+        data = from_manifest(manifest, images)
+        if not data.items:
             _fail(f"no usable images in {folder}", 1)
         split_of = None
         if not manifest.has_given_split:  # check the split sslmri itself would draw
-            classes = {c: i for i, c in enumerate(manifest.classes)}
-            split = make_split([classes[r.label] for r in usable], [r.subject for r in usable],
-                               [None] * len(usable), split_seed if split_seed is not None else defaults.split_seed,
-                               hashes=[r.content_hash for r in usable])
-            split_of = {usable[i].key: name for i, name in enumerate(split.assignment(len(usable)))}
+            split = make_split(data.labels, data.subjects, data.given_splits,
+                               split_seed if split_seed is not None else defaults.split_seed, hashes=data.hashes)
+            split_of = dict(zip((it.key for it in data.items), split.assignment(len(data.items))))
         report = audit_dataset(manifest, images, split_of, near_threshold=near_threshold)
         store = RunStore(db)
         dataset_id = store.save_manifest(manifest)
         details = report.to_json()
         summary = {**report.summary, "dataset_id": dataset_id,
                    "audit_id": store.save_audit(dataset_id, report.summary, details)}
-        console.print_json(json.dumps(_jsonable({k: v for k, v in summary.items()}), default=str))
+        console.print_json(json.dumps(_jsonable(summary), default=str))
         if json_out:
             _print_json(summary)
 

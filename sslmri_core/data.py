@@ -10,7 +10,7 @@ import numpy as np
 from sslmri_core.manifest import Manifest, ManifestRow
 from sslmri_core.sources import DataError
 
-__all__ = ["DataError", "ImageSet", "concat_sets", "load_folder"]
+__all__ = ["DataError", "ImageSet", "concat_sets", "from_manifest", "load_folder"]
 
 
 @dataclass
@@ -57,14 +57,21 @@ def load_folder(
     from sslmri_core.ingest import build_manifest
 
     manifest, images = build_manifest(root, size, subject_pattern, class_map)
-    usable = manifest.usable
-    unusable = sorted({(r.path, r.reason or "") for r in manifest.unusable})
-    if not usable:
+    data = from_manifest(manifest, images)
+    if not data.items:
+        first = data.unusable[0] if data.unusable else None
         raise DataError(
             f"no usable images in {root}: {len(manifest.files())} file(s) found, all unusable"
-            + (f" (first: {unusable[0][0]}: {unusable[0][1]})" if unusable else " (expected ROOT/<class>/<image>)")
+            + (f" (first: {first[0]}: {first[1]})" if first else " (expected ROOT/<class>/<image>)")
         )
-    return ImageSet(str(root), images, usable, sorted({r.label for r in usable}), unusable, [manifest])
+    return data
+
+
+def from_manifest(manifest: Manifest, images: np.ndarray) -> ImageSet:
+    """The image set of a manifest; ``images`` ``(N, S, S)`` in ``manifest.usable`` order."""
+    usable = manifest.usable
+    unusable = sorted({(r.path, r.reason or "") for r in manifest.unusable})
+    return ImageSet(manifest.root, images, usable, sorted({r.label for r in usable}), unusable, [manifest])
 
 
 def concat_sets(sets: list[ImageSet]) -> ImageSet:
