@@ -445,6 +445,15 @@ def record_from(values: Any, cutoff: datetime | None = None) -> RunRecord:
     return RunRecord(**fields)
 
 
+INSERT_CHUNK = 5000  # rows per executemany: bounded statement size on both SQLite and PostgreSQL
+
+
+def _insert_chunked(conn: Any, table: type[Base], rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` into ``table`` through ``conn`` (a Connection or Session) in bounded batches."""
+    for start in range(0, len(rows), INSERT_CHUNK):
+        conn.execute(insert(table), rows[start : start + INSERT_CHUNK])
+
+
 def _record(run: Run) -> RunRecord:
     return record_from(run)
 
@@ -683,17 +692,15 @@ class RunStore:
             session.add(dataset)
             session.flush()
             dataset_id = int(dataset.id)
-            rows = [{"dataset_id": dataset_id, "key": r.key, **asdict(r)} for r in manifest.rows]
-            for start in range(0, len(rows), 5000):
-                session.execute(insert(ManifestEntry), rows[start : start + 5000])
+            _insert_chunked(session, ManifestEntry,
+                            [{"dataset_id": dataset_id, "key": r.key, **asdict(r)} for r in manifest.rows])
         return dataset_id
 
     @retrying
     def log_split(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
         """Rows with ``key, subject, split, labeled``: where each image of the run went."""
         with self.engine.begin() as conn:
-            for start in range(0, len(rows), 5000):
-                conn.execute(insert(SplitAssignment), [{"run_id": run_id, **r} for r in rows[start : start + 5000]])
+            _insert_chunked(conn, SplitAssignment, [{"run_id": run_id, **r} for r in rows])
 
     def split_of(self, run_id: int) -> dict[str, str]:
         """``key -> split`` of a run's images."""
