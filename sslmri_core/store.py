@@ -239,6 +239,7 @@ class Confusion(Base):
 
 class Prediction(Base):
     __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_run_split", "run_id", "split"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
@@ -249,6 +250,66 @@ class Prediction(Base):
     pred_label: Mapped[str] = mapped_column(String(255))
     confidence: Mapped[float] = mapped_column(Float)
     probs: Mapped[list[float]] = mapped_column(JSON)  # in the order of the run's class labels
+
+
+class Result(Base):
+    """A named JSON payload of a run: metric intervals, reliability bins, an experiment's summary."""
+
+    __tablename__ = "results"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    payload: Mapped[Any] = mapped_column(JSON)
+
+
+class CamStat(Base):
+    """Grad-CAM statistics of one scan under one method; ``run_id`` is the ``gradcam`` run."""
+
+    __tablename__ = "cam_stats"
+    __table_args__ = (Index("ix_cam_stats_model_scan", "model_run_id", "scan"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    model_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    checkpoint: Mapped[str | None] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(32))
+    split: Mapped[str | None] = mapped_column(String(16))
+    scan: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(String(255))
+    true_label: Mapped[str | None] = mapped_column(String(255))
+    target_label: Mapped[str] = mapped_column(String(255))
+    pred_label: Mapped[str] = mapped_column(String(255))
+    confidence: Mapped[float] = mapped_column(Float)
+    intensity: Mapped[float] = mapped_column(Float)
+    area_pct: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    in_brain: Mapped[float | None] = mapped_column(Float)
+    raw_max: Mapped[float] = mapped_column(Float)
+    raw_mean: Mapped[float] = mapped_column(Float)
+    deletion_drop: Mapped[float | None] = mapped_column(Float)
+    random_drop: Mapped[float | None] = mapped_column(Float)
+    road: Mapped[float | None] = mapped_column(Float)
+    pointing_hit: Mapped[bool | None] = mapped_column(Boolean)
+    lesion_energy: Mapped[float | None] = mapped_column(Float)
+    heatmap_path: Mapped[str | None] = mapped_column(Text)  # relative to the gradcam run's out_dir
+
+
+class Embedding(Base):
+    """2-D coordinates of one scan's encoder features under UMAP or t-SNE."""
+
+    __tablename__ = "embeddings"
+    __table_args__ = (Index("ix_embeddings_run_method", "run_id", "method"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    method: Mapped[str] = mapped_column(String(16))
+    scan: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(String(255))
+    label: Mapped[str | None] = mapped_column(String(255))
+    split: Mapped[str | None] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(Text)
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
 
 
 class Dataset(Base):
@@ -722,3 +783,31 @@ class RunStore:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(insert(Prediction), [{"run_id": run_id, **row} for row in rows])
+
+
+    # -- named results, CAM statistics, embeddings --------------------------------------------
+    @retrying
+    def log_result(self, run_id: int, name: str, payload: Any) -> None:
+        """Store (or replace) one named JSON payload of a run."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(Result).where(Result.run_id == run_id, Result.name == name))
+            conn.execute(insert(Result), [{"run_id": run_id, "name": name, "payload": payload}])
+
+    def results(self, run_id: int) -> dict[str, Any]:
+        """``name -> payload`` of every result of a run."""
+        stmt = select(Result.name, Result.payload).where(Result.run_id == run_id)
+        with self.engine.connect() as conn:
+            return dict(conn.execute(stmt).all())
+
+    @retrying
+    def log_cam_stats(self, run_id: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows with the columns of :class:`CamStat` (without ``id`` and ``run_id``)."""
+        with self.engine.begin() as conn:
+            _insert_chunked(conn, CamStat, [{"run_id": run_id, **r} for r in rows])
+
+    @retrying
+    def log_embeddings(self, run_id: int, method: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Replace a run's embedding for ``method``; rows have ``scan, subject, label, split, source, x, y``."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(Embedding).where(Embedding.run_id == run_id, Embedding.method == method))
+            _insert_chunked(conn, Embedding, [{"run_id": run_id, "method": method, **r} for r in rows])

@@ -115,6 +115,23 @@ def test_confusion_and_predictions_round_trip(store: RunStore) -> None:
         assert conn.execute(select(Prediction.probs)).scalar_one() == [0.3, 0.7]
 
 
+
+def test_results_replace_by_name_and_embeddings_replace_by_method(store: RunStore) -> None:
+    from sqlalchemy import func, select
+
+    from sslmri_core.store import Embedding
+
+    run = store.start_run("finetune", {})
+    store.log_result(run, "intervals", {"test_accuracy": [0.5, 0.9]})
+    store.log_result(run, "intervals", {"test_accuracy": [0.6, 0.8]})
+    assert store.results(run) == {"intervals": {"test_accuracy": [0.6, 0.8]}}
+    point = {"scan": "a.png", "subject": "s1", "label": "a", "split": "test", "source": "x", "x": 0.0, "y": 1.0}
+    store.log_embeddings(run, "umap", [point, {**point, "scan": "b.png"}])
+    store.log_embeddings(run, "umap", [point])
+    store.log_embeddings(run, "tsne", [point])
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Embedding)).scalar_one() == 2
+
 def test_unknown_run_and_bad_url_are_clear_errors(store: RunStore) -> None:
     with pytest.raises(StoreError, match="no run with id 42"):
         store.get_run(42)
