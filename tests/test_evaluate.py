@@ -1,0 +1,118 @@
+"""Evaluation on hand-made predictions: subject aggregation, the vectorised subject bootstrap, ECE, ROC-AUC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+from sslmri_core.evaluate import (
+    aggregate_by_subject,
+    bootstrap_intervals,
+    evaluate_split,
+    expected_calibration_error,
+    resample_counts,
+    subject_groups,
+    weighted_scores,
+)
+
+CLASSES = ["a", "b", "c"]
+
+
+def _random_predictions(n_subjects: int = 12, slices: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_subjects) % 3, slices)
+    logits = rng.normal(size=(len(y), 3)) + 1.5 * np.eye(3)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    subjects = [f"s{i // slices:02d}" for i in range(len(y))]
+    return y, probs, subjects
+
+
+def test_subject_probabilities_are_the_mean_of_its_slices() -> None:
+    y = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]])
+    group, names = subject_groups(["p1", "p1", "p2", "p2", "p2"])
+    y_subj, p_subj = aggregate_by_subject(y, probs, group, len(names))
+    assert names == ["p1", "p2"]
+    assert y_subj.tolist() == [0, 1]
+    np.testing.assert_allclose(p_subj, [[0.6, 0.4], [0.3, 0.7]])
+    # p1's slices disagree (one right, one wrong), its mean is right: slice accuracy 3/5, subject accuracy 1.
+    result = evaluate_split(y, probs, ["p1", "p1", "p2", "p2", "p2"], ["x", "y"], "test", n_boot=50)
+    assert result.metrics["test_accuracy"] == pytest.approx(3 / 5)
+    assert result.metrics["test_subject_accuracy"] == 1.0
+    assert result.confusion["subject"].tolist() == [[1, 0], [0, 1]]
+    assert result.confusion["slice"].tolist() == [[1, 1], [1, 2]]
+
+
+def test_missing_subject_ids_make_each_image_its_own_subject() -> None:
+    group, names = subject_groups([None, None, "p"])
+    assert len(names) == 3 and len(set(group.tolist())) == 3
+
+
+def test_weighted_scores_with_unit_weights_equal_scikit_learn() -> None:
+    y, probs, _ = _random_predictions()
+    pred = probs.argmax(axis=1)
+    got = {k: float(v[0]) for k, v in weighted_scores(y, probs, np.ones((1, len(y)))).items()}
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert got["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+
+
+def test_each_bootstrap_replicate_equals_scoring_the_resampled_subjects() -> None:
+    y, probs, subjects = _random_predictions()
+    group, names = subject_groups(subjects)
+    counts = resample_counts(len(names), 20, seed=3)
+    scores = weighted_scores(y, probs, counts[:, group])
+    for b in range(20):
+        # the slow way: materialise the resample (each drawn subject's slices, as many times as drawn)
+        rows = np.concatenate([np.flatnonzero(group == g).repeat(1) for g in range(len(names))
+                               for _ in range(int(counts[b, g]))])
+        yb, pb = y[rows], probs[rows]
+        assert scores["accuracy"][b] == pytest.approx(accuracy_score(yb, pb.argmax(1)))
+        assert scores["balanced_accuracy"][b] == pytest.approx(balanced_accuracy_score(yb, pb.argmax(1)))
+        assert scores["macro_f1"][b] == pytest.approx(
+            f1_score(yb, pb.argmax(1), labels=[0, 1, 2], average="macro", zero_division=0))
+        present = [c for c in range(3) if (yb == c).any() and (yb != c).any()]
+        expected_auc = np.mean([roc_auc_score(yb == c, pb[:, c]) for c in present])
+        assert scores["roc_auc"][b] == pytest.approx(expected_auc)
+        assert scores["ece"][b] == pytest.approx(expected_calibration_error(yb, pb))
+
+
+def test_bootstrap_resamples_whole_subjects() -> None:
+    counts = resample_counts(10, 1000, seed=0)
+    assert counts.shape == (1000, 10) and (counts.sum(axis=1) == 10).all()
+    # perfect predictions: every resample scores 1, so the interval is [1, 1]
+    y = np.repeat([0, 1, 2, 0, 1, 2], 3)
+    probs = np.eye(3)[y] * 0.9 + 0.1 / 3
+    ci = bootstrap_intervals(y, probs, np.repeat(np.arange(6), 3), n_boot=200)
+    assert ci["balanced_accuracy"] == [1.0, 1.0]
+    # one subject all wrong among 6: the interval is wide and contains the point estimate
+    probs_bad = probs.copy()
+    probs_bad[:3] = np.eye(3)[[1, 1, 1]]
+    ci = bootstrap_intervals(y, probs_bad, np.repeat(np.arange(6), 3), n_boot=1000, seed=1)
+    assert ci["accuracy"][0] < 15 / 18 < ci["accuracy"][1] == 1.0
+    # same seed, same interval
+    assert ci == bootstrap_intervals(y, probs_bad, np.repeat(np.arange(6), 3), n_boot=1000, seed=1)
+
+
+def test_ece_on_hand_made_confidences() -> None:
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.8, 0.2], [0.8, 0.2], [0.8, 0.2], [0.8, 0.2]])  # 80% sure, right half the time
+    assert expected_calibration_error(y, probs) == pytest.approx(0.3)
+    result = evaluate_split(y, probs, ["s1", "s2", "s3", "s4"], ["x", "y"], "val", n_boot=10)
+    bins = result.results["val_reliability"]["slice"]
+    assert len(bins) == 1 and bins[0]["count"] == 4 and bins[0]["accuracy"] == 0.5
+    assert bins[0]["confidence"] == pytest.approx(0.8)
+
+
+def test_a_class_absent_from_the_split_gets_no_roc_auc() -> None:
+    y, probs, subjects = _random_predictions()
+    keep = y != 2  # class c never appears
+    result = evaluate_split(y[keep], probs[keep], [s for s, k in zip(subjects, keep) if k], CLASSES, "test", n_boot=100)
+    m = result.metrics
+    assert "test_roc_auc/a" in m and "test_roc_auc/c" not in m
+    assert m["test_roc_auc"] == pytest.approx(np.mean([m["test_roc_auc/a"], m["test_roc_auc/b"]]))
+    assert set(result.results["test_roc"]["slice"]) == {"a", "b"}
+    lo, hi = result.results["test_intervals"]["slice"]["roc_auc"]
+    assert lo is not None and lo <= m["test_roc_auc"] <= hi
