@@ -353,6 +353,33 @@ def demo(
     _guarded(action)
 
 
+@app.command()
+def embed(
+    run: int = typer.Option(..., "--run", help="Pretrain or finetune run whose encoder features to map."),
+    method: str = typer.Option("umap", help="umap (umap-learn) or tsne (scikit-learn)."),
+    split: str = typer.Option("all", help="all, or one split of the run (train, val, test; pool for pretraining)."),
+    max_images: int = typer.Option(5000, help="At most this many images (a fixed random subset beyond it)."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """2-D map (UMAP or t-SNE) of a run's encoder features, stored for the dashboard's Embeddings page."""
+
+    def action() -> None:
+        from dataclasses import asdict
+
+        from sslmri_core.embed import embed_run
+        from sslmri_core.progress import console
+        from sslmri_core.store import RunStore
+
+        result = embed_run(RunStore(db), run, method.lower(), split, max_images=max_images)
+        console.print(f"embedded run {result.run_id} ({result.method}): {result.n_points} images, "
+                      f"{result.n_features} features, splits {result.splits}")
+        if json_out:
+            _print_json(asdict(result))
+
+    _guarded(action)
+
+
 # ---------------------------------------------------------------------------------------------
 def _run_summary(store: Any, record: Any) -> dict[str, Any]:
     return {"run_id": record.id, "kind": record.kind, "status": record.status, "task": record.task,

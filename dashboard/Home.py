@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import common
-from sslmri_core import plots
+from sslmri_core import plots, queries
 
 MAX_FAILED_SHOWN = 5
 
@@ -21,6 +21,39 @@ cols = st.columns(5)
 cols[0].metric("Runs", status.n_runs)
 for col, name in zip(cols[1:], ["finished", "running", "failed", "interrupted"], strict=True):
     col.metric(name.capitalize(), int(totals[name]))
+
+warnings = common.audit_warnings(url)
+for line in warnings:
+    st.error(f"Data audit: {line}. See the Data page.")
+if warnings:
+    st.page_link(common.PAGES["data"], label="Open the Data page", icon="🗂️")
+
+st.subheader("Best result per task and arm")
+results = common.finetune_results(url)
+best = queries.best_per_arm(results, "test_balanced_accuracy")
+if best.empty:
+    st.info("No finished fine-tuning run yet: `python cli.py experiment --task tumor` runs every arm, "
+            "or `python cli.py finetune --from-run ID` a single one.")
+else:
+    st.caption("Test balanced accuracy (slice level): per arm, the label fraction with the best mean over seeds, "
+               "with its 95% interval (a single seed has none).")
+    table = best.assign(fraction=best["fraction"].map(common.fraction_label),
+                        interval=[f"[{lo:.3f}, {hi:.3f}]" if n > 1 else "—"
+                                  for lo, hi, n in zip(best["lo"], best["hi"], best["n"], strict=True)])
+    st.dataframe(table[["task", "arm", "fraction", "mean", "interval", "n"]], hide_index=True, column_config={
+        "mean": st.column_config.NumberColumn("balanced accuracy", format="%.3f"),
+        "n": st.column_config.NumberColumn("seeds"),
+    })
+    st.page_link(common.PAGES["ssl"], label="Label-efficiency curves: SSL vs supervised", icon="📈")
+
+experiments = common.experiments(url)
+if not experiments.empty:
+    st.subheader("Latest experiments")
+    st.dataframe(experiments.head(5), hide_index=True, column_config={
+        "id": st.column_config.NumberColumn("run", format="%d"),
+        "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
+        "finished_children": st.column_config.NumberColumn("finished"),
+    })
 
 st.subheader("Runs by kind and status")
 st.dataframe(counts, hide_index=True, width="content")

@@ -134,3 +134,99 @@ METRIC_COLUMNS = {
     "parent_run_id": st.column_config.NumberColumn("parent", format="%d"),
     "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
 }
+
+
+# -- pages beyond Home and Runs ------------------------------------------------------------------
+PAGES = {
+    "ssl": "pages/2_SSL_vs_Supervised.py",
+    "confusion": "pages/3_Confusion.py",
+    "scans": "pages/4_Scan_Explorer.py",
+    "embeddings": "pages/5_Embeddings.py",
+    "data": "pages/6_Data.py",
+}
+METRIC_LABELS = {
+    "test_balanced_accuracy": "balanced accuracy", "test_accuracy": "accuracy", "test_macro_f1": "macro F1",
+    "test_subject_balanced_accuracy": "balanced accuracy", "test_subject_accuracy": "accuracy",
+    "test_subject_macro_f1": "macro F1",
+}
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def finetune_results(url: str) -> pd.DataFrame:
+    return queries.finetune_results(engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def experiments(url: str) -> pd.DataFrame:
+    return queries.experiments_frame(engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def run_results(url: str, run_id: int) -> dict:
+    return queries.run_results(engine(url), run_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def scan_runs(url: str) -> pd.DataFrame:
+    return queries.runs_with_predictions(engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def data_roots(url: str, run_id: int) -> list[str]:
+    return queries.run_data_roots(engine(url), run_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def cam_stats(url: str, model_run_id: int) -> pd.DataFrame:
+    return queries.cam_stats_frame(engine(url), model_run_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def embedding_runs(url: str) -> pd.DataFrame:
+    return queries.embedding_runs(engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def embeddings(url: str, run_id: int, method: str) -> pd.DataFrame:
+    return queries.embeddings_frame(engine(url), run_id, method)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def datasets(url: str) -> pd.DataFrame:
+    return queries.datasets_frame(engine(url))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def dataset_detail(url: str, dataset_id: int) -> queries.DatasetDetail | None:
+    return queries.dataset_detail(engine(url), dataset_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def unusable_files(url: str, dataset_id: int) -> pd.DataFrame:
+    return queries.unusable_files(engine(url), dataset_id)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def manifest_paths(url: str, dataset_id: int, keys: tuple[str, ...]) -> dict[str, str]:
+    return queries.manifest_paths(engine(url), dataset_id, list(keys))
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def audit_warnings(url: str) -> list[str]:
+    return queries.audit_warnings(engine(url))
+
+
+def empty_state(message: str, command: str) -> None:
+    """What is missing and the command that fills it; stops the page."""
+    st.info(message)
+    st.code(command, language="bash")
+    st.stop()
+
+
+def fraction_label(value: float) -> str:
+    return "—" if pd.isna(value) else f"{value:.0%}" if value >= 0.01 else f"{value:.1%}"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def runs_with_confusion(url: str) -> list[int]:
+    return queries.runs_with_confusion(engine(url))

@@ -26,7 +26,17 @@ def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = N
         )
         results.append(finetune(ft_cfg, store))
     _print_table(results[1:], cfg)
+    _embed_all(store, results)
     return results
+
+
+def _embed_all(store: RunStore, results: list[TrainResult]) -> None:
+    """UMAP maps of every run's encoder features for the dashboard's Embeddings page."""
+    from sslmri_core.embed import embed_run
+
+    for r in results:
+        done = embed_run(store, r.run_id, "umap")
+        console.print(f"embeddings: run {r.run_id}, {done.n_points} images (UMAP)")
 
 
 def _print_table(results: list[TrainResult], cfg: DemoConfig) -> None:

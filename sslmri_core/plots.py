@@ -127,3 +127,111 @@ def latest_results_figure(latest: pd.DataFrame, metric: str = "test_macro_f1") -
         margin={"l": 10, "r": 10, "t": 20, "b": 10}, legend={"orientation": "h", "y": -0.2},
     )
     return fig
+
+
+# -- SSL vs supervised -------------------------------------------------------------------------------
+ARM_COLORS = {"ssl-linear": "#1f77b4", "ssl-full": "#2ca02c", "scratch": "#d62728", "imagenet": "#9467bd"}
+
+
+def label_efficiency_figure(curves: pd.DataFrame, metric_label: str, title: str = "") -> go.Figure:
+    """Mean metric vs label fraction (log x) per arm, with the 95% interval as error bars.
+
+    ``curves`` is one task's :func:`sslmri_core.queries.label_efficiency` frame.
+    """
+    fig = go.Figure()
+    for arm, rows in curves.groupby("arm", sort=False):
+        rows = rows.sort_values("fraction")
+        fig.add_trace(go.Scatter(
+            x=rows["fraction"], y=rows["mean"], mode="lines+markers", name=str(arm),
+            line={"color": ARM_COLORS.get(str(arm))},
+            error_y={"type": "data", "symmetric": False, "array": rows["hi"] - rows["mean"],
+                     "arrayminus": rows["mean"] - rows["lo"]},
+            customdata=rows[["lo", "hi", "n"]].to_numpy(),
+            hovertemplate=(f"{arm}<br>labels %{{x:.1%}}<br>{metric_label} %{{y:.3f}}"
+                           "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n=%{customdata[2]}<extra></extra>"),
+        ))
+    fractions = sorted(curves["fraction"].dropna().unique())
+    fig.update_xaxes(type="log", title="label fraction (log scale)", tickvals=fractions,
+                     ticktext=[f"{f:.0%}" if f >= 0.01 else f"{f:.1%}" for f in fractions])
+    fig.update_layout(title=title, yaxis_title=metric_label, height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def paired_difference_figure(paired: pd.DataFrame, metric_label: str, reference: str = "scratch") -> go.Figure:
+    """Each arm minus ``reference`` per label fraction: mean paired difference and its 95% interval."""
+    fig = go.Figure()
+    for arm, rows in paired.groupby("arm", sort=False):
+        rows = rows.sort_values("fraction")
+        fig.add_trace(go.Scatter(
+            x=rows["fraction"], y=rows["mean_diff"], mode="markers+lines", name=f"{arm} − {reference}",
+            line={"color": ARM_COLORS.get(str(arm))},
+            error_y={"type": "data", "symmetric": False, "array": rows["hi"] - rows["mean_diff"],
+                     "arrayminus": rows["mean_diff"] - rows["lo"]},
+            customdata=rows[["lo", "hi", "n", "wins"]].to_numpy(),
+            hovertemplate=("labels %{x:.1%}<br>difference %{y:+.3f}<br>95% CI [%{customdata[0]:+.3f}, "
+                           "%{customdata[1]:+.3f}]<br>better in %{customdata[3]} of %{customdata[2]} pairs<extra></extra>"),
+        ))
+    fig.add_hline(y=0, line_dash="dash", line_color="gray")
+    fractions = sorted(paired["fraction"].dropna().unique())
+    fig.update_xaxes(type="log", title="label fraction (log scale)", tickvals=fractions,
+                     ticktext=[f"{f:.0%}" if f >= 0.01 else f"{f:.1%}" for f in fractions])
+    fig.update_layout(title=f"Paired difference vs {reference} (same split, seed and labels)",
+                      yaxis_title=f"Δ {metric_label}", height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def confusion_difference_figure(a: ConfusionMatrix, b: ConfusionMatrix, normalise: bool, names: tuple[str, str]) -> go.Figure:
+    """B minus A, cell by cell (counts or row fractions), on the labels both share; red = B has more."""
+    labels = [lab for lab in a.labels if lab in b.labels]
+    fa = (a.normalised() if normalise else a.counts()).loc[labels, labels]
+    fb = (b.normalised() if normalise else b.counts()).loc[labels, labels]
+    diff = fb.astype(float) - fa.astype(float)
+    text = diff.map(lambda v: f"{v:+.2f}" if normalise else f"{v:+.0f}")
+    bound = float(abs(diff.to_numpy()).max()) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=diff.to_numpy(), x=labels, y=labels, text=text.to_numpy(), texttemplate="%{text}", colorscale="RdBu_r",
+        zmin=-bound, zmax=bound, hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+    ))
+    side = 160 + 60 * len(labels)
+    fig.update_layout(title=f"{names[1]} minus {names[0]}" + (" (row-normalised)" if normalise else ""),
+                      xaxis_title="predicted", yaxis_title="true", height=max(side, 360), yaxis={"autorange": "reversed"},
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+# -- embeddings and data ----------------------------------------------------------------------------
+MAX_LEGEND_GROUPS = 30  # colouring by subject with hundreds of subjects: one continuous trace instead
+
+
+def embedding_figure(points: pd.DataFrame, color_by: str, title: str = "") -> go.Figure:
+    """Scatter of a stored 2-D map coloured by ``color_by``; hover shows the scan, subject, class and split."""
+    fig = go.Figure()
+    groups = points[color_by].fillna("(none)").astype(str)
+    hover = ("%{customdata[0]}<br>subject %{customdata[1]}<br>class %{customdata[2]}<br>split %{customdata[3]}"
+             "<extra></extra>")
+    custom = points[["scan", "subject", "label", "split"]].fillna("—").to_numpy()
+    if groups.nunique() > MAX_LEGEND_GROUPS:
+        codes = pd.factorize(groups)[0]
+        fig.add_trace(go.Scattergl(x=points["x"], y=points["y"], mode="markers", customdata=custom,
+                                   marker={"color": codes, "colorscale": "Turbo", "size": 6},
+                                   hovertemplate=hover, showlegend=False))
+    else:
+        for name in sorted(groups.unique()):
+            mask = (groups == name).to_numpy()
+            fig.add_trace(go.Scattergl(x=points["x"][mask], y=points["y"][mask], mode="markers", name=name,
+                                       customdata=custom[mask], marker={"size": 7, "opacity": 0.8},
+                                       hovertemplate=hover))
+    fig.update_layout(title=title, height=560, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      xaxis={"showticklabels": False, "title": ""}, yaxis={"showticklabels": False, "title": ""},
+                      legend={"title": color_by})
+    return fig
+
+
+def class_balance_figure(counts: dict[str, int], title: str = "Images per class") -> go.Figure:
+    labels = sorted(counts)
+    fig = go.Figure(go.Bar(x=labels, y=[counts[k] for k in labels], text=[counts[k] for k in labels],
+                           textposition="outside"))
+    fig.update_layout(title=title, height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10}, yaxis_title="images")
+    return fig

@@ -12,6 +12,7 @@ This module does not import Streamlit; the dashboard caches :func:`read_engine` 
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import create_engine, event, func, inspect, select
+from sqlalchemy import case, create_engine, event, func, inspect, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -28,10 +29,16 @@ from sqlalchemy.pool import NullPool
 from sslmri_core.store import (
     RUN_STATUSES,
     STALE_ERROR,
+    Audit,
+    CamStat,
     Confusion,
+    Dataset,
+    Embedding,
+    ManifestEntry,
     Metric,
     Param,
     Prediction,
+    Result,
     Run,
     RunRecord,
     effective_status,
@@ -48,7 +55,7 @@ SUMMARY_METRICS = ("test_accuracy", "test_balanced_accuracy", "test_macro_f1")
 LOSS_KEYS = ("epoch_loss", "loss", "train_loss")
 
 RUN_COLUMNS = [
-    "id", "kind", "status", "task", "parent_run_id", "model", "init", "mode", "label_fraction",
+    "id", "kind", "status", "task", "parent_run_id", "model", "init", "mode", "arm", "label_fraction", "seed",
     *SUMMARY_METRICS, "final_loss", "split_level", "leakage_prone", "created_at", "ended_at", "duration_s",
     "device", "host", "error",
 ]
@@ -262,10 +269,12 @@ def _restore_nan(frame: pd.DataFrame) -> pd.Series:
 
 
 def _config_columns(configs: pd.Series) -> pd.DataFrame:
-    keys = ["model", "init", "mode", "label_fraction"]
-    return pd.DataFrame(
+    keys = ["model", "init", "mode", "label_fraction", "seed"]
+    frame = pd.DataFrame(
         [{k: (c or {}).get(k) for k in keys} for c in configs], columns=keys, index=configs.index
     )
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
+    return frame
 
 
 def runs_frame(
@@ -304,6 +313,10 @@ def runs_frame(
     runs["final_loss"] = runs[list(LOSS_KEYS)].bfill(axis=1).iloc[:, 0].astype("float64")
     runs = runs.join(_params_wide(engine, LEAK_PARAMS, runs["id"].tolist()), on="id")
     runs["leakage_prone"] = _leakage_prone(runs)
+    arms = _params_wide(engine, ("arm",), runs.loc[runs["kind"] == "finetune", "id"].tolist())["arm"]
+    runs["arm"] = runs["id"].map(arms)
+    derived = pd.Series([derive_arm(i, m) for i, m in zip(runs["init"], runs["mode"], strict=True)], index=runs.index)
+    runs["arm"] = runs["arm"].where(runs["arm"].notna(), derived.where(runs["kind"] == "finetune"))
     for column in ("created_at", "started_at", "ended_at"):
         runs[column] = _utc(runs[column])
     start = runs["started_at"].fillna(runs["created_at"])
@@ -425,3 +438,374 @@ def latest_finetune_by_task(store: Store = None) -> pd.DataFrame:
     latest = runs.drop_duplicates(subset=["task", "arm", "label_fraction"], keep="first")
     latest = latest.sort_values(["task", "arm", "label_fraction"], ascending=[True, True, False], kind="stable")
     return latest[LATEST_COLUMNS].reset_index(drop=True)
+
+
+# -- experiments: arms, label fractions, seeds ------------------------------------------------------
+# Metrics a finetune run reports at slice and subject level (the experiment command's names).
+RESULT_METRICS = {
+    "slice": ("test_balanced_accuracy", "test_accuracy", "test_macro_f1"),
+    "subject": ("test_subject_balanced_accuracy", "test_subject_accuracy", "test_subject_macro_f1"),
+}
+ARM_ORDER = ("ssl-linear", "ssl-full", "scratch", "imagenet")
+REFERENCE_ARM = "scratch"
+RESULT_COLUMNS = [
+    "run_id", "task", "arm", "fraction", "seed", "experiment_id", "status", "leakage_prone", "created_at",
+    *RESULT_METRICS["slice"], *RESULT_METRICS["subject"],
+]
+CURVE_COLUMNS = ["task", "arm", "fraction", "metric", "mean", "lo", "hi", "n", "sd"]
+PAIRED_COLUMNS = ["task", "arm", "fraction", "metric", "mean_diff", "lo", "hi", "n", "wins"]
+
+
+def derive_arm(init: Any, mode: Any) -> str:
+    """``ssl-linear`` / ``ssl-full`` / ``scratch`` / ``imagenet`` from a finetune config."""
+    init = None if pd.isna(init) else str(init)
+    mode = None if pd.isna(mode) else str(mode)
+    if init == "ssl":
+        return f"ssl-{mode or 'full'}"
+    return init or "?"
+
+
+def finetune_results(store: Store = None, task: str | None = None) -> pd.DataFrame:
+    """Finished finetune runs, one row each: task, arm, label fraction, seed, parent experiment, test metrics.
+
+    ``arm``/``fraction``/``seed`` come from the run's params when an experiment wrote them, else
+    from its config (``init``+``mode``, ``label_fraction``, ``seed``). Metrics are the runs' last
+    values (slice and subject level; a run without subject metrics has NaN there).
+    """
+    engine = _ready(store)
+    if engine is None:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    stmt = select(Run.id, Run.task, Run.status, Run.parent_run_id, Run.config, Run.created_at).where(
+        Run.kind == "finetune", Run.status == "finished"
+    )
+    if task:
+        stmt = stmt.where(Run.task == task)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(Run.id)).all()
+        parents = {int(i) for i, k in conn.execute(select(Run.id, Run.kind).where(Run.kind == "experiment"))}
+    if not rows:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    frame = pd.DataFrame(rows, columns=["run_id", "task", "status", "parent_run_id", "config", "created_at"])
+    ids = frame["run_id"].tolist()
+    params = _params_wide(engine, ("arm", "fraction", "seed", *LEAK_PARAMS), ids)
+    frame = frame.join(params, on="run_id")
+    configs = frame["config"].map(lambda c: c or {})
+    derived = [derive_arm(c.get("init"), c.get("mode")) for c in configs]
+    frame["arm"] = frame["arm"].where(frame["arm"].notna(), pd.Series(derived, index=frame.index))
+    frame["fraction"] = pd.to_numeric(frame["fraction"], errors="coerce").fillna(
+        pd.to_numeric(configs.map(lambda c: c.get("label_fraction")), errors="coerce"))
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(
+        pd.to_numeric(configs.map(lambda c: c.get("seed")), errors="coerce")).astype("Int64")
+    frame["experiment_id"] = frame["parent_run_id"].map(
+        lambda p: int(p) if not pd.isna(p) and int(p) in parents else pd.NA).astype("Int64")
+    frame["task"] = frame["task"].fillna("?")
+    frame["leakage_prone"] = _leakage_prone(frame)
+    frame["created_at"] = _utc(frame["created_at"])
+    keys = [*RESULT_METRICS["slice"], *RESULT_METRICS["subject"]]
+    frame = frame.join(_last_metrics(engine, keys, ids), on="run_id")
+    return frame[RESULT_COLUMNS].reset_index(drop=True)
+
+
+def _t_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval; a single value has no interval (lo = hi = mean)."""
+    from scipy.stats import t
+
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, mean, mean
+    half = float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def label_efficiency(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per task x arm x label fraction: mean of ``metric`` over seeds with its 95% t-interval and n."""
+    if results.empty or metric not in results:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    out = []
+    for (task, arm, fraction), group in results.groupby(["task", "arm", "fraction"], sort=True, dropna=False):
+        values = group[metric].to_numpy(dtype="float64")
+        mean, lo, hi = _t_interval(values)
+        n = int((~np.isnan(values)).sum())
+        if n == 0:
+            continue
+        sd = float(np.nanstd(values, ddof=1)) if n > 1 else 0.0
+        out.append((task, arm, fraction, metric, mean, lo, hi, n, sd))
+    frame = pd.DataFrame(out, columns=CURVE_COLUMNS)
+    return _arm_sorted(frame)
+
+
+def _arm_sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    rank = {a: i for i, a in enumerate(ARM_ORDER)}
+    order = frame["arm"].map(lambda a: rank.get(a, len(rank)))
+    return frame.assign(_o=order).sort_values(["task", "_o", "arm", "fraction"]).drop(columns="_o").reset_index(drop=True)
+
+
+def paired_differences(results: pd.DataFrame, metric: str, reference: str = REFERENCE_ARM) -> pd.DataFrame:
+    """Each arm minus ``reference`` on the same task, label fraction, seed and experiment: mean and 95% interval.
+
+    Pairing removes what the arms share (the split, the label draw of that seed), so the interval
+    of the difference is much tighter than the two curves' intervals suggest. ``wins`` counts pairs
+    where the arm beat the reference.
+    """
+    if results.empty or metric not in results:
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    keys = ["task", "fraction", "seed", "experiment_id"]
+    frame = results.assign(experiment_id=results["experiment_id"].astype("float64").fillna(-1))
+    # The latest run per (arm, pairing key) when a configuration was run twice.
+    frame = frame.sort_values("run_id").drop_duplicates([*keys, "arm"], keep="last")
+    ref = frame[frame["arm"] == reference][[*keys, metric]].rename(columns={metric: "_ref"})
+    others = frame[frame["arm"] != reference].merge(ref, on=keys, how="inner")
+    out = []
+    for (task, arm, fraction), group in others.groupby(["task", "arm", "fraction"], sort=True):
+        diff = (group[metric] - group["_ref"]).to_numpy(dtype="float64")
+        mean, lo, hi = _t_interval(diff)
+        n = int((~np.isnan(diff)).sum())
+        if n:
+            out.append((task, arm, fraction, metric, mean, lo, hi, n, int((diff > 0).sum())))
+    return _arm_sorted(pd.DataFrame(out, columns=PAIRED_COLUMNS))
+
+
+def best_per_arm(results: pd.DataFrame, metric: str = "test_balanced_accuracy") -> pd.DataFrame:
+    """Per task and arm, the label fraction with the highest mean ``metric`` (its interval and n)."""
+    curves = label_efficiency(results, metric)
+    if curves.empty:
+        return curves
+    best = curves.sort_values("mean", ascending=False, kind="stable").drop_duplicates(["task", "arm"])
+    return _arm_sorted(best)
+
+
+def experiments_frame(store: Store = None, limit: int = 20) -> pd.DataFrame:
+    """The latest experiment runs with their children's count and status."""
+    columns = ["id", "task", "status", "created_at", "children", "finished_children", "error"]
+    engine = _ready(store)
+    if engine is None:
+        return pd.DataFrame(columns=columns)
+    status = effective_status().label("status")
+    stmt = select(Run.id, Run.task, status, Run.created_at, Run.error).where(Run.kind == "experiment").order_by(
+        Run.id.desc()).limit(limit)
+    child = Run.__table__.alias("child")
+    counts = select(child.c.parent_run_id, func.count(), func.sum(case((child.c.status == "finished", 1), else_=0))).where(
+        child.c.kind == "finetune").group_by(child.c.parent_run_id)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+        if not rows:
+            return pd.DataFrame(columns=columns)
+        ids = [int(r[0]) for r in rows]
+        kids = {int(p): (int(n), int(f or 0)) for p, n, f in conn.execute(counts.where(child.c.parent_run_id.in_(ids)))}
+    frame = pd.DataFrame(rows, columns=["id", "task", "status", "created_at", "error"])
+    frame["children"] = frame["id"].map(lambda i: kids.get(int(i), (0, 0))[0])
+    frame["finished_children"] = frame["id"].map(lambda i: kids.get(int(i), (0, 0))[1])
+    frame["created_at"] = _utc(frame["created_at"])
+    return frame[columns]
+
+
+def run_results(store: Store, run_id: int) -> dict[str, Any]:
+    """``name -> payload`` of a run's named results (an experiment's ``summary``, ``paired``)."""
+    engine = _ready(store)
+    if engine is None or not _has_table(engine, Result.__tablename__):
+        return {}
+    with engine.connect() as conn:
+        return dict(conn.execute(select(Result.name, Result.payload).where(Result.run_id == int(run_id))).all())
+
+
+def _has_table(engine: Engine, name: str) -> bool:
+    try:
+        with engine.connect() as conn:
+            return inspect(conn).has_table(name)
+    except SQLAlchemyError:
+        return False
+
+
+# -- scans, Grad-CAM and embeddings ----------------------------------------------------------------
+SCAN_RUN_COLUMNS = ["id", "task", "arm", "fraction", "seed", "model", "n_predictions", "checkpoint_path", "out_dir"]
+CAM_COLUMNS = [
+    "gradcam_run_id", "method", "split", "scan", "subject", "true_label", "target_label", "pred_label", "confidence",
+    "intensity", "area_pct", "threshold", "in_brain", "raw_max", "raw_mean", "deletion_drop", "random_drop", "road",
+    "pointing_hit", "lesion_energy", "heatmap_path", "out_dir",
+]
+EMBEDDING_COLUMNS = ["scan", "subject", "label", "split", "source", "x", "y"]
+
+
+def runs_with_predictions(store: Store = None) -> pd.DataFrame:
+    """Finished finetune runs that stored per-scan predictions (the Scan Explorer's models), newest first."""
+    engine = _ready(store)
+    if engine is None:
+        return pd.DataFrame(columns=SCAN_RUN_COLUMNS)
+    # One GROUP BY over the (run_id, split) index: no scan of the predictions themselves.
+    counts = select(Prediction.run_id, func.count().label("n")).group_by(Prediction.run_id).subquery()
+    stmt = select(Run.id, Run.task, Run.config, counts.c.n, Run.checkpoint_path, Run.out_dir).join(
+        counts, counts.c.run_id == Run.id).where(Run.kind == "finetune").order_by(Run.id.desc())
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    if not rows:
+        return pd.DataFrame(columns=SCAN_RUN_COLUMNS)
+    frame = pd.DataFrame(rows, columns=["id", "task", "config", "n_predictions", "checkpoint_path", "out_dir"])
+    params = _params_wide(engine, ("arm", "fraction", "seed"), frame["id"].tolist())
+    frame = frame.join(params, on="id")
+    configs = frame["config"].map(lambda c: c or {})
+    frame["arm"] = frame["arm"].where(frame["arm"].notna(), [derive_arm(c.get("init"), c.get("mode")) for c in configs])
+    frame["fraction"] = pd.to_numeric(frame["fraction"], errors="coerce").fillna(
+        pd.to_numeric(configs.map(lambda c: c.get("label_fraction")), errors="coerce"))
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(
+        pd.to_numeric(configs.map(lambda c: c.get("seed")), errors="coerce")).astype("Int64")
+    frame["model"] = configs.map(lambda c: c.get("model"))
+    frame["task"] = frame["task"].fillna("?")
+    return frame[SCAN_RUN_COLUMNS].reset_index(drop=True)
+
+
+def run_data_roots(store: Store, run_id: int) -> list[str]:
+    """Folders a run's scans may be read from: its ``data_root`` param and its config's ``data``."""
+    detail = run_detail(store, run_id)
+    if detail is None:
+        return []
+    roots = [detail.params.get("data_root") or "", *(detail.params.get("data_roots") or "").split(",")]
+    data = detail.run.config.get("data")
+    roots += [data] if isinstance(data, str) else list(data or [])
+    return [r for r in dict.fromkeys(roots) if r]
+
+
+def cam_stats_frame(store: Store, model_run_id: int, scan: str | None = None) -> pd.DataFrame:
+    """Stored Grad-CAM statistics of a model's scans (from its ``gradcam`` runs), with each run's out_dir."""
+    engine = _ready(store)
+    if engine is None or not _has_table(engine, CamStat.__tablename__):
+        return pd.DataFrame(columns=CAM_COLUMNS)
+    cols = [getattr(CamStat, c) for c in CAM_COLUMNS if c not in ("gradcam_run_id", "out_dir")]
+    stmt = select(CamStat.run_id, *cols, Run.out_dir).join(Run, Run.id == CamStat.run_id).where(
+        CamStat.model_run_id == int(model_run_id))
+    if scan is not None:
+        stmt = stmt.where(CamStat.scan == scan)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(CamStat.id)).all()
+    return pd.DataFrame(rows, columns=CAM_COLUMNS)
+
+
+def embedding_runs(store: Store = None) -> pd.DataFrame:
+    """Runs with a stored embedding: run id, kind, task, method, number of points."""
+    columns = ["run_id", "kind", "task", "method", "n"]
+    engine = _ready(store)
+    if engine is None or not _has_table(engine, Embedding.__tablename__):
+        return pd.DataFrame(columns=columns)
+    stmt = select(Embedding.run_id, Run.kind, Run.task, Embedding.method, func.count()).join(
+        Run, Run.id == Embedding.run_id).group_by(Embedding.run_id, Run.kind, Run.task, Embedding.method).order_by(
+        Embedding.run_id.desc(), Embedding.method)
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(stmt).all(), columns=columns)
+
+
+def embeddings_frame(store: Store, run_id: int, method: str) -> pd.DataFrame:
+    """A run's stored 2-D map for ``method``: scan, subject, label, split, source, x, y."""
+    engine = _ready(store)
+    if engine is None or not _has_table(engine, Embedding.__tablename__):
+        return pd.DataFrame(columns=EMBEDDING_COLUMNS)
+    stmt = select(*(getattr(Embedding, c) for c in EMBEDDING_COLUMNS)).where(
+        Embedding.run_id == int(run_id), Embedding.method == method).order_by(Embedding.id)
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(stmt).all(), columns=EMBEDDING_COLUMNS)
+
+
+# -- data sets and audits --------------------------------------------------------------------------
+DATASET_COLUMNS = ["id", "root", "created_at", "n_files", "n_usable", "n_images", "n_classes", "split_level",
+                   "subject_pattern", "audit_id", "audited_at"]
+AUDIT_FLAG_KEYS = ("cross_class_duplicates", "cross_split_duplicates", "cross_class_near_duplicates",
+                   "cross_split_near_duplicates", "subject_leaks")
+
+
+def datasets_frame(store: Store = None) -> pd.DataFrame:
+    """Every stored data set (newest first) with the id and time of its latest audit."""
+    engine = _ready(store)
+    if engine is None or not _has_table(engine, Dataset.__tablename__):
+        return pd.DataFrame(columns=DATASET_COLUMNS)
+    latest = select(Audit.dataset_id, func.max(Audit.id).label("audit_id")).group_by(Audit.dataset_id).subquery()
+    stmt = select(Dataset.id, Dataset.root, Dataset.created_at, Dataset.n_files, Dataset.n_usable, Dataset.n_images,
+                  Dataset.classes, Dataset.split_level, Dataset.subject_pattern, latest.c.audit_id, Audit.created_at
+                  ).outerjoin(latest, latest.c.dataset_id == Dataset.id).outerjoin(
+        Audit, Audit.id == latest.c.audit_id).order_by(Dataset.id.desc())
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    frame = pd.DataFrame(rows, columns=["id", "root", "created_at", "n_files", "n_usable", "n_images", "classes",
+                                        "split_level", "subject_pattern", "audit_id", "audited_at"])
+    frame["n_classes"] = frame["classes"].map(lambda c: len(c or {}))
+    frame["audit_id"] = frame["audit_id"].astype("Int64")
+    for column in ("created_at", "audited_at"):
+        frame[column] = _utc(frame[column])
+    return frame[DATASET_COLUMNS]
+
+
+@dataclass(frozen=True)
+class DatasetDetail:
+    """A data set's manifest summary and its latest audit (``audit`` None when never audited)."""
+
+    id: int
+    root: str
+    classes: dict[str, int]
+    split_level: str
+    summary: dict[str, Any]
+    audit: dict[str, Any] | None
+    audit_details: dict[str, Any] | None
+
+
+def dataset_detail(store: Store, dataset_id: int) -> DatasetDetail | None:
+    engine = _ready(store)
+    if engine is None or not _has_table(engine, Dataset.__tablename__):
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(select(Dataset).where(Dataset.id == int(dataset_id))).mappings().first()
+        if row is None:
+            return None
+        audit = conn.execute(select(Audit.summary, Audit.details).where(Audit.dataset_id == int(dataset_id)).order_by(
+            Audit.id.desc()).limit(1)).first()
+    return DatasetDetail(int(row["id"]), str(row["root"]), dict(row["classes"] or {}), str(row["split_level"]),
+                         dict(row["summary"] or {}), dict(audit[0]) if audit else None,
+                         dict(audit[1]) if audit else None)
+
+
+def unusable_files(store: Store, dataset_id: int, limit: int = 1000) -> pd.DataFrame:
+    """Files of a data set that could not be used, with the reason (at most ``limit``)."""
+    columns = ["path", "label", "reason"]
+    engine = _ready(store)
+    if engine is None or not _has_table(engine, ManifestEntry.__tablename__):
+        return pd.DataFrame(columns=columns)
+    stmt = select(ManifestEntry.path, ManifestEntry.label, ManifestEntry.reason).where(
+        ManifestEntry.dataset_id == int(dataset_id), ManifestEntry.status != "ok").order_by(ManifestEntry.path).limit(limit)
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(stmt).all(), columns=columns)
+
+
+def manifest_paths(store: Store, dataset_id: int, keys: Sequence[str]) -> dict[str, str]:
+    """``key -> path`` for some manifest rows of a data set (to show duplicate thumbnails)."""
+    engine = _ready(store)
+    if engine is None or not keys:
+        return {}
+    stmt = select(ManifestEntry.key, ManifestEntry.path).where(
+        ManifestEntry.dataset_id == int(dataset_id), ManifestEntry.key.in_(list(keys)))
+    with engine.connect() as conn:
+        return dict(conn.execute(stmt).all())
+
+
+def audit_warnings(store: Store = None) -> list[str]:
+    """One sentence per data set whose latest audit found something that can inflate results."""
+    out = []
+    for _, row in datasets_frame(store).iterrows():
+        if pd.isna(row["audit_id"]):
+            continue
+        detail = dataset_detail(store, int(row["id"]))
+        audit = (detail.audit if detail else None) or {}
+        found = [f"{audit[k]} {k.replace('_', ' ')}" for k in AUDIT_FLAG_KEYS if audit.get(k)]
+        confound = audit.get("confound") or {}
+        if confound.get("flag"):
+            found.append("an acquisition confound (metadata predicts the class)")
+        if found:
+            out.append(f"data set #{row['id']} ({row['root']}): " + ", ".join(found))
+    return out
+
+
+def runs_with_confusion(store: Store = None) -> list[int]:
+    """Ids of runs that stored at least one confusion matrix, newest first."""
+    engine = _ready(store)
+    if engine is None:
+        return []
+    with engine.connect() as conn:
+        return [int(r) for r in conn.execute(select(Confusion.run_id).distinct().order_by(Confusion.run_id.desc())).scalars()]

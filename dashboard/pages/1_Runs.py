@@ -14,8 +14,8 @@ from sslmri_core.queries import RunDetail, params_frame
 RUN_KEY = "selected_run"
 ALL = "(all)"
 TABLE_COLUMNS = [
-    "id", "kind", "status", "task", "parent_run_id", "model", "init", "mode", "label_fraction",
-    "test_accuracy", "test_macro_f1", "final_loss", "created_at", "duration_s", "device",
+    "id", "kind", "status", "task", "parent_run_id", "arm", "label_fraction", "seed", "model",
+    "test_balanced_accuracy", "test_accuracy", "test_macro_f1", "final_loss", "created_at", "duration_s", "device",
 ]
 
 
@@ -171,6 +171,17 @@ def show_children(all_runs: pd.DataFrame, run_id: int) -> None:
     st.dataframe(children[TABLE_COLUMNS], hide_index=True, column_config=common.METRIC_COLUMNS)
 
 
+def show_links(run_id: int, kind: str) -> None:
+    """Where else this run can be looked at."""
+    query = {"run": str(run_id)}
+    links = st.columns(4)
+    if kind == "finetune":
+        links[0].page_link(common.PAGES["confusion"], label="Confusion matrix", icon="🔢", query_params=query)
+        links[1].page_link(common.PAGES["scans"], label="Scans", icon="🩻", query_params=query)
+    if kind in ("pretrain", "finetune"):
+        links[2].page_link(common.PAGES["embeddings"], label="Embeddings", icon="🌌", query_params=query)
+
+
 url = common.setup_page("Runs", "📋")
 st.title("Runs")
 common.require_runs(url)
@@ -180,7 +191,10 @@ st.sidebar.markdown("**Filter runs**")
 kind = pick("Kind", all_runs["kind"])
 status = pick("Status", all_runs["status"])
 task = pick("Task", all_runs["task"])
+arm = pick("Arm", all_runs["arm"])
 shown = common.runs(url, kind=kind, status=status, task=task)
+if arm is not None:
+    shown = shown[shown["arm"] == arm]
 
 st.dataframe(shown[TABLE_COLUMNS], hide_index=True, column_config=common.METRIC_COLUMNS)
 if shown.empty:
@@ -193,6 +207,7 @@ if detail is None:
 
 run = detail.run
 st.header(f"Run #{run.id} — {run.kind}" + (f" · {run.task}" if run.task else ""))
+show_links(run.id, run.kind)
 overview, finals = st.columns(2)
 with overview:
     show_overview(detail)
