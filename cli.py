@@ -335,6 +335,43 @@ def finetune(
 
 
 @app.command()
+def gradcam(
+    run: Optional[int] = typer.Option(None, "--run", help="Fine-tuning run whose checkpoint to explain."),
+    split: Optional[str] = typer.Option(None, help="train | val | test of that run's stored split (default test)."),
+    method: Optional[str] = typer.Option(None, help="gradcam | gradcam++ | hirescam | eigencam | layercam | scorecam"),
+    target_layer: Optional[str] = typer.Option(None, help="Module to explain (default: the encoder's last stage)."),
+    target_class: Optional[str] = typer.Option(None, help="Class to explain (default: each scan's predicted class)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many scans."),
+    threshold: Optional[float] = typer.Option(None, help="Activation area = share of the map >= this (default 0.5)."),
+    topk_pct: Optional[float] = typer.Option(None, help="Faithfulness: remove this % of the image (default 20)."),
+    batch_size: Optional[int] = typer.Option(None, help="Scans per batch (default 32)."),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32 for the model's passes (default fp32)."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    out: Optional[Path] = typer.Option(None, help="Folder for run outputs (default runs/); maps go to run-ID/cams/."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Grad-CAM maps of a fine-tuned run's scans, with per-scan statistics and faithfulness checks."""
+
+    def action() -> None:
+        from sslmri_core.config import GradcamConfig, with_overrides
+        from sslmri_core.gradcam_run import run_gradcam, validate_gradcam
+        from sslmri_core.store import RunStore
+
+        cfg = with_overrides(GradcamConfig(), run=run, split=split, method=method, target_layer=target_layer,
+                             target_class=target_class, limit=limit, threshold=threshold, topk_pct=topk_pct,
+                             batch_size=batch_size, precision=precision, out=str(out) if out else None)
+        validate_gradcam(cfg)  # before opening the store: a bad option never touches it
+        result = run_gradcam(cfg, RunStore(db), show_progress=progress)
+        _print_metrics(f"gradcam run {result.run_id} finished ({result.out_dir})",
+                       {k: v for k, v in result.summary.items() if isinstance(v, float)})
+        if json_out:
+            _print_json(result.summary)
+
+    _guarded(action)
+
+
+@app.command()
 def demo(
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     out: Optional[Path] = typer.Option(None, help="Folder for run outputs (default runs/)."),

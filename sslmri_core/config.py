@@ -123,6 +123,26 @@ class FinetuneConfig:
 
 
 @dataclass
+class GradcamConfig:
+    """Grad-CAM maps and their statistics for a fine-tuned run's scans (``cli.py gradcam``)."""
+
+    run: int | None = None  # the fine-tuning run whose checkpoint is explained
+    split: str = "test"  # train | val | test of that run's stored split
+    method: str = "gradcam"  # gradcam | gradcam++ | hirescam | eigencam | layercam | scorecam
+    target_layer: str | None = None  # module name; None: the encoder's last stage
+    target_class: str | None = None  # class name; None: each scan's predicted class
+    limit: int | None = None  # at most this many scans (in split order)
+    threshold: float = 0.5  # activation area = share of the normalised map at or above this
+    topk_pct: float = 20.0  # faithfulness: remove this share of the image, most-activated first
+    road_percentiles: list[int] = field(default_factory=lambda: [20, 50, 80])  # ROADCombined thresholds
+    lesion_dilate_px: int = 3  # pointing game: a hit within this many pixels of the lesion counts
+    batch_size: int = 32
+    precision: str = "fp32"  # auto | bf16 | fp32 (the CAM arithmetic itself is always fp32)
+    seed: int = 0  # random-removal baseline and ROAD's imputation noise
+    out: str = "runs"
+
+
+@dataclass
 class DemoConfig:
     """What ``make demo`` runs on the built-in data (sized for <= 10 min on 2 CPU cores)."""
 

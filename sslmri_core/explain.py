@@ -1,0 +1,318 @@
+"""Class activation maps (pytorch-grad-cam) of a fine-tuned classifier: batched maps with raw
+statistics, on-demand maps for one image, and overlays.
+
+The dashboard calls :func:`load_model_for_run` once per run (cached with ``st.cache_resource``),
+then :func:`explain_image` per scan and :func:`render_overlay` per slider move.
+
+pytorch-grad-cam normalises every map to [0, 1] on its own, which makes maps incomparable across
+scans; the raw map (after ReLU, at the target layer's resolution) is captured before that scaling
+so its max and mean can be stored too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+METHOD_NAMES = ("gradcam", "gradcam++", "hirescam", "eigencam", "layercam", "scorecam")
+
+
+def _library_class(method: str) -> type:
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
+
+    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "eigencam": EigenCAM,
+               "layercam": LayerCAM, "scorecam": ScoreCAM}
+    if method not in classes:
+        raise ValueError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {method!r}")
+    return classes[method]
+
+
+def check_method(method: str) -> None:
+    """Raise a one-line ValueError naming ``--method`` for an unknown method (before any work)."""
+    if method not in METHOD_NAMES:
+        raise ValueError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {method!r}")
+
+
+@functools.cache
+def _raw_capturing(method: str) -> type:
+    """The library's CAM class for ``method``, also keeping each raw map before it is rescaled."""
+    base = _library_class(method)
+
+    class RawCapturing(base):  # type: ignore[misc, valid-type]
+        raw_cams: list[np.ndarray]
+
+        def get_cam_image(self, *args: Any, **kwargs: Any) -> np.ndarray:
+            cam = super().get_cam_image(*args, **kwargs)
+            self.raw_cams.append(np.maximum(cam, 0).astype(np.float32))  # (B, h, w), what gets scaled next
+            return cam
+
+    RawCapturing.__name__ = f"RawCapturing{base.__name__}"
+    return RawCapturing
+
+
+# -- target layers ------------------------------------------------------------------------------
+def default_target_layer(model: nn.Module) -> str:
+    """Name of the encoder's last stage inside a :class:`~sslmri_core.models.Classifier` (``encoder.layer4`` for ResNets)."""
+    encoder = getattr(model, "encoder", model)
+    prefix = "encoder." if encoder is not model else ""
+    info = getattr(encoder, "feature_info", None)
+    if info:
+        last = info[-1]
+        name = last["module"] if isinstance(last, dict) else info.module_name(-1)
+        return prefix + name
+    convs = [n for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("--target-layer: the model has no convolution layer to explain; name one")
+    return prefix + convs[-1]
+
+
+def resolve_target_layer(model: nn.Module, name: str | None) -> str:
+    """The full module name for ``name`` (``layer4`` or ``encoder.layer4``), or the default."""
+    if name is None:
+        return default_target_layer(model)
+    modules = dict(model.named_modules())
+    for candidate in (name, f"encoder.{name}"):
+        if candidate and candidate in modules:
+            return candidate
+    stages = [n for n in modules if n.count(".") == 1 and n.startswith("encoder.")]
+    raise ValueError(f"--target-layer: no module named {name!r} in the model (e.g. {', '.join(stages[-4:])})")
+
+
+# -- tensors ------------------------------------------------------------------------------------
+def to_input(images_u8: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 ``(B, S, S)`` -> normalised float ``(B, 1, S, S)``, channels-last, as fine-tuning feeds the model."""
+    from sslmri_core.augment import normalize, to_float
+
+    t = torch.from_numpy(np.require(images_u8, np.uint8, ['C', 'W'])) if isinstance(images_u8, np.ndarray) else images_u8
+    return normalize(to_float(t)).to(device).contiguous(memory_format=torch.channels_last)
+
+
+def _grad_starts_here(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    # The model's weights are frozen, so the target layer's output becomes the graph's leaf:
+    # backward runs through the head only, never through the early layers or into weight grads.
+    return output.detach().requires_grad_(True)
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float()  # activations and gradients reach the CAM arithmetic in fp32 (numpy has no bf16)
+
+
+class _FloatLogits(nn.Module):
+    """The classifier with fp32 logits even under bf16 autocast (the library reads them with numpy)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).float()
+
+
+@dataclass
+class CamBatch:
+    """Maps of one batch: ``cams`` float32 ``(B, S, S)`` in [0, 1]; ``raw_max``/``raw_mean`` ``(B,)``
+    of the unnormalised map; ``probs`` ``(B, K)`` softmax; ``targets`` ``(B,)`` explained class indices."""
+
+    cams: np.ndarray
+    raw_max: np.ndarray
+    raw_mean: np.ndarray
+    probs: np.ndarray
+    targets: np.ndarray
+
+
+def compute_cams(
+    model: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    target: int | None = None,
+    precision: str = "fp32",
+) -> CamBatch:
+    """CAMs for a batch ``x`` ``(B, 1, S, S)``: for class ``target``, or each image's predicted class.
+
+    One forward pass gives both the prediction and the map. The library's hooks live only inside
+    this call (context manager), and so does the hook that starts the gradient at ``layer``.
+    """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from sslmri_core.runtime import autocast
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    module = model.get_submodule(layer)
+    targets = None if target is None else [ClassifierOutputTarget(int(target))] * x.shape[0]
+    wrapped = _FloatLogits(model)
+    with _raw_capturing(method)(model=wrapped, target_layers=[module], reshape_transform=_as_float) as cam:
+        cam.raw_cams = []
+        handle = module.register_forward_hook(_grad_starts_here, prepend=True)
+        try:
+            with torch.enable_grad(), autocast(x.device, precision):
+                maps = cam(input_tensor=x, targets=targets)
+            logits = cam.outputs.detach().float()
+        finally:
+            handle.remove()
+            raw = cam.raw_cams[-1] if cam.raw_cams else np.zeros((x.shape[0], 1, 1), np.float32)
+            cam.raw_cams = []
+            cam.outputs = None
+    probs = torch.softmax(logits, dim=1).cpu().numpy()
+    chosen = probs.argmax(axis=1) if target is None else np.full(x.shape[0], int(target))
+    return CamBatch(
+        cams=np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0),
+        raw_max=raw.reshape(len(raw), -1).max(axis=1),
+        raw_mean=raw.reshape(len(raw), -1).mean(axis=1),
+        probs=probs,
+        targets=chosen.astype(np.int64),
+    )
+
+
+# -- models of runs -----------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A fine-tuned classifier ready to explain (eval mode, frozen weights)."""
+
+    model: nn.Module
+    classes: list[str]
+    image_size: int
+    target_layer: str
+    run_id: int | None
+    precision: str = "fp32"
+    device: str = "cpu"
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, precision: str = "fp32",
+                          target_layer: str | None = None) -> LoadedModel:
+    """Rebuild the classifier a fine-tuning checkpoint holds (config, classes and weights inside it)."""
+    from sslmri_core.config import FinetuneConfig, from_dict
+    from sslmri_core.models import Classifier, create_encoder
+    from sslmri_core.runtime import CheckpointError, pick_device, resolve_precision
+
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("classes"), list):
+        raise CheckpointError(f"run {run_id}: the checkpoint holds no classifier (not a fine-tuning checkpoint)")
+    cfg = from_dict(FinetuneConfig, ckpt.get("config") or {})
+    classes = [str(c) for c in ckpt["classes"]]
+    model = Classifier(create_encoder(cfg.model), len(classes))
+    model.load_state_dict(ckpt["model"])
+    device = pick_device()
+    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model, classes, int(cfg.image_size), resolve_target_layer(model, target_layer), run_id,
+                       resolve_precision(precision, device), str(device))
+
+
+def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None = None) -> LoadedModel:
+    """The classifier of fine-tuning run ``run_id`` from its checkpoint (opened only inside its own folder).
+
+    Reads the store without upgrading or writing it, so the read-only dashboard may call it.
+    """
+    from sslmri_core.config import GradcamConfig
+    from sslmri_core.runtime import load_checkpoint, run_file
+    from sslmri_core.store import RunStore
+
+    record = RunStore(db_url, upgrade=False).get_run(run_id)
+    if record.kind != "finetune":
+        raise ValueError(f"--run {run_id} is a {record.kind} run; Grad-CAM explains fine-tuning runs")
+    if not record.checkpoint_path:
+        raise ValueError(f"--run {run_id} has no checkpoint (status: {record.status})")
+    path = run_file(record.checkpoint_path, record.out_dir, f"--run {run_id} checkpoint")
+    return model_from_checkpoint(load_checkpoint(path), run_id, precision=precision or GradcamConfig().precision)
+
+
+# -- one image ----------------------------------------------------------------------------------
+@dataclass
+class ImageExplanation:
+    """What the dashboard shows for one scan; ``image_u8`` and ``cam`` are ``(S, S)``."""
+
+    image_u8: np.ndarray
+    cam: np.ndarray
+    probs: dict[str, float]
+    pred_label: str
+    confidence: float
+    raw_max: float
+    raw_mean: float
+    method: str
+    target_label: str
+
+
+def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Any 2-D array (uint8, other integers or floats; or H x W x 3/4 colour) -> uint8 ``(size, size)``,
+    padded to a square and resized exactly as training images are."""
+    from PIL import Image
+
+    from sslmri_core.decode import square_resize
+
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # PIL's L conversion weights
+        arr = arr.astype(np.uint8) if np.asarray(image).dtype == np.uint8 else arr
+    if arr.ndim != 2 or min(arr.shape) < 2:
+        raise ValueError(f"image: expected a 2-D grey image, got an array of shape {np.asarray(image).shape}")
+    if arr.dtype != np.uint8:
+        f = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(f.min()), float(f.max())
+        arr = ((f - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(f)).astype(np.uint8)
+    return square_resize(Image.fromarray(np.ascontiguousarray(arr), mode="L"), size)
+
+
+def explain_image(loaded: LoadedModel, image: np.ndarray, *, method: str = "gradcam",
+                  target: str | None = None) -> ImageExplanation:
+    """CAM of one image for class ``target`` (a class name; default: the predicted class)."""
+    check_method(method)
+    if target is not None and target not in loaded.classes:
+        raise ValueError(f"target: unknown class {target!r} (classes: {', '.join(loaded.classes)})")
+    u8 = prepare_image(image, loaded.image_size)
+    x = to_input(u8[None], loaded.device)
+    idx = None if target is None else loaded.classes.index(target)
+    out = compute_cams(loaded.model, loaded.target_layer, x, method=method, target=idx, precision=loaded.precision)
+    pred = int(out.probs[0].argmax())
+    return ImageExplanation(
+        image_u8=u8, cam=out.cams[0], probs={c: float(p) for c, p in zip(loaded.classes, out.probs[0])},
+        pred_label=loaded.classes[pred], confidence=float(out.probs[0, pred]), raw_max=float(out.raw_max[0]),
+        raw_mean=float(out.raw_mean[0]), method=method, target_label=loaded.classes[int(out.targets[0])],
+    )
+
+
+# -- overlays -----------------------------------------------------------------------------------
+def render_overlay(
+    image_u8: np.ndarray,
+    cam: np.ndarray,
+    *,
+    opacity: float = 0.5,
+    colormap: str = "jet",
+    threshold: float = 0.0,
+    window: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)``: the grey image (window/level ``(low, high)`` in its 0-255 grey values)
+    under the map coloured by a matplotlib ``colormap``; map values below ``threshold`` stay transparent."""
+    import matplotlib
+
+    img = np.asarray(image_u8, dtype=np.float32)
+    cam = np.asarray(cam, dtype=np.float32)
+    if img.ndim != 2 or img.shape != cam.shape:
+        raise ValueError(f"image and cam must be 2-D of one shape, got {img.shape} and {cam.shape}")
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    try:
+        cmap: Callable[[np.ndarray], np.ndarray] = matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ValueError(f"colormap: unknown matplotlib colormap {colormap!r} (e.g. jet, inferno, viridis)") from None
+    lo, hi = window if window is not None else (0.0, 255.0)
+    if hi <= lo:
+        raise ValueError(f"window must be (low, high) with high > low, got {window}")
+    grey = np.clip((img - lo) / (hi - lo), 0.0, 1.0)[..., None].repeat(3, axis=2)
+    cam = np.clip(np.nan_to_num(cam), 0.0, 1.0)
+    colour = cmap(cam)[..., :3].astype(np.float32)
+    alpha = (opacity * (cam >= threshold))[..., None].astype(np.float32)
+    return np.round((1.0 - alpha) * grey * 255.0 + alpha * colour * 255.0).astype(np.uint8)
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Forward and backward hooks registered on any module of ``model`` (leaks show up here)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())

@@ -1,0 +1,204 @@
+"""``cli.py gradcam``: CAMs of a fine-tuned run's scans as a tracked run of kind ``gradcam``.
+
+The scans are the fine-tuning run's own split (its stored split assignments over its data
+folder), so the test scans explained are exactly the ones it was scored on. Every map is saved as
+an 8-bit PNG under ``<run out_dir>/cams/`` and its statistics go to the ``cam_stats`` table.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sslmri_core.cam_stats import brain_mask, map_stats
+from sslmri_core.config import FinetuneConfig, GradcamConfig, from_dict, to_dict
+from sslmri_core.explain import LoadedModel, check_method, compute_cams, model_from_checkpoint, to_input
+from sslmri_core.faithfulness import deletion_drops, road_scores
+from sslmri_core.progress import console, make_progress
+from sslmri_core.runtime import PRECISIONS, load_checkpoint, run_file, seed_everything
+from sslmri_core.store import Heartbeat, RunStore, StoreError
+
+SPLIT_NAMES = ("train", "val", "test")
+SUMMARY_KEYS = ("run_id", "scans", "method", "mean_confidence", "mean_area_pct", "mean_in_brain", "deletion_drop",
+                "random_drop", "road", "pointing_game", "lesion_energy")
+
+
+@dataclass
+class GradcamResult:
+    run_id: int
+    out_dir: str
+    summary: dict[str, Any]  # exactly SUMMARY_KEYS
+    missing: int  # scans of the split no longer found in the data folder
+
+
+def validate_gradcam(cfg: GradcamConfig) -> None:
+    """Reject impossible settings with a message naming the option."""
+    if cfg.run is None:
+        raise ValueError("--run: say which fine-tuning run to explain (python cli.py runs list --kind finetune)")
+    check_method(cfg.method)
+    checks = [
+        (cfg.split in SPLIT_NAMES, f"--split must be one of {', '.join(SPLIT_NAMES)}, got {cfg.split!r}"),
+        (0.0 <= cfg.threshold <= 1.0, f"--threshold must be in [0, 1], got {cfg.threshold}"),
+        (0.0 < cfg.topk_pct < 100.0, f"--topk-pct must be in (0, 100), got {cfg.topk_pct}"),
+        (cfg.limit is None or cfg.limit >= 1, f"--limit must be at least 1, got {cfg.limit}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
+        (all(0 < int(p) < 100 for p in cfg.road_percentiles), f"road_percentiles must lie in (0, 100), got {cfg.road_percentiles}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _load_run_model(cfg: GradcamConfig, store: RunStore) -> tuple[Any, LoadedModel, FinetuneConfig, str]:
+    try:
+        record = store.get_run(int(cfg.run))  # type: ignore[arg-type]
+    except StoreError as exc:
+        raise ValueError(f"--run {cfg.run}: {exc}") from None
+    if record.kind != "finetune":
+        raise ValueError(f"--run {cfg.run} is a {record.kind} run; Grad-CAM explains fine-tuning runs")
+    if not record.checkpoint_path or not Path(record.checkpoint_path).is_file():
+        raise ValueError(f"--run {cfg.run} has no checkpoint file (run status: {record.status})")
+    path = run_file(record.checkpoint_path, record.out_dir, f"--run {cfg.run} checkpoint")
+    ckpt = load_checkpoint(path)
+    loaded = model_from_checkpoint(ckpt, cfg.run, precision=cfg.precision, target_layer=cfg.target_layer)
+    return record, loaded, from_dict(FinetuneConfig, ckpt.get("config") or record.config), str(path)
+
+
+def _read_mask(path: str | None, size: int) -> np.ndarray | None:
+    """A lesion mask saved beside its image, at the model's size (resized like the image); None if absent or empty."""
+    from sslmri_core.decode import decode_image
+
+    if not path or not Path(path).is_file():
+        return None
+    mask = decode_image(path, size) > 127
+    return mask if mask.any() else None
+
+
+def _mean(values: list[Any]) -> float | None:
+    kept = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    return float(np.mean(kept)) if kept else None
+
+
+def _heatmap_name(n: int, key: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(key.split("#z=")[0]).stem)[:80]
+    z = key.split("#z=")[1] if "#z=" in key else None
+    return f"{n:05d}_{stem}" + (f"_z{z}" if z is not None else "") + ".png"
+
+
+def run_gradcam(cfg: GradcamConfig, store: RunStore, *, show_progress: bool = True) -> GradcamResult:
+    """Explain the scans of a fine-tuning run's split; store maps and statistics as a ``gradcam`` run."""
+    from sslmri_core.finetune import load_finetune_data
+
+    validate_gradcam(cfg)
+    record, loaded, ft_cfg, checkpoint = _load_run_model(cfg, store)
+    target = None
+    if cfg.target_class is not None:
+        if cfg.target_class not in loaded.classes:
+            raise ValueError(f"--target-class: run {cfg.run} has no class {cfg.target_class!r} "
+                             f"(classes: {', '.join(loaded.classes)})")
+        target = loaded.classes.index(cfg.target_class)
+    assignment = store.split_of(int(cfg.run))  # type: ignore[arg-type]
+    wanted = {k for k, s in assignment.items() if s == cfg.split}
+    if not wanted:
+        raise ValueError(f"--split {cfg.split}: run {cfg.run} stored no {cfg.split} images")
+    data = load_finetune_data(ft_cfg)
+    idx = [i for i, it in enumerate(data.items) if it.key in wanted]
+    missing = len(wanted) - len(idx)
+    if not idx:
+        raise ValueError(f"none of run {cfg.run}'s {len(wanted)} {cfg.split} images are in {data.root} any more")
+    if cfg.limit is not None:
+        idx = idx[: cfg.limit]
+
+    run_id = store.start_run("gradcam", to_dict(cfg), task=record.task, parent_run_id=cfg.run, device=loaded.device)
+    out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
+    (out_dir / "cams").mkdir(parents=True, exist_ok=True)
+    store.update_run(run_id, out_dir=str(out_dir), checkpoint_path=None)
+    store.log_params(run_id, {"model_run_id": cfg.run, "checkpoint": checkpoint, "target_layer": loaded.target_layer,
+                              "precision": loaded.precision, "data_root": data.root, "n_scans": len(idx),
+                              "n_missing": missing})
+    console.print(f"gradcam run {run_id}: {cfg.method} on {loaded.target_layer} of finetune run {cfg.run}, "
+                  f"{len(idx)} {cfg.split} scans of {data.root}")
+    if missing:
+        console.print(f"[yellow]{missing} of the run's {len(wanted)} {cfg.split} images are no longer in "
+                      f"{data.root} (moved, deleted or now unusable): not explained[/]")
+    rng = np.random.default_rng(cfg.seed)
+    seed_everything(cfg.seed)  # ROAD's imputation noise draws from torch
+    beat = Heartbeat(store, run_id)
+    rows: list[dict[str, Any]] = []
+    with store.track(run_id), make_progress(show_progress) as progress:
+        bar = progress.add_task(f"gradcam ({cfg.method})", total=len(idx), info="", ips=0.0)
+        for start in range(0, len(idx), cfg.batch_size):
+            t0 = time.perf_counter()
+            sel = idx[start : start + cfg.batch_size]
+            rows += _explain_batch(cfg, loaded, data, sel, target, rng, out_dir, checkpoint, len(rows))
+            beat()
+            progress.update(bar, advance=len(sel), ips=len(sel) / (time.perf_counter() - t0))
+        store.log_cam_stats(run_id, rows)
+        summary = _summary(run_id, cfg.method, rows)
+        store.log_result(run_id, "summary", summary)
+        store.log_metrics(run_id, {k: float(v) for k, v in summary.items()
+                                   if k not in ("run_id", "method") and v is not None})
+    return GradcamResult(run_id, str(out_dir), summary, missing)
+
+
+def _explain_batch(cfg: GradcamConfig, loaded: LoadedModel, data: Any, sel: list[int], target: int | None,
+                   rng: np.random.Generator, out_dir: Path, checkpoint: str, offset: int) -> list[dict[str, Any]]:
+    """CAMs, statistics and heat-map files of the images ``sel`` (indices into ``data``)."""
+    images = data.images[sel]  # uint8 (B, S, S)
+    x = to_input(images, loaded.device)
+    cb = compute_cams(loaded.model, loaded.target_layer, x, method=cfg.method, target=target,
+                      precision=loaded.precision)
+    confidence = cb.probs[np.arange(len(sel)), cb.targets]
+    deletion, random_drop = deletion_drops(loaded.model, x, cb.cams, cb.targets, confidence, topk_pct=cfg.topk_pct,
+                                           rng=rng, precision=loaded.precision)
+    road = road_scores(loaded.model, x, cb.cams, cb.targets, cfg.road_percentiles, loaded.precision)
+    out = []
+    for j, i in enumerate(sel):
+        item = data.items[i]
+        stats = map_stats(cb.cams[j], threshold=cfg.threshold, brain=brain_mask(images[j]),
+                          lesion=_read_mask(item.mask_path, images.shape[-1]), dilate_px=cfg.lesion_dilate_px)
+        name = _heatmap_name(offset + j, item.key)
+        Image.fromarray(np.round(cb.cams[j] * 255).astype(np.uint8), mode="L").save(out_dir / "cams" / name,
+                                                                                   optimize=True)
+        pred = int(cb.probs[j].argmax())
+        out.append({
+            "model_run_id": cfg.run, "checkpoint": checkpoint, "method": cfg.method, "split": cfg.split,
+            "scan": item.key, "subject": item.subject, "true_label": item.label,
+            "target_label": loaded.classes[int(cb.targets[j])], "pred_label": loaded.classes[pred],
+            "confidence": float(confidence[j]), "raw_max": float(cb.raw_max[j]), "raw_mean": float(cb.raw_mean[j]),
+            "deletion_drop": float(deletion[j]), "random_drop": float(random_drop[j]),
+            "road": None if road is None else float(road[j]), "heatmap_path": f"cams/{name}", **stats,
+        })
+    return out
+
+
+def _summary(run_id: int, method: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``--json`` line: means over scans (pointing game and lesion energy over scans with a lesion mask)."""
+    hits = [r["pointing_hit"] for r in rows if r["pointing_hit"] is not None]
+    summary = {
+        "run_id": run_id, "scans": len(rows), "method": method,
+        "mean_confidence": _mean([r["confidence"] for r in rows]),
+        "mean_area_pct": _mean([r["area_pct"] for r in rows]),
+        "mean_in_brain": _mean([r["in_brain"] for r in rows]),
+        "deletion_drop": _mean([r["deletion_drop"] for r in rows]),
+        "random_drop": _mean([r["random_drop"] for r in rows]),
+        "road": _mean([r["road"] for r in rows]),
+        "pointing_game": float(np.mean(hits)) if hits else None,
+        "lesion_energy": _mean([r["lesion_energy"] for r in rows]),
+    }
+    assert tuple(summary) == SUMMARY_KEYS
+    return summary
+
+
+def heatmap_file(out_dir: str, heatmap_path: str) -> np.ndarray:
+    """A stored heat map as float32 ``(S, S)`` in [0, 1] (for the dashboard; path checked to stay inside the run)."""
+    path = run_file(Path(out_dir) / heatmap_path, out_dir, "heat map")
+    return np.asarray(Image.open(path), dtype=np.float32) / 255.0
+
