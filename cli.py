@@ -289,7 +289,12 @@ def finetune(
     task: Optional[str] = typer.Option(None, help="Task name recorded with the run; picks the built-in set without --data (default tumor)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled folder ROOT/<class>/...; default: built-in set of --task."),
     from_run: Optional[int] = typer.Option(None, help="SSL pretraining run whose encoder to start from."),
-    init: Optional[str] = typer.Option(None, help="ssl (with --from-run) | scratch"),
+    init: Optional[str] = typer.Option(None, help="ssl (with --from-run) | scratch | imagenet (with --weights)"),
+    weights: Optional[Path] = typer.Option(None, help="--init imagenet: local timm weights file (.pth/.safetensors)."),
+    encoder_lr_scale: Optional[float] = typer.Option(None, help="Full mode: encoder lr = lr x this (default 1)."),
+    class_weighted: Optional[bool] = typer.Option(None, "--class-weighted/--no-class-weighted",
+                                                  help="Inverse-frequency class weights in the loss (default on)."),
+    bootstrap: Optional[int] = typer.Option(None, help="Bootstrap resamples (by subject) for 95% intervals (default 1000)."),
     model: Optional[str] = typer.Option(None, help="timm model name (default: the pretraining run's)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default: the pretraining run's)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step."),
@@ -324,7 +329,8 @@ def finetune(
             image_size=image_size, batch_size=batch_size, mode=mode, label_fraction=label_fraction, epochs=epochs,
             lr=lr, precision=precision, subject_pattern=subject_pattern, seed=seed, out=str(out) if out else None,
             labels_per_class=labels_per_class, use_given_split=use_given_split, split_seed=split_seed,
-            class_map=parse_class_map(class_map) or None,
+            class_map=parse_class_map(class_map) or None, weights=str(weights) if weights else None,
+            encoder_lr_scale=encoder_lr_scale, class_weighted=class_weighted, bootstrap=bootstrap,
         )
         result = run_finetune(cfg, store, show_progress=progress)
         _print_metrics(f"finetune run {result.run_id} finished", result.metrics)

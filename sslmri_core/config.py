@@ -102,11 +102,14 @@ class FinetuneConfig:
     task: str = "tumor"
     data: str | None = None  # None: the built-in synthetic set for ``task``
     from_run: int | None = None  # SSL pretraining run to start from
-    init: str = "ssl"  # ssl (needs from_run) | scratch
+    init: str = "ssl"  # ssl (needs from_run) | scratch | imagenet (needs weights)
+    weights: str | None = None  # --init imagenet: a local timm weights file (.pth/.pt/.bin/.safetensors)
     model: str = "resnet50"  # taken from the pretraining run when from_run is set
     image_size: int = 128  # taken from the pretraining run when from_run is set
     batch_size: int = 32
     mode: str = "full"  # linear (frozen encoder) | full
+    encoder_lr_scale: float = 1.0  # full mode: the encoder's learning rate is lr x this (the head's is lr)
+    class_weighted: bool = True  # cross-entropy weighted by inverse class frequency of the labelled images
     label_fraction: float = 1.0
     labels_per_class: int | None = None  # instead of a fraction: whole subjects until N images per class
     use_given_split: bool = False  # honour the data set's Training/Testing folders
@@ -120,6 +123,50 @@ class FinetuneConfig:
     seed: int = 0
     out: str = "runs"
     subject_pattern: str | None = None
+    bootstrap: int = 1000  # bootstrap resamples (by subject) for the 95% intervals of val/test metrics
+    ece_bins: int = 15  # equal-width confidence bins for ECE and the reliability diagram
+    arm: str | None = None  # the experiment arm (ssl-linear, ssl-full, scratch, imagenet); set by `experiment`
+    experiment_run: int | None = None  # the experiment run this run belongs to
+
+
+EXPERIMENT_ARMS = ("ssl-linear", "ssl-full", "scratch", "imagenet")
+
+
+@dataclass
+class ExperimentConfig:
+    """The SSL-vs-supervised grid (``cli.py experiment``): every arm x label fraction x seed."""
+
+    task: str = "tumor"
+    data: str | None = None  # None: the built-in synthetic set for ``task``
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    seeds: int = 3  # training/label-draw seeds 0..seeds-1; the split seed stays fixed
+    arms: list[str] = field(default_factory=lambda: ["ssl-linear", "ssl-full", "scratch"])
+    pretrain_run: int | None = None  # reuse this SSL run instead of pretraining
+    pretrain_epochs: int = 10
+    model: str = "resnet50"
+    image_size: int = 128
+    batch_size: int = 32
+    finetune_epochs: int = 10  # full fine-tuning and scratch
+    linear_epochs: int = 30  # linear probe on cached features: cheap
+    lr: float = 1e-3
+    encoder_lr_scale: float = 1.0  # ssl-full / imagenet: encoder lr = lr x this
+    weights: str | None = None  # imagenet arm: local timm weights file
+    split_seed: int = 0
+    use_given_split: bool = False
+    subject_pattern: str | None = None
+    class_map: dict[str, str] = field(default_factory=dict)
+    precision: str = "auto"
+    bootstrap: int = 1000
+    out: str = "runs"
+    preset: str | None = None
+
+
+# ``experiment --preset NAME``: settings applied before the user's own options.
+EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
+    # 2 CPU cores, well under an hour for 3 fractions x 2 seeds x 3 arms on ~5,700 images.
+    "cpu": {"model": "resnet18", "image_size": 64, "batch_size": 64, "pretrain_epochs": 3,
+            "finetune_epochs": 4, "linear_epochs": 30, "seeds": 2, "bootstrap": 1000},
+}
 
 
 @dataclass

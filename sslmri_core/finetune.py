@@ -1,7 +1,8 @@
-"""Fine-tuning: a classifier on an SSL encoder (linear probe or full) or trained from scratch.
+"""Fine-tuning: a classifier on an SSL encoder (linear probe or full), from scratch, or from a
+local ImageNet (timm) weights file.
 
 Model selection uses the validation split only; the test split is scored once, by the selected
-weights.
+weights. The loss is cross-entropy weighted by inverse class frequency (of the labelled images).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from sslmri_core.augment import augment_batch, normalize, to_float
 from sslmri_core.config import FinetuneConfig, PretrainConfig, from_dict, to_dict, with_overrides
 from sslmri_core.data import ImageSet, load_folder
-from sslmri_core.evaluate import evaluate_probs
+from sslmri_core.evaluate import evaluate_probs, evaluate_split
 from sslmri_core.models import Classifier, check_model_name, create_encoder
 from sslmri_core.optim import param_groups, warmup_cosine
 from sslmri_core.pretrain import TrainResult, write_unusable
@@ -39,7 +40,7 @@ from sslmri_core.runtime import (
 from sslmri_core.splits import Split, label_subset, make_split
 from sslmri_core.store import Heartbeat, RunStore, StoreError
 
-INITS = ("ssl", "scratch")
+INITS = ("ssl", "scratch", "imagenet")
 MODES = ("linear", "full")
 
 
@@ -57,7 +58,8 @@ def resolve_finetune_config(store: RunStore, **overrides: Any) -> FinetuneConfig
         pre = from_dict(PretrainConfig, parent.config)
         base = with_overrides(base, model=pre.model, image_size=pre.image_size, init="ssl")
     elif overrides.get("init") is None:
-        raise ValueError("say where the encoder starts: --from-run ID (an SSL pretraining run) or --init scratch")
+        raise ValueError("say where the encoder starts: --from-run ID (an SSL pretraining run), --init scratch "
+                         "or --init imagenet --weights PATH")
     return with_overrides(base, **overrides)
 
 
@@ -66,8 +68,14 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
     checks = [
         (cfg.init in INITS, f"--init must be one of {', '.join(INITS)}, got {cfg.init!r}"),
         (cfg.init != "ssl" or cfg.from_run is not None, "--init ssl needs --from-run ID"),
-        (cfg.init != "scratch" or cfg.from_run is None, "--init scratch and --from-run exclude each other"),
+        (cfg.init == "ssl" or cfg.from_run is None, f"--init {cfg.init} and --from-run exclude each other"),
+        (cfg.init != "imagenet" or cfg.weights is not None,
+         "--init imagenet needs --weights PATH (a local timm weights file; nothing is downloaded)"),
+        (cfg.init == "imagenet" or cfg.weights is None, "--weights goes with --init imagenet"),
         (cfg.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {cfg.mode!r}"),
+        (cfg.encoder_lr_scale > 0, f"--encoder-lr-scale must be positive, got {cfg.encoder_lr_scale}"),
+        (cfg.bootstrap >= 0, f"--bootstrap must be 0 or more, got {cfg.bootstrap}"),
+        (cfg.ece_bins >= 1, f"ece_bins must be at least 1, got {cfg.ece_bins}"),
         (cfg.init != "scratch" or cfg.mode == "full", "--mode linear needs a pretrained encoder (--from-run)"),
         (0.0 < cfg.label_fraction <= 1.0, f"--label-fraction must be in (0, 1], got {cfg.label_fraction}"),
         (cfg.labels_per_class is None or cfg.labels_per_class >= 1,
@@ -109,8 +117,17 @@ def split_data(data: ImageSet, cfg: FinetuneConfig) -> tuple[Split, np.ndarray]:
     return split, labeled
 
 
+def arm_name(cfg: FinetuneConfig) -> str:
+    """The arm a run belongs to: ``ssl-linear``, ``ssl-full``, ``scratch``, ``imagenet`` (full) or ``imagenet-linear``."""
+    if cfg.arm:
+        return cfg.arm
+    if cfg.init == "ssl":
+        return f"ssl-{cfg.mode}"
+    return cfg.init if cfg.mode == "full" else f"{cfg.init}-{cfg.mode}"
+
+
 def _build_model(cfg: FinetuneConfig, n_classes: int, encoder_state: dict[str, Any] | None) -> Classifier:
-    """Classifier on a fresh encoder, loaded with the SSL encoder's weights when there are some."""
+    """Classifier on a fresh encoder, loaded with the SSL (or ImageNet) encoder's weights when there are some."""
     encoder = create_encoder(cfg.model)
     if encoder_state is not None:
         encoder.load_state_dict(encoder_state)
@@ -118,7 +135,14 @@ def _build_model(cfg: FinetuneConfig, n_classes: int, encoder_state: dict[str, A
 
 
 def _parent_encoder(cfg: FinetuneConfig, store: RunStore) -> dict[str, Any] | None:
-    """The SSL run's encoder weights (checked before a run is recorded), or None when training from scratch."""
+    """The SSL run's (or the ``--weights`` file's) encoder weights, checked before a run is recorded;
+    None when training from scratch."""
+    if cfg.init == "imagenet" and cfg.weights is not None:
+        from sslmri_core.weights import load_into_encoder
+
+        encoder = create_encoder(cfg.model)
+        load_into_encoder(encoder, cfg.weights)
+        return encoder.state_dict()
     if cfg.from_run is None:
         return None
     parent = store.get_run(cfg.from_run)
@@ -175,8 +199,22 @@ def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, la
         )
 
 
-def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True) -> TrainResult:
-    """Train and evaluate a classifier as a tracked run; returns the run's result."""
+def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights ``(K,)``: ``n / (K_present * n_c)``; 0 for a class with no labelled image."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(n_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def finetune(
+    cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True, parent_run_id: int | None = None,
+) -> TrainResult:
+    """Train and evaluate a classifier as a tracked run; returns the run's result.
+
+    ``parent_run_id`` defaults to the SSL run (``from_run``); an experiment passes its own run.
+    """
     validate_finetune(cfg)
     encoder_state = _parent_encoder(cfg, store)
     data = load_finetune_data(cfg)
@@ -184,14 +222,19 @@ def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
     run_id = store.start_run(
-        "finetune", to_dict(cfg), task=cfg.task, parent_run_id=cfg.from_run, device=device_name(device)
+        "finetune", to_dict(cfg), task=cfg.task, device=device_name(device),
+        parent_run_id=parent_run_id if parent_run_id is not None else cfg.from_run,
     )
     out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
     store.update_run(run_id, out_dir=str(out_dir))
     overlap = _pool_overlap(store, cfg.from_run, data, split)
+    class_weights = _class_weights(data.labels[labeled], len(data.classes)) if cfg.class_weighted else None
     store.log_params(run_id, {
         **_split_params(data, split, labeled), "precision": precision, "ssl_pool_test_overlap": overlap,
         "dataset": store.save_manifest(data.manifests[0]),
+        "arm": arm_name(cfg), "fraction": cfg.label_fraction, "seed": cfg.seed, "label_count": len(labeled),
+        "labels_per_class": cfg.labels_per_class, "from_run": cfg.from_run, "experiment_run": cfg.experiment_run,
+        "class_weights": json.dumps(None if class_weights is None else [round(float(w), 4) for w in class_weights]),
     })
     store.log_split(run_id, _split_rows(data, split, labeled))
     write_unusable(out_dir, data.unusable)
@@ -203,8 +246,9 @@ def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True
             "the same --split-seed (and, with --use-given-split, on a folder with a Testing split) to avoid it.[/]"
         )
     with store.track(run_id):
+        seed_everything(cfg.seed)  # the classifier head (and a scratch encoder) start from the run's seed
         model = _build_model(cfg, len(data.classes), encoder_state).to(device)
-        trainer = _Trainer(cfg, data, model, device, precision)
+        trainer = _Trainer(cfg, data, model, device, precision, class_weights)
         trainer.beat = Heartbeat(store, run_id)
         best_epoch = trainer.fit(labeled, split.val, store, run_id, show_progress)
         metrics = _final_evaluation(trainer, data, split, store, run_id)
@@ -223,8 +267,12 @@ def finetune(cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True
 class _Trainer:
     """Training and prediction over uint8 images ``(N, S, S)`` for one classifier."""
 
-    def __init__(self, cfg: FinetuneConfig, data: ImageSet, model: Classifier, device: torch.device, precision: str) -> None:
+    def __init__(
+        self, cfg: FinetuneConfig, data: ImageSet, model: Classifier, device: torch.device, precision: str,
+        class_weights: np.ndarray | None = None,
+    ) -> None:
         self.cfg, self.model, self.device, self.precision = cfg, model, device, precision
+        self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32, device=device)
         self.images = torch.from_numpy(data.images)
         self.labels = torch.from_numpy(data.labels)
         self.classes = data.classes
@@ -234,6 +282,7 @@ class _Trainer:
             for p in self.model.encoder.parameters():
                 p.requires_grad_(False)
         self._features: torch.Tensor | None = None
+        self._cached: dict[str, torch.Tensor] = {}  # linear mode: frozen features of val, computed once
         self.beat: Any = lambda: None  # the run's heartbeat (rate-limited), called every batch
 
     # -- prediction -----------------------------------------------------------------------------
@@ -250,9 +299,15 @@ class _Trainer:
         return torch.cat(out) if out else torch.zeros(0, int(self.model.encoder.num_features))
 
     @torch.no_grad()
-    def predict(self, idx: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(len(idx), K)``."""
-        feats = self.encode(idx)
+    def predict(self, idx: np.ndarray, cache_as: str | None = None) -> np.ndarray:
+        """Class probabilities ``(len(idx), K)``; with a frozen encoder, ``cache_as`` keeps the features."""
+        if cache_as is not None and self.cfg.mode == "linear":
+            if cache_as not in self._cached:
+                self._cached[cache_as] = self.encode(idx)
+            feats = self._cached[cache_as]
+        else:
+            feats = self.encode(idx)
+        self.model.eval()
         return F.softmax(self.model.fc(feats.to(self.device)), dim=1).cpu().numpy()
 
     # -- training -------------------------------------------------------------------------------
@@ -265,7 +320,7 @@ class _Trainer:
         for b in range(0, len(idx), self.cfg.batch_size):
             sel = order[b : b + self.cfg.batch_size]
             logits = self.model.fc(self._features[sel].to(self.device))
-            loss = F.cross_entropy(logits, self.labels[idx][sel].to(self.device))
+            loss = F.cross_entropy(logits, self.labels[idx][sel].to(self.device), weight=self.class_weights)
             losses.append(self._step(loss, optimizer, scheduler))
         return float(np.mean(losses))
 
@@ -281,7 +336,7 @@ class _Trainer:
             x = normalize(augment_batch(x, self.cfg.augment, self.gen)).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
                 logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), self.labels[sel].to(self.device))
+            loss = F.cross_entropy(logits.float(), self.labels[sel].to(self.device), weight=self.class_weights)
             losses.append(self._step(loss, optimizer, scheduler))
         return float(np.mean(losses)) if losses else float("nan")
 
@@ -293,11 +348,18 @@ class _Trainer:
         self.beat()
         return float(loss.item())
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The head at ``lr``, the encoder at ``lr x encoder_lr_scale`` (no weight decay on norms and biases)."""
+        cfg = self.cfg
+        groups = [{**g, "lr": cfg.lr} for g in param_groups(self.model.fc, cfg.weight_decay)]
+        groups += [{**g, "lr": cfg.lr * cfg.encoder_lr_scale} for g in param_groups(self.model.encoder, cfg.weight_decay)]
+        return [g for g in groups if g["params"]]
+
     def fit(self, train: np.ndarray, val: np.ndarray, store: RunStore, run_id: int, show_progress: bool) -> int:
         """Train for ``epochs``, keep the weights with the best validation balanced accuracy; return that epoch."""
         cfg = self.cfg
         steps = cfg.epochs * max(1, -(-len(train) // cfg.batch_size))
-        optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr)
         scheduler = warmup_cosine(optimizer, 0, steps)
         train_epoch = self._train_epoch_linear if cfg.mode == "linear" else self._train_epoch_full
         best = (-1.0, 0, copy.deepcopy(self.model.state_dict()))
@@ -308,7 +370,7 @@ class _Trainer:
                 start = time.perf_counter()
                 train_loss = train_epoch(train, optimizer, scheduler)
                 ips = len(train) / (time.perf_counter() - start)
-                val_eval = evaluate_probs(y_val, self.predict(val), self.classes, "val")
+                val_eval = evaluate_probs(y_val, self.predict(val, cache_as="val"), self.classes, "val")
                 headline = {k: val_eval.metrics[k] for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")}
                 store.log_metrics(run_id, {"train_loss": train_loss, **headline}, step=epoch + 1, epoch=epoch)
                 if headline["val_balanced_accuracy"] > best[0]:
@@ -322,18 +384,30 @@ class _Trainer:
 
 
 def _final_evaluation(trainer: _Trainer, data: ImageSet, split: Split, store: RunStore, run_id: int) -> dict[str, float]:
-    """Score the selected weights on val and (once) on test; store metrics, confusion and predictions."""
+    """Score the selected weights on val and (once) on test at slice and subject level; store metrics,
+    intervals, reliability bins, ROC points, confusions and every prediction."""
     metrics: dict[str, float] = {}
+    cfg = trainer.cfg
     for name, idx in (("val", split.val), ("test", split.test)):
-        probs = trainer.predict(idx)
-        result = evaluate_probs(data.labels[idx], probs, data.classes, name)
+        probs = trainer.predict(idx, cache_as=name)
+        result = evaluate_split(data.labels[idx], probs, [data.items[int(i)].subject for i in idx], data.classes,
+                                name, n_boot=cfg.bootstrap, seed=cfg.seed, n_bins=cfg.ece_bins)
         metrics.update(result.metrics)
-        store.log_confusion(run_id, name, "slice", data.classes, result.confusion.tolist())
-        store.log_predictions(run_id, [
-            {"split": name, "scan": data.items[i].path, "subject": data.items[i].subject,
-             "true_label": data.items[i].label, "pred_label": data.classes[int(p)],
-             "confidence": float(probs[j].max()), "probs": [round(float(v), 6) for v in probs[j]]}
-            for j, (i, p) in enumerate(zip(idx, result.predictions))
-        ])
+        log_evaluation(store, run_id, data, idx, probs, result, name)
     store.log_metrics(run_id, metrics)
     return metrics
+
+
+def log_evaluation(store: RunStore, run_id: int, data: ImageSet, idx: np.ndarray, probs: np.ndarray,
+                   result: Any, split_name: str) -> None:
+    """Store one split's confusions (slice and subject level), named results and per-scan predictions."""
+    for level, matrix in result.confusion.items():
+        store.log_confusion(run_id, split_name, level, data.classes, matrix.tolist())
+    for key, payload in result.results.items():
+        store.log_result(run_id, key, payload)
+    store.log_predictions(run_id, [
+        {"split": split_name, "scan": data.items[i].path, "subject": data.items[i].subject,
+         "true_label": data.items[i].label, "pred_label": data.classes[int(p)],
+         "confidence": float(probs[j].max()), "probs": [round(float(v), 6) for v in probs[j]]}
+        for j, (i, p) in enumerate(zip(idx, result.predictions))
+    ])

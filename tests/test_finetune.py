@@ -1,0 +1,179 @@
+"""Fine-tuning arms, selection on val only, ImageNet weights from a local file, what a run stores."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+from sslmri_core import finetune as ft
+from sslmri_core.config import FinetuneConfig, to_dict
+from sslmri_core.store import RunStore
+
+TINY = dict(model="test_resnet", image_size=64, batch_size=8, precision="fp32", bootstrap=50)
+
+
+def _cfg(data: Path, tmp_path: Path, **kw: object) -> FinetuneConfig:
+    return FinetuneConfig(**{"data": str(data), "init": "scratch", "mode": "full", "epochs": 3,
+                             "out": str(tmp_path / "runs"), **TINY, **kw})  # type: ignore[arg-type]
+
+
+def _invoke(args: list[str]) -> tuple[int, dict | None, str]:
+    result = CliRunner().invoke(app, args)
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    try:
+        parsed = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        parsed = None
+    return result.exit_code, parsed, result.stderr
+
+
+def test_selection_epoch_depends_only_on_val(synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    clean = ft.finetune(_cfg(synth_tumor, tmp_path), store, show_progress=False)
+
+    original = ft.split_data
+
+    def corrupt_test(data, cfg):  # type: ignore[no-untyped-def]
+        split, labeled = original(data, cfg)
+        rng = np.random.default_rng(1)
+        data.images[split.test] = rng.integers(0, 255, data.images[split.test].shape, dtype=np.uint8)
+        for i in split.test:  # every test label moved to another class
+            item = data.items[int(i)]
+            moved = data.classes[(data.classes.index(item.label) + 1) % len(data.classes)]
+            data.items[int(i)] = dataclasses.replace(item, label=moved)
+        return split, labeled
+
+    monkeypatch.setattr(ft, "split_data", corrupt_test)
+    corrupted = ft.finetune(_cfg(synth_tumor, tmp_path), store, show_progress=False)
+    assert corrupted.metrics["best_epoch"] == clean.metrics["best_epoch"]
+    for key in ("val_balanced_accuracy", "train_loss"):
+        assert store.metric_series(corrupted.run_id, key) == store.metric_series(clean.run_id, key)
+    from sslmri_core.queries import predictions_frame
+
+    # the test split really did change (noise images, other labels): its predictions differ
+    before, after = (predictions_frame(store.url, r.run_id, "test").sort_values("scan") for r in (clean, corrupted))
+    assert before["scan"].tolist() == after["scan"].tolist()
+    assert before["probs"].tolist() != after["probs"].tolist()
+    assert before["true_label"].tolist() != after["true_label"].tolist()
+
+
+def test_a_run_stores_slice_and_subject_evaluation(synth_tumor: Path, tmp_path: Path) -> None:
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    result = ft.finetune(_cfg(synth_tumor, tmp_path, epochs=1, label_fraction=0.5, seed=1), store, show_progress=False)
+    m = store.final_metrics(result.run_id)
+    for split in ("val", "test"):
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "ece"):
+            assert f"{split}_{key}" in m and f"{split}_subject_{key}" in m
+        assert {f"{split}_intervals", f"{split}_reliability", f"{split}_roc"} <= set(store.results(result.run_id))
+    intervals = store.results(result.run_id)["test_intervals"]
+    assert intervals["n_boot"] == 50 and set(intervals) >= {"slice", "subject"}
+    lo, hi = intervals["subject"]["accuracy"]
+    assert lo <= m["test_subject_accuracy"] <= hi
+    from sslmri_core.queries import confusion
+
+    assert confusion(store.url, result.run_id, "test", "subject") is not None
+    params = dict(_params(store, result.run_id))
+    assert params["arm"] == "scratch" and params["fraction"] == "0.5" and params["seed"] == "1"
+    assert int(params["label_count"]) == int(params["n_labeled"]) < int(params["n_train"])
+    assert len(json.loads(params["class_weights"])) == 4
+
+
+def _params(store: RunStore, run_id: int) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    from sslmri_core.store import Param
+
+    with store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(Param.key, Param.value).where(Param.run_id == run_id))]
+
+
+def test_class_weights_are_inverse_frequency() -> None:
+    w = ft._class_weights(np.array([0, 0, 0, 1, 2, 2]), 4)
+    np.testing.assert_allclose(w, [6 / 9, 2.0, 1.0, 0.0])
+
+
+def _imagenet_like_file(path: Path) -> dict[str, torch.Tensor]:
+    import timm
+
+    torch.manual_seed(5)
+    rgb = timm.create_model("test_resnet", pretrained=False, in_chans=3, num_classes=1000)
+    state = {k: v.clone() for k, v in rgb.state_dict().items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    return state
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_imagenet_weights_load_into_one_channel_encoder(tmp_path: Path, suffix: str) -> None:
+    from sslmri_core.models import create_encoder
+    from sslmri_core.weights import load_into_encoder
+
+    state = _imagenet_like_file(tmp_path / f"w{suffix}")
+    encoder = create_encoder("test_resnet")
+    load_into_encoder(encoder, tmp_path / f"w{suffix}")
+    got = encoder.state_dict()
+    torch.testing.assert_close(got["conv1.0.weight"], state["conv1.0.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(got["layer4.0.conv1.weight"], state["layer4.0.conv1.weight"])
+
+
+def test_imagenet_arm_end_to_end_and_encoder_lr_scale(synth_tumor: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "imagenet.pth"
+    state = _imagenet_like_file(weights)
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    common = ["finetune", "--data", str(synth_tumor), "--init", "imagenet", "--weights", str(weights), "--model", "test_resnet",
+              "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--bootstrap", "20", "--no-progress",
+              "--db", db, "--out", str(tmp_path / "runs"), "--json"]
+    deltas = {}
+    for scale in ("1e-9", "1.0"):
+        code, out, err = _invoke([*common, "--encoder-lr-scale", scale])
+        assert code == 0, err
+        ckpt = torch.load(out["checkpoint"], weights_only=True)["model"]
+        deltas[scale] = float((ckpt["encoder.layer4.0.conv1.weight"] - state["layer4.0.conv1.weight"]).abs().max())
+    assert deltas["1e-9"] < 1e-8 < deltas["1.0"]
+    record = RunStore(db).get_run(out["run_id"])
+    assert record.config["init"] == "imagenet" and record.config["weights"] == str(weights)
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ("missing", "--weights: no such file"),
+    ("garbage", "--weights: "),
+    ("other_model", "does not fit"),
+    ("no_weights", "--init imagenet needs --weights"),
+])
+def test_bad_weights_are_one_clear_line(synth_tumor: Path, tmp_path: Path, setup: str, expected: str) -> None:
+    path = tmp_path / "w.pth"
+    if setup == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    elif setup == "other_model":
+        torch.save({"fc.weight": torch.zeros(3, 3)}, path)
+    args = ["finetune", "--data", str(synth_tumor), "--init", "imagenet", "--model", "test_resnet",
+            "--db", f"sqlite:///{tmp_path / 'runs.db'}", "--no-progress"]
+    if setup != "no_weights":
+        args += ["--weights", str(path)]
+    code, _, err = _invoke(args)
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert RunStore(f"sqlite:///{tmp_path / 'runs.db'}").list_runs() == []  # nothing recorded
+
+
+def test_linear_probe_keeps_the_encoder_frozen(synth_tumor: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "imagenet.pth"
+    state = _imagenet_like_file(weights)
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    result = ft.finetune(_cfg(synth_tumor, tmp_path, init="imagenet", weights=str(weights), mode="linear", epochs=2),
+                         store, show_progress=False)
+    ckpt = torch.load(result.checkpoint, weights_only=True)["model"]
+    torch.testing.assert_close(ckpt["encoder.layer4.0.conv1.weight"], state["layer4.0.conv1.weight"])
+    assert dict(_params(store, result.run_id))["arm"] == "imagenet-linear"
+    assert to_dict(FinetuneConfig())["class_weighted"] is True
