@@ -119,24 +119,37 @@ def _colormap(cam: np.ndarray, name: str) -> np.ndarray:
     return (colormaps[name](np.clip(cam, 0, 1))[..., :3] * 255).astype(np.float32)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray | None, *, opacity: float, colormap: str, threshold: float) -> np.ndarray:
-    """RGB ``(S, S, 3)`` uint8: the (windowed) image with the CAM blended in where it is >= ``threshold``.
+def resize_cam(cam: np.ndarray, size: int) -> np.ndarray:
+    """A CAM at the model's resolution, resized (bilinear) to the displayed image: float ``(size, size)``."""
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.shape == (size, size):
+        return cam
+    return np.asarray(Image.fromarray(cam, mode="F").resize((size, size), Image.BILINEAR), dtype=np.float32)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray | None, *, opacity: float, colormap: str, threshold: float,
+            level: float = 127.5, width: float = 255.0) -> np.ndarray:
+    """RGB ``(S, S, 3)`` uint8: the image under window/level with the CAM blended in where it is >= ``threshold``.
 
     Uses ``sslmri_core.explain.render_overlay`` when that module is there, so the dashboard and
     the ``gradcam`` command draw identical overlays; otherwise the same blend is done here.
     """
     if cam is None:
-        return np.repeat(image[..., None], 3, axis=2)
+        return np.repeat(window(image, level, width)[..., None], 3, axis=2)
+    cam = resize_cam(cam, image.shape[0])
+    width = max(float(width), 1.0)
     explain = explain_module()
     if explain is not None and hasattr(explain, "render_overlay"):
-        try:
-            return np.asarray(explain.render_overlay(image, cam, opacity=opacity, colormap=colormap,
-                                                     threshold=threshold, window=None), dtype=np.uint8)
-        except (TypeError, ValueError):
-            pass  # a signature we don't know yet: fall back to the local blend below
-    gray = np.repeat(image[..., None], 3, axis=2).astype(np.float32)
+        return np.asarray(explain.render_overlay(image, cam, opacity=opacity, colormap=colormap, threshold=threshold,
+                                                 window=(level - width / 2, level + width / 2)), dtype=np.uint8)
+    gray = np.repeat(window(image, level, width)[..., None], 3, axis=2).astype(np.float32)
     alpha = (opacity * (cam >= threshold)).astype(np.float32)[..., None]
     return np.clip(gray * (1 - alpha) + _colormap(cam, colormap) * alpha, 0, 255).astype(np.uint8)
+
+
+def cam_methods() -> tuple[str, ...]:
+    explain = explain_module()
+    return tuple(getattr(explain, "METHOD_NAMES", CAM_METHODS)) if explain is not None else CAM_METHODS
 
 
 def explain_module() -> Any | None:

@@ -24,8 +24,10 @@ left, middle, right = st.columns([2, 1, 2])
 task = left.selectbox("Task", tasks, key="task")
 level = middle.radio("Level", ["slice", "subject"], horizontal=True, key="level",
                      help="Slice: every image counts once. Subject: one prediction per patient (mean of its slices).")
-metric = right.selectbox("Metric", queries.RESULT_METRICS[level], key="metric",
-                         format_func=common.METRIC_LABELS.get)
+# The metric is chosen by name and the level picks its slice or subject key, so both choices stay put.
+choice = right.selectbox("Metric", range(len(queries.RESULT_METRICS["slice"])), key="metric",
+                         format_func=lambda i: common.METRIC_LABELS[queries.RESULT_METRICS["slice"][i]])
+metric = queries.RESULT_METRICS[level][choice]
 label = f"{common.METRIC_LABELS[metric]} ({level} level)"
 
 rows = results[results["task"] == task]

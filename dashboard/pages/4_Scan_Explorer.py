@@ -115,9 +115,9 @@ def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray 
             cam, note = np.asarray(result.cam, dtype=np.float32), f"{controls['method']} computed now"
         elif why:
             note = f"{note}; {why}"
-    shown = scan_tools.window(image, controls["level"], controls["width"])
-    rgb = scan_tools.overlay(shown, cam, opacity=controls["opacity"], colormap=controls["colormap"],
-                             threshold=controls["threshold"]) if controls["show_cam"] else np.repeat(shown[..., None], 3, 2)
+    rgb = scan_tools.overlay(image, cam if controls["show_cam"] else None, opacity=controls["opacity"],
+                             colormap=controls["colormap"], threshold=controls["threshold"], level=controls["level"],
+                             width=controls["width"])
     st.image(rgb, caption=f"run #{run_id} · {note}", width="stretch")
     show_probabilities(probability_table(run_classes(url, run_id), list(pred["probs"]), pred["true_label"]),
                        key=f"probs-{key}")
@@ -147,12 +147,11 @@ def show_upload(url: str, models: pd.DataFrame, controls: dict[str, Any]) -> Non
     model = st.selectbox("Model", models["id"].tolist(), key="upload_model",
                          format_func=lambda r: run_choice(models[models["id"] == r].iloc[0]))
     left, right = st.columns(2)
-    shown = scan_tools.window(chosen.image, controls["level"], controls["width"])
     result, why = on_demand(url, int(model), chosen.image, controls["method"])
     with left:
-        rgb = shown if result is None or not controls["show_cam"] else scan_tools.overlay(
-            shown, np.asarray(result.cam, np.float32), opacity=controls["opacity"], colormap=controls["colormap"],
-            threshold=controls["threshold"])
+        cam = None if result is None or not controls["show_cam"] else np.asarray(result.cam, np.float32)
+        rgb = scan_tools.overlay(chosen.image, cam, opacity=controls["opacity"], colormap=controls["colormap"],
+                                 threshold=controls["threshold"], level=controls["level"], width=controls["width"])
         st.image(rgb, caption=f"{chosen.name} · {chosen.note}", width="stretch")
     with right:
         if result is None:
@@ -227,7 +226,7 @@ with st.sidebar:
     colormap = st.selectbox("Colormap", scan_tools.COLORMAPS, key="colormap")
     threshold = st.slider("Threshold", 0.0, 1.0, 0.2, 0.05, key="threshold",
                           help="Show the heat map only where it is at least this (0-1, per image)")
-    method = st.selectbox("Method", scan_tools.CAM_METHODS, key="method")
+    method = st.selectbox("Method", scan_tools.cam_methods(), key="method")
     on_demand_cam = st.toggle("Compute Grad-CAM when none is stored", value=True, key="on_demand")
 controls = {"level": level, "width": width, "show_cam": show_cam, "opacity": opacity, "colormap": colormap,
             "threshold": threshold, "method": method, "on_demand": on_demand_cam}

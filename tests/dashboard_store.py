@@ -1,0 +1,202 @@
+"""A run store that fills every dashboard page, built through the real RunStore API.
+
+Real files where the pages read files: scan PNGs under a data folder, Grad-CAM heat maps under a
+gradcam run's folder, and a tiny ``test_resnet`` fine-tuning checkpoint (so on-demand Grad-CAM
+and the upload prediction run a real model). No training: seconds to build.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from test_queries import LABELS, populate_store
+
+ARMS = ("ssl-linear", "ssl-full", "scratch")
+FRACTIONS = (0.1, 0.5, 1.0)
+SEEDS = (0, 1, 2)
+IMAGE_SIZE = 64
+SUBJECTS_PER_CLASS = 2
+SLICES = 3
+
+
+def _arm_score(arm: str, fraction: float, seed: int) -> float:
+    base = {"ssl-linear": 0.55, "ssl-full": 0.62, "scratch": 0.45}[arm]
+    return round(base + 0.25 * math.log10(fraction * 10) / 1.0 * 0.5 + 0.01 * seed, 4)
+
+
+def add_experiment(store: Any, task: str = "tumor") -> int:
+    """An experiment run with a child per arm x fraction x seed (params and slice/subject metrics)."""
+    exp = store.start_run("experiment", {"task": task, "fractions": list(FRACTIONS), "seeds": len(SEEDS)}, task=task)
+    summary = []
+    for arm in ARMS:
+        for fraction in FRACTIONS:
+            for seed in SEEDS:
+                init, mode = ("scratch", "full") if arm == "scratch" else ("ssl", arm.split("-")[1])
+                run = store.start_run("finetune", {"task": task, "init": init, "mode": mode, "label_fraction": fraction,
+                                                   "seed": seed, "model": "test_resnet"}, task=task, parent_run_id=exp)
+                store.log_params(run, {"arm": arm, "fraction": fraction, "seed": seed, "split_level": "subject",
+                                       "ssl_pool_test_overlap": 0})
+                score = _arm_score(arm, fraction, seed)
+                store.log_metrics(run, {"test_balanced_accuracy": score, "test_accuracy": score + 0.01,
+                                        "test_macro_f1": score - 0.01, "test_subject_balanced_accuracy": score + 0.05,
+                                        "test_subject_accuracy": score + 0.06, "test_subject_macro_f1": score + 0.04})
+                store.log_confusion(run, "test", "subject", LABELS, [[2, 0, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 2]])
+                store.end_run(run)
+            summary.append({"arm": arm, "fraction": fraction, "metric": "test_balanced_accuracy",
+                            "mean": _arm_score(arm, fraction, 1), "ci": [0.0, 1.0], "n": len(SEEDS)})
+    store.log_result(exp, "summary", summary)
+    store.end_run(exp)
+    return exp
+
+
+def write_scans(root: Path) -> list[dict[str, Any]]:
+    """PNG slices ``root/<class>/sub-XX_slice-Y.png`` with a bright blob whose place depends on the class."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for c, label in enumerate(LABELS):
+        for s in range(SUBJECTS_PER_CLASS):
+            subject = f"sub-{c}{s}"
+            for k in range(SLICES):
+                img = (rng.random((IMAGE_SIZE, IMAGE_SIZE)) * 60).astype(np.uint8)
+                y, x = 12 + 10 * c, 16 + 8 * k
+                img[y : y + 12, x : x + 12] = 220
+                path = root / label / f"{subject}_slice-{k + 1}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img).save(path)
+                rows.append({"path": str(path), "label": label, "subject": subject, "slice": k})
+    return rows
+
+
+def write_checkpoint(out_dir: Path, classes: list[str]) -> Path:
+    """A real fine-tuning checkpoint of a random ``test_resnet`` classifier (what finetune saves)."""
+    from sslmri_core.config import FinetuneConfig, to_dict, with_overrides
+    from sslmri_core.models import Classifier, create_encoder
+    from sslmri_core.runtime import atomic_save
+
+    cfg = with_overrides(FinetuneConfig(), model="test_resnet", image_size=IMAGE_SIZE, init="scratch")
+    model = Classifier(create_encoder("test_resnet"), len(classes))
+    path = out_dir / "checkpoint.pt"
+    atomic_save({"kind": "finetune", "run_id": 0, "config": to_dict(cfg), "classes": classes, "best_epoch": 0,
+                 "model": model.state_dict()}, path)
+    return path
+
+
+def add_scan_models(store: Any, root: Path) -> dict[str, int]:
+    """Two fine-tuning runs (SSL and scratch) with predictions for real scan files, a gradcam run with
+    stored heat maps for the first, and an embedding for each."""
+    data = root / "data" / "tumor"
+    scans = write_scans(data)
+    ids: dict[str, int] = {}
+    rng = np.random.default_rng(1)
+    for name, init, mode in (("scan_ssl", "ssl", "full"), ("scan_scratch", "scratch", "full")):
+        run = store.start_run("finetune", {"task": "tumor", "init": init, "mode": mode, "label_fraction": 1.0, "seed": 0,
+                                           "model": "test_resnet", "image_size": IMAGE_SIZE, "data": str(data)},
+                              task="tumor")
+        out_dir = root / "runs" / f"run-{run}"
+        checkpoint = write_checkpoint(out_dir, LABELS)
+        store.update_run(run, out_dir=str(out_dir), checkpoint_path=str(checkpoint))
+        store.log_params(run, {"data_root": str(data), "classes": json.dumps(LABELS), "split_level": "subject"})
+        preds = []
+        for row in scans:
+            probs = rng.dirichlet(np.ones(len(LABELS)) * 0.7)
+            pred = int(probs.argmax())
+            preds.append({"split": "test", "scan": row["path"], "subject": row["subject"], "true_label": row["label"],
+                          "pred_label": LABELS[pred], "confidence": float(probs[pred]),
+                          "probs": [round(float(p), 6) for p in probs]})
+        store.log_predictions(run, preds)
+        store.log_confusion(run, "test", "slice", LABELS, [[4, 1, 1, 0], [0, 5, 1, 0], [1, 0, 5, 0], [0, 1, 0, 5]])
+        store.log_metrics(run, {"test_balanced_accuracy": 0.8, "test_accuracy": 0.8, "test_macro_f1": 0.79})
+        store.log_embeddings(run, "umap", [
+            {"scan": r["path"], "subject": r["subject"], "label": r["label"], "split": "test", "source": r["label"],
+             "x": float(LABELS.index(r["label"]) + rng.normal(0, 0.2)), "y": float(r["slice"] + rng.normal(0, 0.2))}
+            for r in scans])
+        store.end_run(run)
+        ids[name] = run
+
+    cam_run = store.start_run("gradcam", {"run": ids["scan_ssl"], "method": "gradcam"}, task="tumor",
+                              parent_run_id=ids["scan_ssl"])
+    cam_dir = root / "runs" / f"run-{cam_run}"
+    yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE]
+    cam_rows = []
+    for i, row in enumerate(scans):
+        heat = np.exp(-(((yy - 18 - 10 * LABELS.index(row["label"])) ** 2) + (xx - 22 - 8 * row["slice"]) ** 2) / 120.0)
+        rel = f"heatmaps/{i:04d}.png"
+        (cam_dir / "heatmaps").mkdir(parents=True, exist_ok=True)
+        Image.fromarray((heat * 255).astype(np.uint8)).save(cam_dir / rel)
+        cam_rows.append({"model_run_id": ids["scan_ssl"], "checkpoint": None, "method": "gradcam", "split": "test",
+                         "scan": row["path"], "subject": row["subject"], "true_label": row["label"],
+                         "target_label": row["label"], "pred_label": row["label"], "confidence": 0.7,
+                         "intensity": 0.21, "area_pct": 12.5, "threshold": 0.5, "in_brain": 0.93, "raw_max": 3.2,
+                         "raw_mean": 0.4, "deletion_drop": 0.3, "random_drop": 0.05, "road": None,
+                         "pointing_hit": True, "lesion_energy": 0.6, "heatmap_path": rel})
+    store.update_run(cam_run, out_dir=str(cam_dir))
+    store.log_cam_stats(cam_run, cam_rows)
+    store.end_run(cam_run)
+    ids["gradcam"] = cam_run
+    ids["n_scans"] = len(scans)
+    return ids
+
+
+def add_audited_dataset(store: Any, root: Path) -> int:
+    """A data set row with two unusable files and an audit that found a cross-split duplicate."""
+    from sslmri_core.store import Dataset, ManifestEntry
+
+    data = root / "data" / "tumor"
+    first = sorted((data / LABELS[0]).glob("*.png"))[:2]
+    with Session(store.engine) as session, session.begin():
+        ds = Dataset(fingerprint="f" * 64, root=str(data), created_at=datetime.now(timezone.utc), n_files=26,
+                     n_usable=24, n_images=24, classes={lab: 6 for lab in LABELS}, subject_pattern="sub-XX",
+                     split_level="subject",
+                     summary={"files": 26, "usable": 24, "images": 24, "unusable": [
+                         {"path": str(data / "glioma" / "broken.png"), "reason": "truncated: image file is truncated"},
+                         {"path": str(data / "notes.txt"), "reason": "not an image file type"}]})
+        session.add(ds)
+        session.flush()
+        dataset_id = int(ds.id)
+        for path, reason in ((data / "glioma" / "broken.png", "truncated: image file is truncated"),
+                             (data / "notes.txt", "not an image file type")):
+            session.add(ManifestEntry(dataset_id=dataset_id, key=str(path), path=str(path), rel_path=path.name,
+                                      label="glioma", folder_label="glioma", status="unusable", reason=reason))
+        for path in first:
+            session.add(ManifestEntry(dataset_id=dataset_id, key=str(path), path=str(path), rel_path=path.name,
+                                      label="glioma", folder_label="glioma", subject="sub-00", status="ok"))
+    group = {"hash": "ab" * 8, "size": 2, "keys": [str(p) for p in first], "labels": ["glioma", "glioma"],
+             "splits": ["train", "test"], "subjects": ["sub-00", "sub-00"], "cross_class": False,
+             "cross_split": True, "cross_subject": False}
+    summary = {"files": 26, "images": 24, "unusable": 2, "duplicate_groups": 1, "duplicate_images": 2,
+               "redundant_images": 1, "cross_class_duplicates": 0, "cross_split_duplicates": 1,
+               "cross_subject_duplicates": 0, "near_duplicate_groups": 0, "cross_class_near_duplicates": 0,
+               "cross_split_near_duplicates": 0, "subject_leaks": 1, "subjects_spanning_classes": 0,
+               "confound": {"flag": False, "intensity_flag": False, "metadata_accuracy": 0.25, "majority_rate": 0.25,
+                            "reason": "image size, mode and bit depth are the same for every image: no metadata confound"},
+               "class_balance": {"counts": {lab: 6 for lab in LABELS}},
+               "slices_per_subject": {"min": 3, "median": 3, "max": 3, "mean": 3.0,
+                                      "subjects_per_class": {lab: 2 for lab in LABELS}}}
+    details = {**summary, "details": {"duplicate_groups": [group], "near_duplicate_groups": [],
+                                      "subject_leaks": [{"subject": "sub-00", "splits": ["train", "test"], "images": 3}],
+                                      "cut": {}}}
+    store.save_audit(dataset_id, summary, details)
+    return dataset_id
+
+
+def populate_full_store(root: Path) -> tuple[str, dict[str, int]]:
+    """Everything the seven pages show; returns (store URL, ids)."""
+    from sslmri_core.store import RunStore
+
+    root.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{root / 'runs.db'}"
+    ids = populate_store(url)
+    store = RunStore(url)
+    ids["experiment"] = add_experiment(store)
+    ids.update(add_scan_models(store, root))
+    ids["dataset"] = add_audited_dataset(store, root)
+    store.engine.dispose()
+    return url, ids

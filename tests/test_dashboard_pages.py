@@ -1,0 +1,241 @@
+"""Every dashboard page under AppTest on one populated store, their empty states, and upload validation."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from dashboard_store import ARMS, FRACTIONS, SEEDS, populate_full_store
+from test_dashboard import assert_no_exception, page_text
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME = ROOT / "dashboard" / "Home.py"
+PAGES = {
+    "ssl": "pages/2_SSL_vs_Supervised.py",
+    "confusion": "pages/3_Confusion.py",
+    "scans": "pages/4_Scan_Explorer.py",
+    "embeddings": "pages/5_Embeddings.py",
+    "data": "pages/6_Data.py",
+}
+TIMEOUT_S = 60
+sys.path.insert(0, str(ROOT / "dashboard"))
+import scan_tools  # noqa: E402  (the page's upload handling, importable without Streamlit)
+
+
+@pytest.fixture(scope="module")
+def full_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, int]]:
+    return populate_full_store(tmp_path_factory.mktemp("dash-full"))
+
+
+@pytest.fixture
+def store(full_store: tuple[str, dict[str, int]], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    url, ids = full_store
+    monkeypatch.setenv("SSLMRI_DB", url)
+    return ids
+
+
+def open_page(page: str | None, query: dict[str, str] | None = None) -> AppTest:
+    at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT_S).run()
+    if page:
+        at.switch_page(PAGES[page])
+        at.query_params.update(query or {})
+        at.run()
+    assert_no_exception(at)
+    return at
+
+
+def test_home_shows_best_arms_experiments_and_audit_warning(store: dict[str, int]) -> None:
+    at = open_page(None)
+    text = page_text(at)
+    assert "Best result per task and arm" in text
+    assert all(arm in text for arm in ARMS)
+    assert "Latest experiments" in text and str(store["experiment"]) in text
+    assert any("Data audit" in e.value and "cross split duplicates" in e.value for e in at.error)
+
+
+def test_ssl_page_curves_paired_table_and_csv(store: dict[str, int]) -> None:
+    at = open_page("ssl")
+    text = page_text(at)
+    assert len(at.get("plotly_chart")) == 2  # curve and paired difference
+    table = at.dataframe[0].value
+    assert set(table["arm"]) == set(ARMS) and len(table) == len(ARMS) * len(FRACTIONS)
+    assert (table["n"] >= len(SEEDS)).all()
+    assert "Paired differences vs scratch" in text
+    assert [b for b in at.get("download_button")]
+    at.radio(key="level").set_value("subject").run()
+    assert_no_exception(at)
+    assert "balanced accuracy (subject level)" in at.get("plotly_chart")[0].proto.spec
+    at.selectbox(key="metric").set_value(2).run()
+    assert "macro F1 (subject level)" in at.get("plotly_chart")[0].proto.spec
+
+
+def test_ssl_page_without_subject_metrics_says_so(store: dict[str, int]) -> None:
+    at = open_page("ssl")
+    at.selectbox(key="task").set_value("alzheimer") if "alzheimer" in at.selectbox(key="task").options else None
+    at.radio(key="level").set_value("subject").run()
+    assert_no_exception(at)
+
+
+def test_confusion_page_single_and_side_by_side(store: dict[str, int]) -> None:
+    at = open_page("confusion", {"run": str(store["scan_ssl"])})
+    assert at.selectbox(key="run_a").value == store["scan_ssl"]
+    assert len(at.get("plotly_chart")) == 1
+    at.selectbox(key="run_b").set_value(store["scan_scratch"]).run()
+    assert_no_exception(at)
+    assert len(at.get("plotly_chart")) == 3  # both matrices and their difference
+    assert "Difference" in page_text(at)
+
+
+def test_scan_explorer_shows_scan_overlay_and_steps_slices(store: dict[str, int]) -> None:
+    at = open_page("scans", {"run": str(store["scan_ssl"])})
+    assert "Prediction:" in page_text(at)
+    assert at.selectbox(key="model").value == store["scan_ssl"]
+    images = at.get("image")
+    assert images, "the scan is shown"
+    first_slice = at.selectbox(key="scan_slice").value
+    assert first_slice.endswith("_slice-1.png")
+    next_button = next(b for b in at.button if "Next" in str(b.label))
+    next_button.click().run()
+    assert_no_exception(at)
+    assert at.selectbox(key="scan_slice").value.endswith("_slice-2.png")
+    assert "Stored Grad-CAM statistics" in page_text(at)
+
+
+def test_scan_explorer_side_by_side_and_filters(store: dict[str, int]) -> None:
+    at = open_page("scans", {"run": str(store["scan_ssl"])})
+    at.selectbox(key="compare").set_value(store["scan_scratch"]).run()
+    assert_no_exception(at)
+    text = page_text(at)
+    assert f"Run #{store['scan_ssl']}" in text and f"Run #{store['scan_scratch']}" in text
+    at.toggle(key="wrong_only").set_value(True).run()
+    assert_no_exception(at)
+    at.slider(key="max_conf").set_value(0.0).run()
+    assert_no_exception(at)
+    assert "No scan matches these filters." in page_text(at)
+
+
+def test_scan_explorer_refuses_scans_outside_the_data_folder(
+    full_store: tuple[str, dict[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sslmri_core.store import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    run = store.start_run("finetune", {"init": "scratch", "mode": "full", "data": str(tmp_path / "data")}, task="tumor")
+    store.log_params(run, {"data_root": str(tmp_path / "data"), "classes": '["a", "b"]'})
+    store.log_predictions(run, [{"split": "test", "scan": "/etc/passwd", "subject": "s1", "true_label": "a",
+                                 "pred_label": "b", "confidence": 0.6, "probs": [0.4, 0.6]}])
+    store.end_run(run)
+    monkeypatch.setenv("SSLMRI_DB", url)
+    at = open_page("scans")
+    assert any("outside the allowed folders" in w.value for w in at.warning)
+
+
+def test_embeddings_page_colours_by_choice(store: dict[str, int]) -> None:
+    at = open_page("embeddings", {"run": str(store["scan_scratch"])})
+    assert at.selectbox(key="embedding").value == (store["scan_scratch"], "umap")
+    chart = at.get("plotly_chart")[0]
+    assert "sub-00" in chart.proto.spec or "glioma" in chart.proto.spec
+    at.radio(key="color_by").set_value("subject").run()
+    assert_no_exception(at)
+
+
+def test_data_page_shows_audit_bad_files_and_thumbnails(store: dict[str, int]) -> None:
+    at = open_page("data")
+    text = page_text(at)
+    assert "Files that could not be used (2)" in text and "truncated" in text
+    assert "Can inflate test results" in text and "1 across splits" in text
+    assert "exact duplicate group of 2" in "\n".join(e.label for e in at.expander)
+    assert at.get("image"), "duplicate thumbnails"
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_pages_on_an_empty_store_name_the_command(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sslmri_core.store import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    run = store.start_run("pretrain", {"model": "test_resnet"})  # a store with runs, but nothing for the page
+    store.end_run(run)
+    monkeypatch.setenv("SSLMRI_DB", url)
+    at = open_page(page)
+    assert at.info, "an empty state"
+    assert any("python cli.py" in c.value for c in at.code), "it names the command that fills the page"
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_pages_on_a_missing_store(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSLMRI_DB", f"sqlite:///{tmp_path / 'none' / 'runs.db'}")
+    at = open_page(page)
+    assert "does not exist yet" in page_text(at)
+
+
+# -- upload validation -----------------------------------------------------------------------------
+def test_bad_uploads_give_one_clear_message_each(tmp_path: Path) -> None:
+    from bad_files import write_corpus
+
+    expected = write_corpus(tmp_path)
+    for rel, reason in expected.items():
+        path = tmp_path / rel
+        if path.is_symlink() or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if reason is None or rel == "stray.png":  # where a file lies in a data folder means nothing to an upload
+            if path.suffix.lower() in (".png", ".jpg", ".jpeg") or rel.endswith(".nii.gz"):
+                assert scan_tools.read_upload(path.name, data).image.dtype == np.uint8
+            else:  # .bmp / .tif decode fine in training but are not upload types
+                with pytest.raises(scan_tools.UploadError, match="not a PNG, JPEG or NIfTI"):
+                    scan_tools.read_upload(path.name, data)
+            continue
+        with pytest.raises(scan_tools.UploadError) as err:
+            scan_tools.read_upload(path.name, data)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(path.name)
+
+
+def test_upload_size_limit_and_nifti_slices(tmp_path: Path) -> None:
+    from bad_files import NIFTI_NAN_SLICES, nifti_with_nans
+
+    with pytest.raises(scan_tools.UploadError, match="20 MB upload limit"):
+        scan_tools.read_upload("big.png", b"\x89PNG" + b"\0" * (scan_tools.MAX_UPLOAD_BYTES + 1))
+    nifti_with_nans(tmp_path / "vol.nii.gz")
+    volume = scan_tools.read_upload("vol.nii.gz", (tmp_path / "vol.nii.gz").read_bytes())
+    assert len(volume.slice_indices) == NIFTI_NAN_SLICES and volume.image.shape == (256, 256)
+    other = scan_tools.read_upload("vol.nii.gz", (tmp_path / "vol.nii.gz").read_bytes(),
+                                   slice_index=volume.slice_indices[0])
+    assert not np.array_equal(other.image, volume.image)
+
+
+def test_upload_on_the_page_predicts_with_a_real_model(store: dict[str, int]) -> None:
+    """The upload on the page: a PNG is predicted by the chosen run's checkpoint; a broken file is one message."""
+    pytest.importorskip("sslmri_core.explain")
+    at = open_page("scans", {"run": str(store["scan_ssl"])})
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(3).random((80, 60)) * 255).astype(np.uint8)).save(buf, "PNG")
+    at.file_uploader(key="upload").set_value(("mine.png", buf.getvalue(), "image/png")).run()
+    assert_no_exception(at)
+    predictions = [m.value for m in at.markdown if m.value.startswith("**Prediction:")]
+    assert len(predictions) == 2  # the stored scan's, and the upload's from the real checkpoint
+    assert any("class" in frame.value and set(frame.value["class"]) == {"glioma", "meningioma", "notumor", "pituitary"}
+               and abs(frame.value["probability"].sum() - 1) < 1e-4 for frame in at.dataframe[1:])
+    at.file_uploader(key="upload").set_value(("broken.png", b"this is not an image", "image/png")).run()
+    assert_no_exception(at)
+    assert any("Cannot use this upload: broken.png: not an image" in e.value for e in at.error)
+
+
+def test_overlay_changes_with_opacity_and_window() -> None:
+    image = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    cam = np.zeros((32, 32), np.float32)
+    cam[8:24, 8:24] = 1.0
+    faint = scan_tools.overlay(image, cam, opacity=0.1, colormap="jet", threshold=0.5)
+    strong = scan_tools.overlay(image, cam, opacity=0.9, colormap="jet", threshold=0.5)
+    assert faint.shape == (64, 64, 3) and not np.array_equal(faint, strong)
+    assert np.array_equal(faint[0, 0], strong[0, 0])  # below the threshold the image shows through
+    narrow = scan_tools.overlay(image, None, opacity=0.5, colormap="jet", threshold=0.5, level=128, width=20)
+    assert narrow[0, 0, 0] == 0 and narrow[0, -1, 0] == 255
