@@ -341,6 +341,101 @@ def finetune(
 
 
 @app.command()
+def evaluate(
+    run: int = typer.Option(..., "--run", help="Fine-tuning run whose selected model to score."),
+    data: Path = typer.Option(..., "--data", help="External labelled folder ROOT/<class>/... (class names as the model's)."),
+    bootstrap: Optional[int] = typer.Option(None, help="Bootstrap resamples (by subject) for 95% intervals (default: the run's)."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    out: Optional[Path] = typer.Option(None, help="Folder for run outputs (default: the model run's)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Score a fine-tuned model on an external folder; stored as an evaluate run linked to the model's run."""
+
+    def action() -> None:
+        from sslmri_core.external import evaluate_external
+        from sslmri_core.progress import console
+        from sslmri_core.store import RunStore
+
+        result = evaluate_external(RunStore(db), run, data, bootstrap=bootstrap, out=str(out) if out else None)
+        for item in result.unusable[:20]:
+            console.print(f"[yellow]unusable[/] {item['path']}: {item['reason']}")
+        console.print(f"{result.usable} of {result.files} files used, {len(result.unusable)} unusable")
+        _print_metrics(f"evaluate run {result.run_id} (model run {result.model_run})",
+                       {k: v for k, v in result.metrics.items() if "/" not in k})
+        if json_out:
+            _print_json({"run_id": result.run_id, "kind": "evaluate", "model_run": result.model_run,
+                         "files": result.files, "usable": result.usable, "unusable": result.unusable,
+                         "out_dir": result.out_dir, "metrics": result.metrics})
+
+    _guarded(action)
+
+
+def _float_list(text: Optional[str], option: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+@app.command()
+def experiment(
+    task: Optional[str] = typer.Option(None, help="Task name recorded with the runs; picks the built-in set without --data."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled folder ROOT/<class>/...; default: built-in set of --task."),
+    fractions: Optional[str] = typer.Option(None, help="Label fractions, comma-separated (default 0.01,0.1,1.0)."),
+    seeds: Optional[int] = typer.Option(None, help="Seeds per arm and fraction (default 3)."),
+    arms: Optional[str] = typer.Option(None, help="Comma-separated: ssl-linear,ssl-full,scratch[,imagenet]."),
+    pretrain_run: Optional[int] = typer.Option(None, help="Use this SSL pretraining run instead of pretraining."),
+    pretrain_epochs: Optional[int] = typer.Option(None, help="SimCLR epochs when pretraining (default 10)."),
+    preset: Optional[str] = typer.Option(None, help="cpu: resnet18 at 64 px, few epochs, 2 seeds (a 2-core machine)."),
+    model: Optional[str] = typer.Option(None, help="timm model name (default resnet50)."),
+    image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default 128)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs of full fine-tuning and scratch arms."),
+    linear_epochs: Optional[int] = typer.Option(None, help="Epochs of the linear probe (on cached features)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (AdamW)."),
+    encoder_lr_scale: Optional[float] = typer.Option(None, help="ssl-full / imagenet: encoder lr = lr x this."),
+    weights: Optional[Path] = typer.Option(None, help="imagenet arm: local timm weights file."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the train/val/test split, fixed across arms (default 0)."),
+    use_given_split: Optional[bool] = typer.Option(None, "--use-given-split", help="Honour the folder's Training/Testing split."),
+    subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
+    class_map: Optional[str] = typer.Option(None, help="Rename or merge classes: 'glioma=tumour,meningioma=tumour'."),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32"),
+    bootstrap: Optional[int] = typer.Option(None, help="Bootstrap resamples per child evaluation (default 1000)."),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    out: Optional[Path] = typer.Option(None, help="Folder for run outputs and checkpoints (default runs/)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """SSL vs supervised: pretrain once, then every arm x label fraction x seed on one split; summary with intervals.
+
+    Re-running the same command resumes: finished runs are skipped, the others run."""
+
+    def action() -> None:
+        from sslmri_core.experiment import resolve_experiment_config, run_experiment
+        from sslmri_core.sources import parse_class_map
+        from sslmri_core.store import RunStore
+
+        store = RunStore(db)
+        cfg = resolve_experiment_config(
+            store, preset, task=task, data=str(data) if data else None, fractions=_float_list(fractions, "--fractions"),
+            seeds=seeds, arms=[a.strip() for a in arms.split(",") if a.strip()] if arms is not None else None,
+            pretrain_run=pretrain_run, pretrain_epochs=pretrain_epochs, model=model, image_size=image_size,
+            batch_size=batch_size, finetune_epochs=epochs, linear_epochs=linear_epochs, lr=lr,
+            encoder_lr_scale=encoder_lr_scale, weights=str(weights) if weights else None, split_seed=split_seed,
+            use_given_split=use_given_split, subject_pattern=subject_pattern,
+            class_map=parse_class_map(class_map) or None, precision=precision, bootstrap=bootstrap,
+            out=str(out) if out else None,
+        )
+        result = run_experiment(cfg, store, show_progress=progress)
+        if json_out:
+            _print_json(result.to_json())
+
+    _guarded(action)
+
+
+@app.command()
 def gradcam(
     run: Optional[int] = typer.Option(None, "--run", help="Fine-tuning run whose checkpoint to explain."),
     split: Optional[str] = typer.Option(None, help="train | val | test of that run's stored split (default test)."),

@@ -210,14 +210,16 @@ def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 def finetune(
     cfg: FinetuneConfig, store: RunStore, *, show_progress: bool = True, parent_run_id: int | None = None,
+    data: ImageSet | None = None,
 ) -> TrainResult:
     """Train and evaluate a classifier as a tracked run; returns the run's result.
 
-    ``parent_run_id`` defaults to the SSL run (``from_run``); an experiment passes its own run.
+    ``parent_run_id`` defaults to the SSL run (``from_run``); an experiment passes its own run, and
+    ``data`` (the folder already loaded with this config's settings) so it is read once per grid.
     """
     validate_finetune(cfg)
     encoder_state = _parent_encoder(cfg, store)
-    data = load_finetune_data(cfg)
+    data = data if data is not None else load_finetune_data(cfg)
     split, labeled = split_data(data, cfg)
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)

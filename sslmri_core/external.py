@@ -1,0 +1,123 @@
+"""Scoring a fine-tuned model on an external labelled folder (``cli.py evaluate``), as its own run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sslmri_core.config import FinetuneConfig, from_dict
+from sslmri_core.data import load_folder
+from sslmri_core.store import RunStore, StoreError
+
+SPLIT = "test"  # the external folder is all test: metrics are test_*, like a finetune run's
+
+
+@dataclass
+class ExternalResult:
+    run_id: int
+    model_run: int
+    metrics: dict[str, float]
+    files: int
+    usable: int
+    unusable: list[dict[str, str]]
+    out_dir: str
+
+
+def match_classes(found: list[str], model_classes: list[str], root: str) -> dict[str, str]:
+    """Folder class -> model class, by name (exact, else ignoring case and surrounding spaces).
+
+    A folder class the model does not know, or a model class the folder lacks, is an error.
+    """
+    folded = {c.strip().casefold(): c for c in model_classes}
+    mapping = {c: c if c in model_classes else folded.get(c.strip().casefold(), "") for c in found}
+    unknown = sorted(c for c, m in mapping.items() if not m)
+    missing = sorted(set(model_classes) - set(mapping.values()))
+    if unknown:
+        raise ValueError(f"--data {root}: class folder(s) {', '.join(map(repr, unknown))} are not among the model's "
+                         f"classes ({', '.join(map(repr, model_classes))}); rename them or use the model's --class-map")
+    if missing:
+        raise ValueError(f"--data {root}: no usable images of the model's class(es) {', '.join(map(repr, missing))}; "
+                         f"the folder has {', '.join(map(repr, found))}")
+    return mapping
+
+
+def _model_run(store: RunStore, run_id: int) -> tuple[Any, dict[str, Any]]:
+    from sslmri_core.runtime import load_checkpoint, run_file
+
+    try:
+        record = store.get_run(run_id)
+    except StoreError as exc:
+        raise ValueError(f"--run {run_id}: {exc}") from None
+    if record.kind != "finetune":
+        raise ValueError(f"--run {run_id} is a {record.kind} run; evaluate scores a fine-tuned (finetune) run")
+    if record.status != "finished" or not record.checkpoint_path:
+        raise ValueError(f"--run {run_id} is {record.status} and has no final checkpoint to score")
+    path = run_file(record.checkpoint_path, record.out_dir, f"--run {run_id} checkpoint")
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint.get("model"), dict) or not checkpoint.get("classes"):
+        raise ValueError(f"--run {run_id}: {path} is not a fine-tuned model checkpoint")
+    return record, checkpoint
+
+
+def evaluate_external(
+    store: RunStore, run_id: int, data_dir: str | Path, *, bootstrap: int | None = None, out: str | None = None,
+) -> ExternalResult:
+    """Score run ``run_id``'s selected weights on every usable image of ``data_dir``; store an
+    ``evaluate`` run (parent: the model's run) with metrics, intervals, confusions and predictions."""
+    import torch
+
+    from sslmri_core.evaluate import evaluate_split
+    from sslmri_core.finetune import _Trainer, log_evaluation
+    from sslmri_core.models import Classifier, create_encoder
+    from sslmri_core.pretrain import write_unusable
+    from sslmri_core.progress import console
+    from sslmri_core.runtime import device_name, pick_device, resolve_precision
+
+    record, checkpoint = _model_run(store, run_id)
+    cfg = from_dict(FinetuneConfig, checkpoint.get("config") or record.config)
+    classes = [str(c) for c in checkpoint["classes"]]
+    root = str(Path(data_dir).expanduser().resolve())
+    data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map)
+    mapping = match_classes(data.classes, classes, root)
+    data = dataclasses.replace(
+        data, classes=classes, items=[dataclasses.replace(it, label=mapping[it.label]) for it in data.items])
+    report = data.manifests[0].check_summary()
+    n_boot = cfg.bootstrap if bootstrap is None else bootstrap
+    if n_boot < 0:
+        raise ValueError(f"--bootstrap must be 0 or more, got {n_boot}")
+
+    model = Classifier(create_encoder(cfg.model), len(classes))
+    model.load_state_dict(checkpoint["model"])
+    device = pick_device()
+    precision = resolve_precision(cfg.precision, device)
+    config = {"model_run": run_id, "data": root, "bootstrap": n_boot, "model": cfg.model,
+              "image_size": cfg.image_size, "classes": classes, "class_map": cfg.class_map,
+              "subject_pattern": cfg.subject_pattern, "out": out or cfg.out}
+    eval_id = store.start_run("evaluate", config, task=record.task, parent_run_id=run_id, device=device_name(device))
+    out_dir = Path(out or cfg.out).resolve() / f"run-{eval_id}"
+    store.update_run(eval_id, out_dir=str(out_dir))
+    with store.track(eval_id):
+        store.log_params(eval_id, {
+            "model_run": run_id, "data_root": root, "dataset": store.save_manifest(data.manifests[0]),
+            "n_files": report["files"], "n_test": len(data.items), "n_unusable": len(report["unusable"]),
+            "split_level": "subject" if all(s is not None for s in data.subjects) else "image",
+            "classes": json.dumps(classes), "precision": precision,
+        })
+        write_unusable(out_dir, data.unusable)
+        console.print(f"evaluate run {eval_id}: model run {run_id} ({cfg.model} at {cfg.image_size}px) on {root}: "
+                      f"{len(data.items)} images, {len(report['unusable'])} of {report['files']} files unusable")
+        trainer = _Trainer(cfg, data, model.to(device), device, precision)
+        idx = np.arange(len(data.items))
+        with torch.no_grad():
+            probs = trainer.predict(idx)
+        result = evaluate_split(data.labels, probs, data.subjects, classes, SPLIT, n_boot=n_boot, seed=0,
+                                n_bins=cfg.ece_bins)
+        store.log_metrics(eval_id, result.metrics)
+        log_evaluation(store, eval_id, data, idx, probs, result, SPLIT)
+    return ExternalResult(eval_id, run_id, result.metrics, int(report["files"]), int(report["usable"]),
+                          list(report["unusable"]), str(out_dir))

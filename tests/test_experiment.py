@@ -1,0 +1,127 @@
+"""The SSL-vs-supervised grid: children on identical splits, a summary with intervals, resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from sslmri_core.store import RunStore
+
+TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--linear-epochs", "2",
+        "--pretrain-epochs", "1", "--bootstrap", "20", "--precision", "fp32", "--no-progress"]
+
+
+def _invoke(args: list[str]) -> tuple[int, dict | None, str]:
+    result = CliRunner().invoke(app, args)
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    try:
+        parsed = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        parsed = None
+    return result.exit_code, parsed, result.stderr
+
+
+def _children(store: RunStore, experiment_id: int, kind: str = "finetune") -> list:
+    return [r for r in store.list_runs(kind) if r.parent_run_id == experiment_id]
+
+
+def test_grid_children_share_one_split_and_the_summary_pairs_by_seed(synth_tumor: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _invoke(["experiment", "--data", str(synth_tumor), "--fractions", "0.5,1.0", "--seeds", "2",
+                              "--arms", "ssl-linear,scratch", *TINY, "--db", db, "--out", str(tmp_path / "runs"),
+                              "--json"])
+    assert code == 0, err
+    store = RunStore(db)
+    exp = store.get_run(out["run_id"])
+    assert exp.kind == "experiment" and exp.status == "finished"
+    children = _children(store, exp.id)
+    assert len(children) == 2 * 2 * 2 and all(c.status == "finished" for c in children)
+    assert len(_children(store, exp.id, "pretrain")) == 1 == len(store.list_runs("pretrain"))
+    assert {(c.config["arm"], c.config["label_fraction"], c.config["seed"]) for c in children} == {
+        (a, f, s) for a in ("ssl-linear", "scratch") for f in (0.5, 1.0) for s in (0, 1)}
+
+    splits = {c.id: store.split_of(c.id) for c in children}
+    test_sets = {frozenset(k for k, v in sp.items() if v == "test") for sp in splits.values()}
+    assert len(test_sets) == 1  # every arm, fraction and seed is tested on the same images
+
+    summary = {(r["arm"], r["fraction"]): r for r in out["summary"] if r["metric"] == "test_balanced_accuracy"}
+    assert set(summary) == {(a, f) for a in ("ssl-linear", "scratch") for f in (0.5, 1.0)}
+    for row in summary.values():
+        assert row["n"] == 2 and row["ci"][0] <= row["mean"] <= row["ci"][1]
+    paired = [p for p in out["paired"] if p["metric"] == "test_balanced_accuracy"]
+    assert {(p["arm"], p["baseline"], p["fraction"]) for p in paired} == {
+        ("ssl-linear", "scratch", 0.5), ("ssl-linear", "scratch", 1.0)}
+    final = {c.id: store.final_metrics(c.id)["test_balanced_accuracy"] for c in children}
+    by_cell = {(c.config["arm"], c.config["label_fraction"], c.config["seed"]): final[c.id] for c in children}
+    for p in paired:
+        diffs = [by_cell[("ssl-linear", p["fraction"], s)] - by_cell[("scratch", p["fraction"], s)] for s in (0, 1)]
+        assert p["mean"] == pytest.approx(sum(diffs) / 2) and p["n"] == 2
+    assert store.results(exp.id)["summary"]["summary"] == out["summary"]
+
+
+def test_an_interrupted_grid_resumes_where_it_stopped(
+    synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sslmri_core.finetune as ft
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    args = ["experiment", "--data", str(synth_tumor), "--fractions", "1.0", "--seeds", "2",
+            "--arms", "ssl-linear,scratch", *TINY, "--db", db, "--out", str(tmp_path / "runs"), "--json"]
+    real = ft.finetune
+    calls: list[tuple[str, int]] = []
+
+    def stop_at_third(cfg, store, **kw):  # type: ignore[no-untyped-def]
+        calls.append((cfg.arm, cfg.seed))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("stopped by the test")
+        return real(cfg, store, **kw)
+
+    monkeypatch.setattr(ft, "finetune", stop_at_third)
+    code, _, err = _invoke(args)
+    assert code == 130, err
+    store = RunStore(db)
+    (exp,) = store.list_runs("experiment")
+    assert exp.status == "interrupted"
+    assert sum(c.status == "finished" for c in _children(store, exp.id)) == 2
+
+    def fail_scratch_seed_1(cfg, store, **kw):  # type: ignore[no-untyped-def]
+        if cfg.arm == "scratch" and cfg.seed == 1:
+            raise RuntimeError("simulated crash")
+        return real(cfg, store, **kw)
+
+    monkeypatch.setattr(ft, "finetune", fail_scratch_seed_1)
+    code, _, err = _invoke(args)
+    assert code == 1 and "re-run the same command" in err
+    assert store.get_run(exp.id).status == "failed"
+    assert sum(c.status == "finished" for c in _children(store, exp.id)) == 3
+
+    monkeypatch.setattr(ft, "finetune", real)
+    code, out, err = _invoke(args)
+    assert code == 0, err
+    assert out["run_id"] == exp.id and out["children"] == {"ran": 1, "skipped": 3, "failed": 0}
+    assert store.get_run(exp.id).status == "finished"
+    assert sum(c.status == "finished" for c in _children(store, exp.id)) == 4
+    assert len(store.list_runs("experiment")) == 1 and len(store.list_runs("pretrain")) == 1  # pretrained once
+
+    # other settings are another experiment
+    code, out2, err = _invoke([*args[:-1], "--seeds", "1", "--json"])
+    assert code == 0, err
+    assert out2["run_id"] != exp.id
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--fractions", "0,1"], "--fractions"),
+    (["--fractions", "a,b"], "--fractions"),
+    (["--arms", "ssl-linear,magic"], "--arms"),
+    (["--arms", "imagenet"], "--weights"),
+    (["--seeds", "0"], "--seeds"),
+    (["--preset", "gpu-cluster"], "--preset"),
+    (["--pretrain-run", "99"], "--pretrain-run 99"),
+])
+def test_bad_experiment_options_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    code, _, err = _invoke(["experiment", *args, "--model", "test_resnet", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
