@@ -1,0 +1,120 @@
+"""On-demand CAMs (what the dashboard calls) and overlays, on a tiny random-weight classifier."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sslmri_core.explain import (
+    METHOD_NAMES,
+    LoadedModel,
+    count_hooks,
+    explain_image,
+    render_overlay,
+    resolve_target_layer,
+)
+from sslmri_core.models import Classifier, create_encoder
+
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    torch.manual_seed(0)
+    model = Classifier(create_encoder("test_resnet"), len(CLASSES)).eval()
+    return LoadedModel(model, CLASSES, 64, resolve_target_layer(model, None), None)
+
+
+def _scan(seed: int = 0, shape: tuple[int, int] = (70, 50)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    head = ((yy - shape[0] / 2) / (shape[0] / 2.4)) ** 2 + ((xx - shape[1] / 2) / (shape[1] / 2.4)) ** 2 <= 1
+    return (head * 0.6 + rng.random(shape) * 0.2).astype(np.float32)  # float, not square
+
+
+def _tensor_count() -> int:
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() on some deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_default_target_is_the_last_stage_and_names_resolve(loaded: LoadedModel) -> None:
+    assert loaded.target_layer == "encoder.layer4"
+    assert resolve_target_layer(loaded.model, "layer3") == "encoder.layer3"
+    with pytest.raises(ValueError, match="--target-layer"):
+        resolve_target_layer(loaded.model, "layer9")
+
+
+def test_one_image_of_any_size_gives_a_map_at_the_model_size(loaded: LoadedModel) -> None:
+    out = explain_image(loaded, _scan())
+    assert out.image_u8.shape == out.cam.shape == (64, 64) and out.image_u8.dtype == np.uint8
+    assert out.cam.dtype == np.float32 and 0.0 <= out.cam.min() and out.cam.max() <= 1.0
+    assert set(out.probs) == set(CLASSES) and sum(out.probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert out.pred_label == max(out.probs, key=out.probs.get) and out.confidence == out.probs[out.pred_label]
+    assert out.target_label == out.pred_label and out.raw_max >= out.raw_mean >= 0.0
+    other = next(c for c in CLASSES if c != out.pred_label)
+    chosen = explain_image(loaded, _scan(), target=other)
+    assert chosen.target_label == other and chosen.pred_label == out.pred_label
+    with pytest.raises(ValueError, match="target"):
+        explain_image(loaded, _scan(), target="no-such-class")
+    with pytest.raises(ValueError, match="--method"):
+        explain_image(loaded, _scan(), method="gradcam-9000")
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_gives_a_normalised_map(loaded: LoadedModel, method: str) -> None:
+    out = explain_image(loaded, _scan(1), method=method)
+    assert out.method == method and out.cam.shape == (64, 64)
+    assert 0.0 <= out.cam.min() and out.cam.max() <= 1.0 and np.isfinite(out.raw_max)
+
+
+def test_hooks_are_released_and_repeated_calls_do_not_keep_tensors(loaded: LoadedModel) -> None:
+    hooks = count_hooks(loaded.model)
+    explain_image(loaded, _scan())  # warm-up: lazily created state is not a leak
+    before = _tensor_count()
+    for i in range(15):
+        explain_image(loaded, _scan(i), method=("gradcam", "gradcam++", "eigencam")[i % 3])
+    assert count_hooks(loaded.model) == hooks
+    assert _tensor_count() - before <= 2  # nothing accumulates per call (activations, gradients, graphs)
+    assert all(p.grad is None for p in loaded.model.parameters())
+
+
+def test_raw_statistics_keep_the_scale_that_normalisation_removes(loaded: LoadedModel) -> None:
+    """Doubling the classifier's weights doubles the gradients, hence the raw Grad-CAM map, while
+    the per-image normalised map stays the same: only the raw values can be compared."""
+    image = _scan(3)
+    base = explain_image(loaded, image)
+    model = Classifier(create_encoder("test_resnet"), len(CLASSES)).eval()
+    model.load_state_dict(loaded.model.state_dict())
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)
+        model.fc.bias.mul_(2.0)
+    doubled = explain_image(LoadedModel(model, CLASSES, 64, loaded.target_layer, None), image, target=base.pred_label)
+    assert doubled.raw_max == pytest.approx(2 * base.raw_max, rel=1e-3)
+    assert doubled.raw_mean == pytest.approx(2 * base.raw_mean, rel=1e-3)
+    np.testing.assert_allclose(doubled.cam, base.cam, atol=1e-4)
+
+
+def test_overlay_opacity_threshold_colormap_and_window() -> None:
+    image = np.tile(np.linspace(0, 255, 32, dtype=np.float32), (32, 1)).astype(np.uint8)
+    cam = np.tile(np.linspace(0, 1, 32, dtype=np.float32)[:, None], (1, 32))
+    grey = np.repeat(image[..., None], 3, axis=2)
+    out = render_overlay(image, cam, opacity=0.6, colormap="jet", threshold=0.0, window=None)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(render_overlay(image, cam, opacity=0.0, colormap="jet", threshold=0.0, window=None), grey)
+    assert not np.array_equal(out, render_overlay(image, cam, opacity=0.3, colormap="jet", threshold=0.0, window=None))
+    assert not np.array_equal(out, render_overlay(image, cam, opacity=0.6, colormap="gray", threshold=0.0, window=None))
+    half = render_overlay(image, cam, opacity=0.6, colormap="jet", threshold=0.5, window=None)
+    np.testing.assert_array_equal(half[:15], grey[:15])  # below the threshold: transparent
+    assert not np.array_equal(half[20:], grey[20:])
+    windowed = render_overlay(image, cam, opacity=0.0, colormap="jet", threshold=0.0, window=(64.0, 128.0))
+    assert windowed[0, 0, 0] == 0 and windowed[0, -1, 0] == 255  # values outside the window saturate
+    with pytest.raises(ValueError, match="colormap"):
+        render_overlay(image, cam, opacity=0.5, colormap="no-such-map", threshold=0.0, window=None)
+    with pytest.raises(ValueError, match="opacity"):
+        render_overlay(image, cam, opacity=1.5, colormap="jet", threshold=0.0, window=None)

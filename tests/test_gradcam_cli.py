@@ -1,0 +1,146 @@
+"""`cli.py gradcam` end to end: a tiny classifier trained on an obvious lesion, then its CAMs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+SIZE = 64
+SUMMARY_KEYS = ["run_id", "scans", "method", "mean_confidence", "mean_area_pct", "mean_in_brain", "deletion_drop",
+                "random_drop", "road", "pointing_game", "lesion_energy"]
+
+
+def _invoke(args: list[str]) -> tuple[int, dict | None, str]:
+    result = runner.invoke(app, args)
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    try:
+        parsed = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        parsed = None
+    return result.exit_code, parsed, result.stderr
+
+
+def _blob_set(root: Path, per_class: int = 70, seed: int = 0) -> Path:
+    """Two classes of 64 px 'slices': a noisy head, with (``blob``) or without (``none``) a bright
+    round lesion at a random place inside it; each blob image has its ``_mask.png`` beside it."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for label in ("blob", "none"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            head = ((yy - 32) / 27.0) ** 2 + ((xx - 32) / 23.0) ** 2 <= 1
+            img = np.where(head, 90.0, 8.0) + rng.normal(0, 12, (SIZE, SIZE))
+            name = f"sub-{label}{i:03d}_slice-1"
+            if label == "blob":
+                cy, cx = rng.integers(16, 48), rng.integers(16, 48)
+                lesion = (yy - cy) ** 2 + (xx - cx) ** 2 <= 6**2
+                img[lesion] = 230.0
+                Image.fromarray(lesion.astype(np.uint8) * 255).save(root / label / f"{name}_mask.png")
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / label / f"{name}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A test_resnet fine-tuned from scratch on the blob set (fixed seeds)."""
+    base = tmp_path_factory.mktemp("gradcam")
+    data = _blob_set(base / "blobs")
+    db, out = f"sqlite:///{base / 'runs.db'}", str(base / "runs")
+    code, ft, err = _invoke(["finetune", "--data", str(data), "--init", "scratch", "--model", "test_resnet",
+                             "--image-size", str(SIZE), "--epochs", "8", "--batch-size", "16", "--lr", "0.003",
+                             "--seed", "0", "--no-progress", "--db", db, "--out", out, "--json"])
+    assert code == 0, err
+    assert ft["metrics"]["test_accuracy"] >= 0.8, ft["metrics"]  # the lesion is obvious
+    return {"db": db, "out": out, "run": str(ft["run_id"]), "data": str(data)}
+
+
+def test_gradcam_run_stores_maps_and_statistics(trained: dict[str, str]) -> None:
+    from sslmri_core.store import RunStore
+
+    code, summary, err = _invoke(["gradcam", "--run", trained["run"], "--target-layer", "layer3", "--no-progress",
+                                  "--db", trained["db"], "--out", trained["out"], "--json"])
+    assert code == 0, err
+    assert list(summary) == SUMMARY_KEYS
+    store = RunStore(trained["db"])
+    run = store.get_run(summary["run_id"])
+    assert run.kind == "gradcam" and run.status == "finished" and run.parent_run_id == int(trained["run"])
+    n_test = sum(1 for s in store.split_of(int(trained["run"])).values() if s == "test")
+    assert summary["scans"] == n_test and summary["method"] == "gradcam"
+    for key in ("mean_confidence", "mean_area_pct", "mean_in_brain", "deletion_drop", "random_drop", "road",
+                "pointing_game", "lesion_energy"):
+        assert isinstance(summary[key], float), key
+    from sqlalchemy import select
+
+    from sslmri_core.store import CamStat
+
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(CamStat).where(CamStat.run_id == summary["run_id"])).mappings().all()
+    assert len(rows) == n_test
+    for row in rows:
+        heat = Image.open(Path(run.out_dir) / row["heatmap_path"])
+        assert heat.mode == "L" and heat.size == (SIZE, SIZE)
+        assert row["threshold"] == 0.5 and row["model_run_id"] == int(trained["run"])
+        assert (row["pointing_hit"] is None) == ("/none/" in row["scan"])  # lesion statistics only with a mask
+        assert row["raw_max"] >= row["raw_mean"] >= 0.0 and 0.0 <= row["in_brain"] <= 1.0
+
+    # The trained model looks at the lesion: its CAM peak lands in it far more often than chance
+    # (the dilated lesion covers about 8% of the image), and it holds more than its share of the energy.
+    assert summary["pointing_game"] >= 0.5, summary
+    assert summary["lesion_energy"] > 0.15, summary
+    # Removing the top of the map costs the model more confidence than removing the same area at random.
+    assert summary["deletion_drop"] > summary["random_drop"], summary
+
+
+def test_on_demand_map_matches_the_stored_one(trained: dict[str, str]) -> None:
+    """What the dashboard computes for a scan is what `gradcam` stored for it (up to 8-bit rounding)."""
+    from sqlalchemy import select
+
+    from sslmri_core.explain import explain_image, load_model_for_run
+    from sslmri_core.store import CamStat, RunStore
+
+    code, summary, err = _invoke(["gradcam", "--run", trained["run"], "--limit", "3", "--method", "gradcam++",
+                                  "--no-progress", "--db", trained["db"], "--out", trained["out"], "--json"])
+    assert code == 0, err
+    assert summary["scans"] == 3 and summary["method"] == "gradcam++"
+    store = RunStore(trained["db"])
+    with store.engine.connect() as conn:
+        row = conn.execute(select(CamStat).where(CamStat.run_id == summary["run_id"])).mappings().first()
+    loaded = load_model_for_run(trained["db"], int(trained["run"]))
+    assert loaded.classes == ["blob", "none"] and loaded.image_size == SIZE
+    out = explain_image(loaded, np.asarray(Image.open(row["scan"])), method="gradcam++")
+    stored = np.asarray(Image.open(Path(store.get_run(summary["run_id"]).out_dir) / row["heatmap_path"])) / 255.0
+    np.testing.assert_allclose(out.cam, stored, atol=1.0 / 255 + 1e-3)
+    assert out.pred_label == row["pred_label"] and out.confidence == pytest.approx(row["confidence"], abs=1e-4)
+    assert out.raw_max == pytest.approx(row["raw_max"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--run", "1", "--method", "gradcam-9000"], "--method"),
+        (["--run", "999"], "--run 999"),
+        ([], "--run"),
+        (["--run", "1", "--threshold", "2"], "--threshold"),
+        (["--run", "1", "--split", "holdout"], "--split"),
+        (["--run", "1", "--limit", "0"], "--limit"),
+    ],
+)
+def test_bad_options_give_one_clear_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["gradcam", *args, "--db", f"sqlite:///{tmp_path / 'runs.db'}", "--json"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output
+
+
+def test_unknown_class_or_layer_or_a_pretraining_run(trained: dict[str, str]) -> None:
+    for args, needle in ((["--target-class", "glioma"], "--target-class"), (["--target-layer", "layer9"], "--target-layer")):
+        code, _, err = _invoke(["gradcam", "--run", trained["run"], *args, "--db", trained["db"], "--out", trained["out"]])
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
