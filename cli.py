@@ -232,15 +232,23 @@ def data_audit(
 
 @app.command()
 def pretrain(
-    data: Optional[list[Path]] = typer.Option(None, "--data", help="Image folder(s) ROOT/<class>/...; labels ignored. Default: built-in set."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="Image folder(s) ROOT/<class>/...; labels only monitor. Default: built-in set."),
     model: Optional[str] = typer.Option(None, help="Any timm model name (default resnet50)."),
     image_size: Optional[int] = typer.Option(None, help="Training image side in pixels (default 128)."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step; each gives two views (default 32)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step and process; each gives two views (default 32)."),
     epochs: Optional[int] = typer.Option(None, help="Passes over the data (default 10)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in total."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW)."),
+    optimizer: Optional[str] = typer.Option(None, help="auto | lars | adamw | sgd (auto: LARS from a global batch of 256)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: 0.3 x batch/256 LARS, 1e-3 AdamW)."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay on weights, never norms/biases (default 1e-6)."),
+    warmup_epochs: Optional[float] = typer.Option(None, help="Linear warm-up epochs before the cosine decay (default 1)."),
     temperature: Optional[float] = typer.Option(None, help="NT-Xent temperature (default 0.2)."),
-    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32 (auto: bf16 where supported)."),
+    proj_hidden_dim: Optional[int] = typer.Option(None, help="Projection head hidden size (default 512)."),
+    proj_dim: Optional[int] = typer.Option(None, help="Projection head output size (default 128)."),
+    augment: Optional[str] = typer.Option(None, help="Augmentation settings, e.g. 'bias_field=0.3,rotate_deg=15'."),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp16 | fp32 (auto: bf16 where supported, fp16 on older GPUs)."),
+    monitor: Optional[bool] = typer.Option(None, "--monitor/--no-monitor",
+                                           help="Per-epoch kNN and linear-probe accuracy when the folders have classes (default on)."),
     subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
     exclude_test: Optional[bool] = typer.Option(None, "--exclude-test/--include-test",
                                                 help="Leave each --data folder's test split out of the pool (default)."),
@@ -255,31 +263,83 @@ def pretrain(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """SimCLR self-supervised pretraining of an encoder on unlabeled MRI slices."""
+    """SimCLR self-supervised pretraining of an encoder on unlabeled MRI slices.
+
+    Multi-GPU / multi-node: torchrun --nproc_per_node N cli.py pretrain ... (rank 0 writes the store).
+    """
 
     def action() -> None:
-        from sslmri_core.config import PretrainConfig, with_overrides
+        from sslmri_core.config import AugmentConfig, PretrainConfig, parse_settings, with_overrides
+        from sslmri_core.distributed import init_world
         from sslmri_core.pretrain import pretrain as run_pretrain
         from sslmri_core.pretrain import resume_pretrain
         from sslmri_core.store import RunStore
 
         overrides = dict(
             data=[str(d) for d in data] if data else None, model=model, image_size=image_size,
-            batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, temperature=temperature,
-            precision=precision, subject_pattern=subject_pattern, seed=seed, out=str(out) if out else None,
-            exclude_test=exclude_test, split_seed=split_seed, checkpoint_minutes=checkpoint_minutes,
+            batch_size=batch_size, epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr,
+            weight_decay=weight_decay, warmup_epochs=warmup_epochs, temperature=temperature,
+            proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim,
+            augment=parse_settings(AugmentConfig(), augment, "--augment") if augment else None,
+            precision=precision, monitor=monitor, subject_pattern=subject_pattern, seed=seed,
+            out=str(out) if out else None, exclude_test=exclude_test, split_seed=split_seed,
+            checkpoint_minutes=checkpoint_minutes,
         )
         if resume is not None:
             given = ["--" + k.replace("_", "-") for k, v in overrides.items() if v is not None]
             if given:
                 raise ValueError(f"--resume {resume} continues the run with its stored settings; "
                                  f"leave out {', '.join(given)}")
-            result = resume_pretrain(resume, RunStore(db), show_progress=progress)
+        world = init_world()  # a no-op unless started by torchrun
+        if not world.main:
+            from sslmri_core.distributed import barrier
+
+            barrier()  # rank 0 migrates the store first
+            store = RunStore(db, upgrade=False)
         else:
-            result = run_pretrain(with_overrides(PretrainConfig(), **overrides), RunStore(db), show_progress=progress)
-        _print_metrics(f"pretrain run {result.run_id} finished", result.metrics)
+            store = RunStore(db)
+            if world.distributed:
+                from sslmri_core.distributed import barrier
+
+                barrier()
+        if resume is not None:
+            result = resume_pretrain(resume, store, show_progress=progress)
+        else:
+            result = run_pretrain(with_overrides(PretrainConfig(), **overrides), store, show_progress=progress)
+        if world.main:
+            _print_metrics(f"pretrain run {result.run_id} finished", result.metrics)
+            if json_out:
+                _print_json(_result_dict(result))
+
+    _guarded(action)
+
+
+@app.command("augment-preview")
+def augment_preview(
+    out_png: Path = typer.Argument(..., metavar="OUT.png", help="Where to write the grid (PNG)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Image folder ROOT/<class>/...; default: built-in pretraining set."),
+    n: int = typer.Option(8, "--n", help="Images shown (one row each: original, view 1, view 2)."),
+    image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default 128)."),
+    augment: Optional[str] = typer.Option(None, help="Augmentation settings, e.g. 'bias_field=0.3,rotate_deg=15'."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same grid."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write a grid of augmented SimCLR pairs (original | view 1 | view 2 per row) to OUT.png."""
+
+    def action() -> None:
+        from sslmri_core.config import AugmentConfig, PretrainConfig, parse_settings, with_overrides
+        from sslmri_core.preview import write_preview
+
+        if n < 1:
+            raise ValueError(f"--n must be at least 1, got {n}")
+        if out_png.suffix.lower() != ".png":
+            raise ValueError(f"OUT.png must end in .png, got {out_png}")
+        cfg = with_overrides(PretrainConfig(), data=[str(data)] if data else None, image_size=image_size,
+                             augment=parse_settings(AugmentConfig(), augment, "--augment") if augment else None)
+        summary = write_preview(cfg, out_png, n, seed)
+        typer.echo(f"wrote {summary['pairs']} augmented pairs to {summary['path']}", err=True)
         if json_out:
-            _print_json(_result_dict(result))
+            _print_json(summary)
 
     _guarded(action)
 

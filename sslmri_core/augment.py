@@ -3,6 +3,10 @@
 torchvision's v2 transforms draw one set of parameters for a whole batch tensor, which would give
 every image the same crop; SimCLR needs a different view per image. Crop, flip and rotation are
 fused into one per-sample affine matrix, so each batch costs a single ``grid_sample``.
+
+Hand-written on ``affine_grid``/``grid_sample`` rather than kornia: the whole pipeline is ~100
+lines of plain torch, runs on any device, draws every parameter from one ``torch.Generator``
+(so a run's views are part of its checkpointed random state), and adds no dependency.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor
 
 
 def _affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample ``(n, 2, 3)`` matrices: random resized crop, horizontal flip, small rotation."""
+    """Per-sample ``(n, 2, 3)`` matrices: random resized crop, horizontal flip, small rotation and shear."""
     area = _uniform(n, cfg.crop_scale_min, 1.0, gen)
     log_r = math.log(cfg.crop_ratio)
     ratio = torch.exp(_uniform(n, -log_r, log_r, gen))
@@ -44,12 +48,14 @@ def _affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     cy = _uniform(n, -1.0, 1.0, gen) * (1 - h)
     flip = torch.where(torch.rand(n, generator=gen) < cfg.flip_p, -1.0, 1.0)
     angle = torch.deg2rad(_uniform(n, -cfg.rotate_deg, cfg.rotate_deg, gen))
+    shear = torch.tan(torch.deg2rad(_uniform(n, -cfg.shear_deg, cfg.shear_deg, gen)))
     cos, sin = torch.cos(angle), torch.sin(angle)
+    rotate = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (n, 2, 2)
+    shear_m = torch.eye(2).repeat(n, 1, 1)
+    shear_m[:, 0, 1] = shear
+    scale = torch.diag_embed(torch.stack([w * flip, h], 1))  # output -> input: crop size, mirrored
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos * w * flip
-    theta[:, 0, 1] = -sin * h
-    theta[:, 1, 0] = sin * w * flip
-    theta[:, 1, 1] = cos * h
+    theta[:, :, :2] = rotate @ shear_m @ scale
     theta[:, 0, 2] = cx
     theta[:, 1, 2] = cy
     return theta
@@ -68,11 +74,24 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.reshape_as(x)
 
 
+def _bias_field(n: int, size: tuple[int, int], strength: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Smooth multiplicative fields ``(n, 1, H, W)``: exp of a random 4x4 grid upsampled (MRI coil inhomogeneity)."""
+    coarse = _uniform(n * 16, -strength, strength, gen).view(n, 1, 4, 4).to(device)
+    return torch.exp(F.interpolate(coarse, size=size, mode="bilinear", align_corners=True))
+
+
+def _device_generator(gen: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded from ``gen``: pixel noise is drawn where it is used (no host->device copy)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """One random view of each image. ``x``: float ``(B, 1, H, W)`` in [0, 1]; returns the same shape.
 
-    Parameters are drawn on the CPU from ``gen`` (so a seed gives the same views on any device),
-    then applied on ``x``'s device.
+    Per-sample parameters are drawn on the CPU from ``gen`` (so a seed gives the same crops and
+    intensities on any device) and applied on ``x``'s device; pixel noise comes from a generator
+    on that device seeded from ``gen``. All strengths zero (see :class:`AugmentConfig`) is the identity.
     """
     n, device = x.shape[0], x.device
     theta = _affine(n, cfg, gen).to(device, x.dtype)
@@ -86,6 +105,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     mean = x.mean(dim=(2, 3), keepdim=True)
     x = ((x - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
     x = x.pow(gamma)
+    if cfg.bias_field > 0:
+        x = (x * _bias_field(n, x.shape[2:], cfg.bias_field, gen, device)).clamp(0.0, 1.0)
 
     blur_on = torch.rand(n, generator=gen) < cfg.blur_p
     sigma = _uniform(n, 0.1, max(cfg.blur_sigma, 0.1), gen)
@@ -95,6 +116,6 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
 
     noise_std = _uniform(n, 0.0, cfg.noise_std, gen).to(device).view(n, 1, 1, 1)
     if cfg.noise_std > 0:
-        noise = torch.randn(x.shape, generator=gen).to(device)
+        noise = torch.randn(x.shape, generator=_device_generator(gen, device), device=device, dtype=x.dtype)
         x = x + noise * noise_std
     return x

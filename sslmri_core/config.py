@@ -51,16 +51,18 @@ class AugmentConfig:
     crop_ratio: float = 4 / 3  # aspect ratio drawn log-uniformly in [1/r, r]
     flip_p: float = 0.5
     rotate_deg: float = 10.0
+    shear_deg: float = 5.0  # small shear, drawn in [-s, s] degrees
     brightness: float = 0.2
     contrast: float = 0.3
     gamma: float = 0.3  # log-uniform in [1/(1+g), 1+g]
     blur_p: float = 0.5
     blur_sigma: float = 1.2  # pixels, at most
     noise_std: float = 0.03
+    bias_field: float = 0.0  # smooth multiplicative field exp(+-s) (scanner inhomogeneity); 0: off
 
 
 LIGHT_AUGMENT = AugmentConfig(
-    crop_scale_min=0.8, crop_ratio=1.1, rotate_deg=5.0, brightness=0.1, contrast=0.1, gamma=0.1,
+    crop_scale_min=0.8, crop_ratio=1.1, rotate_deg=5.0, shear_deg=0.0, brightness=0.1, contrast=0.1, gamma=0.1,
     blur_p=0.0, noise_std=0.0,
 )  # fine-tuning: keep the lesion in view
 
@@ -75,14 +77,24 @@ class PretrainConfig:
     batch_size: int = 32
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimiser steps in total
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
+    # auto: LARS from batch 256 up (SimCLR's large-batch optimiser), AdamW below | lars | adamw | sgd
+    optimizer: str = "auto"
+    lr: float | None = None  # peak; None: 0.3 x batch/256 for LARS (SimCLR), 0.05 x batch/256 SGD, 1e-3 AdamW
+    weight_decay: float = 1e-6  # SimCLR's value (with LARS)
     warmup_epochs: float = 1.0
     temperature: float = 0.2  # SimCLR (Chen et al. 2020), Table 5: 0.1-0.5 work best
     proj_hidden_dim: int = 512
     proj_dim: int = 128
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    precision: str = "auto"  # auto | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 where supported, else fp16 on CUDA, else fp32) | bf16 | fp16 | fp32
+    # Per-epoch representation quality, when the pool's images have labels (class folders):
+    # cosine kNN accuracy (train-split features as the bank, val-split as queries) and an online
+    # linear probe trained on detached features of the training batches.
+    monitor: bool = True
+    knn_k: int = 20
+    knn_bank: int = 2000  # at most this many labelled train images in the bank
+    knn_queries: int = 500  # at most this many val images scored
+    probe_lr: float = 1e-3
     seed: int = 0
     out: str = "runs"
     subject_pattern: str | None = None
@@ -209,6 +221,24 @@ def with_overrides(config: T, **overrides: Any) -> T:
         raise TypeError(f"unknown config field(s): {sorted(unknown)}")
     given = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(config, **given)  # type: ignore[type-var]
+
+
+def parse_settings(config: T, text: str, option: str) -> T:
+    """``config`` with ``"name=value,name=value"`` applied (values converted to each field's type)."""
+    changes: dict[str, Any] = {}
+    fields_by_name = {f.name: f for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, raw = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields_by_name:
+            known = ", ".join(fields_by_name)
+            raise ValueError(f"{option}: expected name=value with a name among {known}; got {part!r}")
+        current = getattr(config, name)
+        try:
+            changes[name] = type(current)(float(raw)) if isinstance(current, (int, float)) else raw.strip()
+        except ValueError:
+            raise ValueError(f"{option}: {name} must be a number, got {raw!r}") from None
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -55,8 +55,12 @@ class SimCLRModel(nn.Module):
         self.encoder = encoder
         self.head = ProjectionHead(int(encoder.num_features), hidden_dim, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Projections ``(B, out_dim)``; with ``return_features`` also the encoder features ``(B, num_features)``
+        (what fine-tuning and the online probe use); one call, so DistributedDataParallel sees one forward."""
+        h = self.encoder(x)
+        z = self.head(h)
+        return (h, z) if return_features else z
 
 
 class Classifier(nn.Module):

@@ -20,19 +20,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslmri_core.augment import augment_batch, normalize, to_float
 from sslmri_core.config import PretrainConfig, from_dict, to_dict
 from sslmri_core.data import ImageSet, concat_sets, load_folder
-from sslmri_core.losses import nt_xent
+from sslmri_core.distributed import (
+    FollowerStore,
+    World,
+    all_mean,
+    barrier,
+    broadcast,
+    current_world,
+    device_for,
+    gather_objects,
+    gather_with_grad,
+)
 from sslmri_core.models import SimCLRModel, check_model_name, create_encoder
-from sslmri_core.optim import param_groups, warmup_cosine
+from sslmri_core.monitor import MonitorSet, OnlineProbe, evaluate
+from sslmri_core.optim import OPTIMIZERS, default_lr, make_optimizer, warmup_cosine
 from sslmri_core.progress import console, make_progress
 from sslmri_core.runtime import (
     PRECISIONS,
     CheckpointError,
     atomic_save,
-    autocast,
     device_name,
+    grad_scaler,
     load_checkpoint,
     pick_device,
     resolve_precision,
@@ -41,8 +51,12 @@ from sslmri_core.runtime import (
     seed_everything,
     set_rng_state,
 )
+from sslmri_core.simclr import forward_loss, optimizer_step
 from sslmri_core.splits import make_split
 from sslmri_core.store import Heartbeat, RunStore, StoreError
+
+# Kept importable from here (tests patch ``sslmri_core.pretrain.nt_xent`` to force a NaN loss).
+from sslmri_core.losses import nt_xent  # noqa: E402,F401  isort: skip
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,6 +89,12 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         (cfg.temperature > 0, f"--temperature must be positive, got {cfg.temperature}"),
         (cfg.checkpoint_minutes >= 0, f"--checkpoint-minutes must be 0 or more, got {cfg.checkpoint_minutes}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
+        (cfg.optimizer in ("auto", *OPTIMIZERS),
+         f"--optimizer must be one of auto, {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}"),
+        (cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (cfg.proj_hidden_dim >= 1 and cfg.proj_dim >= 1,
+         f"--proj-hidden-dim and --proj-dim must be at least 1, got {cfg.proj_hidden_dim} and {cfg.proj_dim}"),
+        (cfg.knn_k >= 1, f"--knn-k must be at least 1, got {cfg.knn_k}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -90,23 +110,45 @@ def load_pretrain_data(cfg: PretrainConfig) -> tuple[ImageSet, list[str]]:
     test images are left out: its given test split when it has one, else the 70/15/15 subject
     split drawn with ``split_seed`` (the split ``finetune`` uses by default).
     """
+    data, roles, _ = load_pretrain_pool(cfg)
+    return data, roles
+
+
+def load_pretrain_pool(cfg: PretrainConfig) -> tuple[ImageSet, list[str], list[str]]:
+    """As :func:`load_pretrain_data`, plus each image's split (``train``/``val``/``test``) for monitoring."""
     from sslmri_core.builtin import builtin_root
 
-    if not cfg.data:
-        data = load_folder(builtin_root("pretrain"), cfg.image_size, cfg.subject_pattern)
-        return data, ["pool"] * len(data.items)
-    sets, roles = [], []
-    for root in cfg.data:
+    roots = cfg.data or [str(builtin_root("pretrain"))]
+    sets, roles, splits = [], [], []
+    for root in roots:
         data = load_folder(root, cfg.image_size, cfg.subject_pattern)
+        use_given = bool(cfg.data) and any(data.given_splits)
+        split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, use_given, data.hashes)
+        names = split.assignment(len(data.items))
         role = ["pool"] * len(data.items)
-        if cfg.exclude_test:
-            use_given = any(data.given_splits)
-            split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, use_given, data.hashes)
+        if cfg.data and cfg.exclude_test:
             for i in split.test:
                 role[int(i)] = "excluded"
         sets.append(data)
         roles.extend(role)
-    return concat_sets(sets), roles
+        splits.extend(names)
+    return concat_sets(sets), roles, splits
+
+
+def monitor_set(found: ImageSet, pool: np.ndarray, splits: list[str], cfg: PretrainConfig) -> MonitorSet | None:
+    """kNN bank (train split) and queries (val split) inside the pool, capped; None without 2+ classes."""
+    if not cfg.monitor or len(found.classes) < 2:
+        return None
+    labels = found.labels[pool]
+    names = np.array([splits[int(i)] for i in pool])
+    picker = np.random.RandomState(cfg.split_seed)  # its own generator: training's random streams stay untouched
+    bank = np.flatnonzero(names == "train")
+    queries = np.flatnonzero(names == "val")
+    if len(bank) < 2 or len(queries) < 1:
+        return None
+    bank = np.sort(picker.permutation(bank)[: cfg.knn_bank])
+    queries = np.sort(picker.permutation(queries)[: cfg.knn_queries])
+    return MonitorSet(labels, bank, queries, len(found.classes))
 
 
 def write_unusable(out_dir: Path, unusable: list[tuple[str, str]]) -> None:
@@ -118,37 +160,66 @@ def write_unusable(out_dir: Path, unusable: list[tuple[str, str]]) -> None:
 
 
 def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True) -> TrainResult:
-    """Run SimCLR pretraining as a tracked run; returns the run's result."""
+    """Run SimCLR pretraining as a tracked run; returns the run's result.
+
+    Under ``torchrun`` (an initialised process group) every rank calls this with the same config;
+    rank 0 alone writes to ``store`` and the checkpoint.
+    """
     validate_pretrain(cfg)
-    found, roles = load_pretrain_data(cfg)
+    world = current_world()
+    if not world.main:
+        barrier()  # rank 0 fills the image cache first; the others then read it
+    found, roles, splits = load_pretrain_pool(cfg)
+    if world.main:
+        barrier()
+    else:
+        store = FollowerStore(store)  # type: ignore[assignment]
     pool = np.array([i for i, r in enumerate(roles) if r == "pool"], dtype=np.int64)
-    if len(pool) < 2:
-        raise ValueError(f"pretraining needs at least 2 usable images, found {len(pool)}")
-    device = pick_device()
+    if len(pool) < 2 * world.size:
+        raise ValueError(f"pretraining needs at least 2 usable images per process, found {len(pool)}")
+    device = device_for(world) if world.distributed else pick_device()
     precision = resolve_precision(cfg.precision, device)
-    run_id = store.start_run("pretrain", to_dict(cfg), device=device_name(device))
+    run_id = broadcast(store.start_run("pretrain", to_dict(cfg), device=device_name(device)) if world.main else None)
     out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
     store.update_run(run_id, out_dir=str(out_dir))
     n_excluded = len(roles) - len(pool)
     store.log_params(run_id, {
         "n_images": len(pool), "n_excluded_test": n_excluded, "n_unusable": len(found.unusable),
-        "precision": precision, "data_roots": found.root,
+        "precision": precision, "data_roots": found.root, "world_size": world.size,
+        "optimizer": resolve_optimizer(cfg, world), "lr": peak_lr(cfg, world),
         "datasets": ",".join(str(store.save_manifest(m)) for m in found.manifests),
         "pool": "built-in pretraining subjects" if not cfg.data else
         ("without each folder's test split" if cfg.exclude_test else "all images, test splits included"),
     })
     store.log_split(run_id, [{"key": it.key, "subject": it.subject, "split": role, "labeled": False}
                              for it, role in zip(found.items, roles)])
-    write_unusable(out_dir, found.unusable)
-    console.print(
-        f"pretrain run {run_id}: {len(pool)} images ({n_excluded} test images left out, "
-        f"{len(found.unusable)} unusable files) from {found.root}; "
-        f"{cfg.model} at {cfg.image_size}px on {device_name(device)}, {precision}"
-    )
+    if world.main:
+        write_unusable(out_dir, found.unusable)
+        console.print(
+            f"pretrain run {run_id}: {len(pool)} images ({n_excluded} test images left out, "
+            f"{len(found.unusable)} unusable files) from {found.root}; "
+            f"{cfg.model} at {cfg.image_size}px on {device_name(device)}"
+            + (f" x {world.size} processes" if world.distributed else "") + f", {precision}"
+        )
     with store.track(run_id):
-        metrics, checkpoint = _train(cfg, found.images[pool], store, run_id, out_dir, device, precision, show_progress,
-                                     _pool_hash(found.items, pool))
+        metrics, checkpoint = _train(cfg, found.images[pool], store, run_id, out_dir, device, precision,
+                                     show_progress, _pool_hash(found.items, pool),
+                                     monitor=monitor_set(found, pool, splits, cfg), world=world)
     return TrainResult(run_id, "pretrain", "finished", str(checkpoint), metrics, str(out_dir))
+
+
+def resolve_optimizer(cfg: PretrainConfig, world: World | None = None) -> str:
+    """``auto``: LARS for a global batch of 256 or more (SimCLR's large-batch setting), AdamW below."""
+    if cfg.optimizer != "auto":
+        return cfg.optimizer
+    return "lars" if cfg.batch_size * (world or World()).size >= 256 else "adamw"
+
+
+def peak_lr(cfg: PretrainConfig, world: World | None = None) -> float:
+    """``--lr``, or the optimiser's default for the global batch (see :func:`sslmri_core.optim.default_lr`)."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return default_lr(resolve_optimizer(cfg, world), cfg.batch_size * (world or World()).size)
 
 
 def _pool_hash(items: list[Any], pool: np.ndarray) -> str:
@@ -156,12 +227,8 @@ def _pool_hash(items: list[Any], pool: np.ndarray) -> str:
     return hashlib.sha256("\n".join(items[int(i)].key for i in pool).encode()).hexdigest()
 
 
-def resume_pretrain(run_id: int, store: RunStore, *, show_progress: bool = True) -> TrainResult:
-    """Continue an interrupted (or failed, or killed) pretraining run from its last checkpoint.
-
-    The run keeps its id, config and metric series: points logged after the checkpoint are
-    dropped and logged again, so each step appears once. Refused while the run is alive.
-    """
+def _check_resumable(run_id: int, store: RunStore) -> tuple[PretrainConfig, Any]:
+    """The run's config and its checkpoint path, or a one-line reason it cannot be resumed."""
     try:
         record = store.get_run(run_id)
     except StoreError as exc:
@@ -177,33 +244,65 @@ def resume_pretrain(run_id: int, store: RunStore, *, show_progress: bool = True)
         raise ValueError(f"--resume {run_id}: the run has no output folder recorded")
     cfg = from_dict(PretrainConfig, record.config)
     validate_pretrain(cfg)
+    checkpoint = str(run_file(record.checkpoint_path, record.out_dir, "checkpoint")) if record.checkpoint_path else None
+    return cfg, {"checkpoint": checkpoint, "out_dir": record.out_dir}
+
+
+def resume_pretrain(run_id: int, store: RunStore, *, show_progress: bool = True) -> TrainResult:
+    """Continue an interrupted (or failed, or killed) pretraining run from its last checkpoint.
+
+    The run keeps its id, config and metric series: points logged after the checkpoint are
+    dropped and logged again, so each step appears once. Refused while the run is alive.
+    """
+    world = current_world()
+    found_error: str | None = None
+    info: Any = None
+    if world.main:
+        try:
+            info = _check_resumable(run_id, store)
+        except (ValueError, CheckpointError) as exc:
+            found_error = str(exc)
+    found_error, info = broadcast((found_error, info))  # the other ranks must not hang on rank 0's refusal
+    if found_error:
+        raise ValueError(found_error)
+    cfg, where = info
     state = None
-    if record.checkpoint_path:
-        state = load_checkpoint(run_file(record.checkpoint_path, record.out_dir, "checkpoint"))
+    if where["checkpoint"]:
+        state = load_checkpoint(where["checkpoint"])
         if state.get("kind") != "pretrain" or state.get("run_id") != run_id:
-            raise CheckpointError(f"--resume {run_id}: {record.checkpoint_path} is not this run's checkpoint")
-    found, roles = load_pretrain_data(cfg)
+            raise CheckpointError(f"--resume {run_id}: {where['checkpoint']} is not this run's checkpoint")
+    if not world.main:
+        barrier()
+    found, roles, splits = load_pretrain_pool(cfg)
+    if world.main:
+        barrier()
+    else:
+        store = FollowerStore(store)  # type: ignore[assignment]
     pool = np.array([i for i, r in enumerate(roles) if r == "pool"], dtype=np.int64)
     pool_hash = _pool_hash(found.items, pool)
     stored_pool = sum(1 for split in store.split_of(run_id).values() if split == "pool")
     if (state is not None and state.get("pool_hash", pool_hash) != pool_hash) or stored_pool != len(pool):
         raise ValueError(f"--resume {run_id}: the data changed since the run started ({stored_pool} images in its "
                          f"pool, {len(pool)} now); start a new run instead")
-    device = pick_device()
-    precision = resolve_precision(cfg.precision, device)
+    device = device_for(world) if world.distributed else pick_device()
+    # The precision the run started with (``auto`` measures, and could decide otherwise today).
+    precision = state["precision"] if state is not None and state.get("precision") in PRECISIONS \
+        and device.type in state.get("device_type", device.type) else resolve_precision(cfg.precision, device)
     if not store.reopen_run(run_id):
         raise ValueError(f"--resume {run_id}: another process has just resumed or is running it")
     done = int(state["step"]) if state is not None else 0
     dropped = store.truncate_metrics(run_id, done)
     store.log_params(run_id, {"resumed_from_step": done})
-    out_dir = Path(record.out_dir)
-    console.print(
-        f"resuming pretrain run {run_id} at step {done} ({dropped} metric points after the checkpoint dropped); "
-        f"{len(pool)} images, {cfg.model} at {cfg.image_size}px on {device_name(device)}, {precision}"
-    )
+    out_dir = Path(where["out_dir"])
+    if world.main:
+        console.print(
+            f"resuming pretrain run {run_id} at step {done} ({dropped} metric points after the checkpoint dropped); "
+            f"{len(pool)} images, {cfg.model} at {cfg.image_size}px on {device_name(device)}, {precision}"
+        )
     with store.track(run_id):
         metrics, checkpoint = _train(cfg, found.images[pool], store, run_id, out_dir, device, precision, show_progress,
-                                     pool_hash, resume=state)
+                                     pool_hash, resume=state, monitor=monitor_set(found, pool, splits, cfg),
+                                     world=world, fresh=False)
     return TrainResult(run_id, "pretrain", "finished", str(checkpoint), metrics, str(out_dir))
 
 
@@ -232,6 +331,15 @@ class _StopSignals:
             signal.signal(sig, previous)
 
 
+def _sync_flags(world: World, device: torch.device, *flags: bool) -> list[bool]:
+    """Each flag true on every rank when true on any (stop requests, checkpoint timers agree across ranks)."""
+    if not world.distributed:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v > 0) for v in t.tolist()]
+
+
 def _train(
     cfg: PretrainConfig,
     images: np.ndarray,
@@ -243,18 +351,41 @@ def _train(
     show_progress: bool,
     pool_hash: str = "",
     resume: dict[str, Any] | None = None,
+    monitor: MonitorSet | None = None,
+    world: World | None = None,
+    fresh: bool = True,
 ) -> tuple[dict[str, float], Path]:
-    """The SimCLR loop over uint8 images ``(N, S, S)``; checkpoints every epoch (and see module docs)."""
-    gen = seed_everything(cfg.seed)
+    """The SimCLR loop over uint8 images ``(N, S, S)``; checkpoints every epoch (and see module docs).
+
+    Each global batch of ``batch_size x world.size`` images is cut into one shard per rank; the
+    epoch's order comes from a generator seeded alike on every rank, the augmentations from one
+    seeded per rank.
+    """
+    world = world or World()
+    gen = seed_everything(cfg.seed)  # the data order: identical on every rank
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + world.rank)
     data = torch.from_numpy(images)
+    if device.type == "cuda":
+        data = data.pin_memory()  # uint8 batches cross to the GPU asynchronously
     n = len(data)
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, n // batch)
+    batch = min(cfg.batch_size, n // world.size)
+    global_batch = batch * world.size
+    steps_per_epoch = max(1, n // global_batch)
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps_per_epoch)
     model = SimCLRModel(create_encoder(cfg.model), cfg.proj_hidden_dim, cfg.proj_dim).to(device)
+    if world.distributed and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
     model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    net: torch.nn.Module = model
+    if world.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = make_optimizer(model, resolve_optimizer(cfg, world), peak_lr(cfg, world), cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * steps_per_epoch), total)
+    scaler = grad_scaler(device, precision)
+    probe = OnlineProbe(int(model.encoder.num_features), monitor.n_classes, cfg.probe_lr, device) \
+        if monitor is not None and world.main else None
+    probe_labels = torch.from_numpy(monitor.probe_labels()) if probe is not None else None
+    gather = gather_with_grad if world.distributed else None
     checkpoint = out_dir / "checkpoint.pt"
     # Where the loop stands: the next epoch and batch, that epoch's order, the losses of its steps so far.
     step, epoch, first_batch, order, losses, metrics = 0, 0, 0, None, [], {}
@@ -263,68 +394,90 @@ def _train(
         model.head.load_state_dict(resume["head"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        if probe is not None and resume.get("probe"):
+            probe.load_state_dict(resume["probe"])
         step, metrics = int(resume["step"]), dict(resume.get("metrics", {}))
         position = resume.get("position") or {"epoch": int(resume["epoch"]) + 1, "batch": 0, "order": None, "losses": []}
         epoch, first_batch, order, losses = position["epoch"], position["batch"], position["order"], list(position["losses"])
         if "rng" in resume:
             set_rng_state(resume["rng"], gen)
+        aug_states = resume.get("augment_rng") or []
+        if len(aug_states) == world.size:  # same number of processes: each continues its own stream
+            aug_gen.set_state(aug_states[world.rank])
 
     def save() -> None:
+        aug_states = gather_objects(aug_gen.get_state())  # every rank takes part; rank 0 writes
+        if not world.main:
+            return
         atomic_save({
             "kind": "pretrain", "run_id": run_id, "config": to_dict(cfg), "epoch": epoch - 1, "step": step,
             "encoder": model.encoder.state_dict(), "head": model.head.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "probe": probe.state_dict() if probe is not None else None,
             "position": {"epoch": epoch, "batch": first_batch, "order": order, "losses": list(losses)},
-            "rng": rng_state(gen), "pool_hash": pool_hash, "metrics": dict(metrics), "total": total,
+            "rng": rng_state(gen), "augment_rng": aug_states, "world_size": world.size,
+            "precision": precision, "device_type": device.type,
+            "pool_hash": pool_hash, "metrics": dict(metrics), "total": total,
         }, checkpoint)
         store.update_run(run_id, checkpoint_path=str(checkpoint))
 
+    def check_quality() -> None:
+        """Per-epoch kNN (and probe) accuracy on the val images, rank 0 only."""
+        if monitor is None or not world.main:
+            return
+        quality = evaluate(model.encoder, data, monitor, probe, device, precision, cfg.knn_k)
+        metrics.update(quality)
+        store.log_metrics(run_id, quality, step=step, epoch=epoch)
+
     beat = Heartbeat(store, run_id)
     last_save = time.monotonic()
-    with _StopSignals() as stop, make_progress(show_progress) as progress:
+    with _StopSignals() as stop, make_progress(show_progress and world.main) as progress:
+        if fresh and resume is None:
+            check_quality()  # step 0: the random encoder, the baseline the curve should rise from
         bar = progress.add_task("pretrain", total=total, completed=step, info="", ips=0.0)
         while epoch < cfg.epochs and step < total:
             model.train()
             if order is None:
                 order = torch.randperm(n, generator=gen)
             while first_batch < steps_per_epoch and step < total:
-                if stop.requested:
+                due = bool(cfg.checkpoint_minutes) and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes
+                stopping, due = _sync_flags(world, device, stop.requested is not None, due)
+                if stopping:
                     save()
-                    raise RunInterrupted(f"stopped by {stop.requested} at step {step} of {total}; checkpoint saved, "
-                                         f"continue with: python cli.py pretrain --resume {run_id}")
+                    raise RunInterrupted(f"stopped by {stop.requested or 'another rank'} at step {step} of {total}; "
+                                         f"checkpoint saved, continue with: python cli.py pretrain --resume {run_id}")
                 b = first_batch
                 start = time.perf_counter()
-                x = to_float(data[order[b * batch : (b + 1) * batch]]).to(device)
-                views = torch.cat([augment_batch(x, cfg.augment, gen), augment_batch(x, cfg.augment, gen)])
-                views = normalize(views).contiguous(memory_format=torch.channels_last)
-                with autocast(device, precision):
-                    z = model(views)
-                loss = nt_xent(z[: len(x)], z[len(x) :], cfg.temperature)
-                if not torch.isfinite(loss):
+                idx = order[b * global_batch + world.rank * batch : b * global_batch + (world.rank + 1) * batch]
+                loss, features = forward_loss(net, data[idx], cfg.augment, cfg.temperature, aug_gen, device,
+                                              precision, gather, loss_fn=nt_xent)
+                value = float(all_mean(loss.detach().reshape(1))[0])
+                if not np.isfinite(value):
                     raise NonFiniteLossError(
-                        f"loss became {loss.item()} at step {step}; stopped, last good checkpoint kept at {checkpoint}"
+                        f"loss became {value} at step {step}; stopped, last good checkpoint kept at {checkpoint}"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                optimizer_step(loss, optimizer, scaler, scheduler)
+                if probe is not None:
+                    probe.step(features, probe_labels[idx].to(device))
                 step += 1
                 first_batch += 1
-                ips = 2 * len(x) / (time.perf_counter() - start)  # both views count
-                losses.append(loss.item())
+                ips = 2 * global_batch / (time.perf_counter() - start)  # both views count
+                losses.append(value)
                 store.log_metrics(
-                    run_id, {"loss": losses[-1], "lr": scheduler.get_last_lr()[0], "images_per_s": ips},
+                    run_id, {"loss": value, "lr": scheduler.get_last_lr()[0], "images_per_s": ips},
                     step=step, epoch=epoch,
                 )
                 beat()
-                progress.update(bar, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.3f}", ips=ips)
-                if (cfg.checkpoint_minutes and first_batch < steps_per_epoch and step < total
-                        and time.monotonic() - last_save >= 60 * cfg.checkpoint_minutes):
+                progress.update(bar, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {value:.3f}", ips=ips)
+                if due and first_batch < steps_per_epoch and step < total:
                     save()
                     last_save = time.monotonic()
             if losses:
-                metrics = {"epoch_loss": float(np.mean(losses)), "steps": float(step)}
+                metrics.update({"epoch_loss": float(np.mean(losses)), "steps": float(step)})
                 store.log_metrics(run_id, {"epoch_loss": metrics["epoch_loss"]}, step=step, epoch=epoch)
+            check_quality()
             epoch, first_batch, order, losses = epoch + 1, 0, None, []
             save()
             last_save = time.monotonic()

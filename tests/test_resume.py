@@ -145,7 +145,39 @@ def test_sigterm_checkpoints_mid_epoch_and_resuming_reproduces_the_run(synth_tum
     epoch_losses = [v for _, _, v in store.metric_series(run.id, "epoch_loss")]
     assert epoch_losses == pytest.approx([v for _, _, v in straight.metric_series(reference.run_id, "epoch_loss")],
                                          rel=1e-4)
+    for key in ("knn_acc", "probe_acc", "lr"):  # the monitoring (and its online probe) resumes too
+        assert [v for _, _, v in store.metric_series(run.id, key)] == pytest.approx(
+            [v for _, _, v in straight.metric_series(reference.run_id, key)], rel=1e-4, abs=1e-5), key
     a, b = load_checkpoint(reference.checkpoint)["encoder"], load_checkpoint(resumed.checkpoint)["encoder"]
     for name, tensor in a.items():
         if tensor.is_floating_point():
             torch.testing.assert_close(b[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
+    synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sslmri_core.pretrain as pretrain_module
+    from sslmri_core.losses import nt_xent
+
+    cfg = PretrainConfig(data=[str(synth_tumor)], model="test_resnet", image_size=64, batch_size=8, epochs=3,
+                         precision="fp32", monitor=False, out=str(tmp_path / "runs"))
+    calls = {"n": 0}
+
+    def nan_in_second_epoch(*args: object, **kwargs: object) -> torch.Tensor:
+        calls["n"] += 1
+        loss = nt_xent(*args, **kwargs)  # type: ignore[arg-type]
+        return loss * float("nan") if calls["n"] == 6 else loss  # 4 steps per epoch: step 6 is in epoch 2
+
+    monkeypatch.setattr(pretrain_module, "nt_xent", nan_in_second_epoch)
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    with pytest.raises(pretrain_module.NonFiniteLossError, match="loss became nan at step 5"):
+        pretrain(cfg, store, show_progress=False)
+    (run,) = store.list_runs()
+    assert run.status == "failed" and "loss became nan" in (run.error or "") and "last good checkpoint" in run.error
+    state = load_checkpoint(run.checkpoint_path)
+    assert state["step"] == 4 and state["position"]["epoch"] == 1  # the end of epoch 1, written before the NaN
+    assert all(torch.isfinite(t).all() for t in state["encoder"].values() if t.is_floating_point())
+    monkeypatch.setattr(pretrain_module, "nt_xent", nt_xent)
+    assert resume_pretrain(run.id, store, show_progress=False).status == "finished"  # a failed run can go on
+    assert _steps(store, run.id) == list(range(1, 13))
