@@ -116,3 +116,77 @@ def test_a_class_absent_from_the_split_gets_no_roc_auc() -> None:
     assert set(result.results["test_roc"]["slice"]) == {"a", "b"}
     lo, hi = result.results["test_intervals"]["slice"]["roc_auc"]
     assert lo is not None and lo <= m["test_roc_auc"] <= hi
+
+
+# -- cli.py evaluate: a fine-tuned model on an external folder --------------------------------------
+def _invoke(args: list[str]) -> tuple[int, dict | None, str]:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, args)
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    try:
+        parsed = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        parsed = None
+    return result.exit_code, parsed, result.stderr
+
+
+def test_evaluate_an_external_folder_with_bad_files(synth_tumor, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from sslmri_core.store import RunStore
+    from tests.bad_files import write_corpus
+
+    db, out = f"sqlite:///{tmp_path / 'runs.db'}", str(tmp_path / "runs")
+    code, ft, err = _invoke(["finetune", "--data", str(synth_tumor), "--init", "scratch", "--model", "test_resnet",
+                             "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--bootstrap", "20",
+                             "--no-progress", "--db", db, "--out", out, "--json"])
+    assert code == 0, err
+
+    # an external folder: the model's four classes (copied synthetic slices) plus the bad-file corpus
+    external = tmp_path / "external"
+    expected = write_corpus(external)  # glioma/, notumor/ (and an empty meningioma/) with good and bad files
+    for cls in ("meningioma", "pituitary", "glioma", "notumor"):
+        for src in sorted((synth_tumor / cls).glob("*_slice-*.png"))[:2]:
+            if not src.name.endswith("_mask.png"):
+                (external / cls).mkdir(exist_ok=True)
+                shutil.copy(src, external / cls / src.name)
+    code, ev, err = _invoke(["evaluate", "--run", str(ft["run_id"]), "--data", str(external), "--db", db, "--json"])
+    assert code == 0, err
+    assert ev["files"] == ev["usable"] + len(ev["unusable"])
+    bad = {u["path"].split("external/", 1)[1]: u["reason"] for u in ev["unusable"]}
+    assert set(bad) == {p for p, why in expected.items() if why is not None}
+    store = RunStore(db)
+    run = store.get_run(ev["run_id"])
+    assert run.kind == "evaluate" and run.parent_run_id == ft["run_id"] and run.status == "finished"
+    m = store.final_metrics(run.id)
+    assert "test_balanced_accuracy" in m and "test_subject_balanced_accuracy" in m
+    assert "test_intervals" in store.results(run.id)
+    from sslmri_core.queries import predictions_frame
+
+    preds = predictions_frame(db, run.id)
+    assert len(preds) == ev["usable"] - 1 + 6  # the NaN NIfTI volume (one file) gives 6 slices
+
+
+def test_evaluate_refuses_unknown_classes_and_non_model_runs(synth_tumor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db, out = f"sqlite:///{tmp_path / 'runs.db'}", str(tmp_path / "runs")
+    code, ft, err = _invoke(["finetune", "--data", str(synth_tumor), "--init", "scratch", "--model", "test_resnet",
+                             "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--bootstrap", "0",
+                             "--no-progress", "--db", db, "--out", out, "--json"])
+    assert code == 0, err
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(synth_tumor, odd)
+    (odd / "glioma").rename(odd / "astrocytoma")
+    code, _, err = _invoke(["evaluate", "--run", str(ft["run_id"]), "--data", str(odd), "--db", db])
+    assert code == 2 and "'astrocytoma'" in err and "not among the model's classes" in err
+    shutil.rmtree(odd / "astrocytoma")
+    code, _, err = _invoke(["evaluate", "--run", str(ft["run_id"]), "--data", str(odd), "--db", db])
+    assert code == 2 and "'glioma'" in err and "no usable images of the model's class" in err
+    code, _, err = _invoke(["evaluate", "--run", "999", "--data", str(synth_tumor), "--db", db])
+    assert code == 2 and "--run 999" in err
