@@ -152,7 +152,7 @@ def add_audited_dataset(store: Any, root: Path) -> int:
     data = root / "data" / "tumor"
     first = sorted((data / LABELS[0]).glob("*.png"))[:2]
     with Session(store.engine) as session, session.begin():
-        ds = Dataset(fingerprint="f" * 64, root=str(data), created_at=datetime.now(timezone.utc), n_files=26,
+        ds = Dataset(fingerprint=f"{root.name:f<64}"[:64], root=str(data), created_at=datetime.now(timezone.utc), n_files=26,
                      n_usable=24, n_images=24, classes={lab: 6 for lab in LABELS}, subject_pattern="sub-XX",
                      split_level="subject",
                      summary={"files": 26, "usable": 24, "images": 24, "unusable": [
@@ -187,12 +187,12 @@ def add_audited_dataset(store: Any, root: Path) -> int:
     return dataset_id
 
 
-def populate_full_store(root: Path) -> tuple[str, dict[str, int]]:
-    """Everything the seven pages show; returns (store URL, ids)."""
+def populate_full_store(root: Path, url: str | None = None) -> tuple[str, dict[str, int]]:
+    """Everything the seven pages show (files under ``root``; the store at ``url``, default a SQLite file there)."""
     from sslmri_core.store import RunStore
 
     root.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{root / 'runs.db'}"
+    url = url or f"sqlite:///{root / 'runs.db'}"
     ids = populate_store(url)
     store = RunStore(url)
     ids["experiment"] = add_experiment(store)

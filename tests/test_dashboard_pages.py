@@ -155,6 +155,26 @@ def test_data_page_shows_audit_bad_files_and_thumbnails(store: dict[str, int]) -
     assert at.get("image"), "duplicate thumbnails"
 
 
+def test_every_page_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same populated store on PostgreSQL: every page renders its content (skipped without a server, not in CI)."""
+    from conftest import fresh_postgres_database, postgres_base_url
+
+    databases = fresh_postgres_database(postgres_base_url())
+    url = next(databases)
+    try:
+        _, ids = populate_full_store(tmp_path, url)
+        monkeypatch.setenv("SSLMRI_DB", url)
+        assert "Best result per task and arm" in page_text(open_page(None))
+        assert len(open_page("ssl").get("plotly_chart")) == 2
+        assert len(open_page("confusion", {"run": str(ids["scan_ssl"])}).get("plotly_chart")) == 1
+        scans = open_page("scans", {"run": str(ids["scan_ssl"])})
+        assert scans.get("image") and "Stored Grad-CAM statistics" in page_text(scans)
+        assert open_page("embeddings").get("plotly_chart")
+        assert "Files that could not be used (2)" in page_text(open_page("data"))
+    finally:
+        next(databases, None)
+
+
 @pytest.mark.parametrize("page", list(PAGES))
 def test_pages_on_an_empty_store_name_the_command(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sslmri_core.store import RunStore

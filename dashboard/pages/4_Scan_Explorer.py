@@ -104,7 +104,8 @@ def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray 
     if pred is None:
         st.info(f"Run #{run_id} has no prediction for this scan (it was in another split for that run).")
         return
-    verdict = "✅ correct" if pred["pred_label"] == pred["true_label"] else f"❌ wrong (true: {pred['true_label']})"
+    right = pred["pred_label"] == pred["true_label"]
+    verdict = ":green[correct]" if right else f":red[**wrong** — true class: {pred['true_label']}]"
     st.markdown(f"**Prediction: {pred['pred_label']}** — confidence {pred['confidence']:.1%} · {verdict}")
     if image is None:
         return
@@ -118,9 +119,11 @@ def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray 
     rgb = scan_tools.overlay(image, cam if controls["show_cam"] else None, opacity=controls["opacity"],
                              colormap=controls["colormap"], threshold=controls["threshold"], level=controls["level"],
                              width=controls["width"])
-    st.image(rgb, caption=f"run #{run_id} · {note}", width="stretch")
-    show_probabilities(probability_table(run_classes(url, run_id), list(pred["probs"]), pred["true_label"]),
-                       key=f"probs-{key}")
+    picture, numbers = st.columns([3, 2]) if not controls["narrow"] else (st.container(), st.container())
+    picture.image(rgb, caption=f"run #{run_id} · {note}", width=controls["image_px"])
+    with numbers:
+        show_probabilities(probability_table(run_classes(url, run_id), list(pred["probs"]), pred["true_label"]),
+                           key=f"probs-{key}")
     if not stats.empty:
         st.caption("Stored Grad-CAM statistics (intensity: mean CAM; area: % of pixels above the threshold; "
                    "in_brain: share of CAM energy inside the brain)")
@@ -152,7 +155,7 @@ def show_upload(url: str, models: pd.DataFrame, controls: dict[str, Any]) -> Non
         cam = None if result is None or not controls["show_cam"] else np.asarray(result.cam, np.float32)
         rgb = scan_tools.overlay(chosen.image, cam, opacity=controls["opacity"], colormap=controls["colormap"],
                                  threshold=controls["threshold"], level=controls["level"], width=controls["width"])
-        st.image(rgb, caption=f"{chosen.name} · {chosen.note}", width="stretch")
+        st.image(rgb, caption=f"{chosen.name} · {chosen.note}", width=420)
     with right:
         if result is None:
             st.warning(f"No prediction: {why}")
@@ -232,7 +235,7 @@ controls = {"level": level, "width": width, "show_cam": show_cam, "opacity": opa
             "threshold": threshold, "method": method, "on_demand": on_demand_cam}
 
 # -- the scan -----------------------------------------------------------------------------------------------
-st.markdown(f"**{scan}**")
+st.caption(f"`{scan}`")
 try:
     image: np.ndarray | None = scan_tools.load_scan(scan, common.data_roots(url, run_id))
 except Exception as exc:  # outside the run's data folders, moved, unreadable: say which and why
@@ -240,23 +243,20 @@ except Exception as exc:  # outside the run's data folders, moved, unreadable: s
     image = None
 
 pred_a = rows[rows["scan"] == scan].iloc[0]
+st.caption(f"Slice {scans.index(scan) + 1} of {len(scans)} of subject {subject} (after the filters above).")
 if compare is None:
-    left, right = st.columns([3, 2])
-    with left:
-        show_model(url, run_id, pred_a, image, controls, "a")
-    with right:
-        st.metric("Slices of this subject shown", len(scans))
-        st.caption(f"Scan {scans.index(scan) + 1} of {len(scans)}; subject {subject}.")
+    show_model(url, run_id, pred_a, image, {**controls, "narrow": False, "image_px": 420}, "a")
 else:
     preds_b = common.predictions(url, int(compare))
     match = preds_b[preds_b["scan"] == scan]
     left, right = st.columns(2)
+    side = {**controls, "narrow": True, "image_px": 420}
     with left:
         st.markdown(f"##### Run #{run_id}")
-        show_model(url, run_id, pred_a, image, controls, "a")
+        show_model(url, run_id, pred_a, image, side, "a")
     with right:
         st.markdown(f"##### Run #{compare}")
-        show_model(url, int(compare), match.iloc[0] if not match.empty else None, image, controls, "b")
+        show_model(url, int(compare), match.iloc[0] if not match.empty else None, image, side, "b")
 
 st.divider()
 show_upload(url, models, controls)
