@@ -1,0 +1,267 @@
+"""SimCLR pretraining throughput: sslmri's loop vs the notebook-style reference, on one machine.
+
+    python bench/pretrain_throughput.py                       # CPU, ResNet-50, 128 px, batch 64
+    python bench/pretrain_throughput.py --device cuda --batch 512 --steps 20
+
+(a) ``sslmri``: the pretraining step of ``sslmri_core.simclr`` (the code ``pretrain`` runs) from
+uint8 images in memory (what the image cache holds): batches augmented on the training device,
+both views in one forward pass, ``--precision`` (default ``auto``) and channels-last.
+(b) ``reference``: torchvision ``ImageFolder`` + per-image PIL transforms (two views) in
+DataLoader workers, two separate forward passes, fp32 - the way the published notebooks do it.
+
+Each pipeline runs in its own child process (so each peak RSS is its own, DataLoader workers
+included): warm-up steps, then ``--repeats`` timed runs of ``--steps`` steps; images/s counts both
+views; the JSON's last line reports medians and the ratio. Needs only torch, torchvision, timm,
+numpy and pillow (no run store, no pandas).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_image_folder(root: Path, n: int, size: int = 256) -> Path:
+    """``n`` grayscale JPEGs (smooth blobs + noise, ``size`` px) in two class folders."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        cx, cy, r = rng.uniform(0.3, 0.7, 2).tolist() + [rng.uniform(0.2, 0.35)]
+        img = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)) * 200 + rng.normal(0, 8, (size, size))
+        Image.fromarray(img.clip(0, 255).astype(np.uint8), mode="L").save(folder / f"img{i:05d}.jpg", quality=90)
+    return root
+
+
+def load_uint8(root: Path, size: int) -> Any:
+    """Every image of the folder as uint8 ``(N, size, size)``: what sslmri's image cache holds (decoded once)."""
+    import numpy as np
+    from PIL import Image
+
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    out = np.empty((len(paths), size, size), dtype=np.uint8)
+    for i, p in enumerate(paths):
+        img = Image.open(p).convert("L")
+        side = max(img.size)
+        square = Image.new("L", (side, side))
+        square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+        out[i] = np.asarray(square.resize((size, size), Image.BILINEAR))
+    return out
+
+
+class RssSampler:
+    """Peak resident memory of this process plus its live children (DataLoader workers), sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = self._rss(os.getpid()) + sum(self._rss(c.pid) for c in multiprocessing.active_children())
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the sampler may miss a short peak
+        self.peak = max(self.peak, own_peak)
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_sslmri(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    import torch
+
+    from sslmri_core.config import AugmentConfig
+    from sslmri_core.models import SimCLRModel, create_encoder
+    from sslmri_core.optim import make_optimizer
+    from sslmri_core.runtime import grad_scaler, resolve_precision
+    from sslmri_core.simclr import forward_loss, optimizer_step
+
+    device = torch.device(args.device)
+    precision = resolve_precision(args.precision, device)
+    images = torch.from_numpy(load_uint8(folder, args.image_size))
+    if device.type == "cuda":
+        images = images.pin_memory()
+    torch.manual_seed(0)
+    model = SimCLRModel(create_encoder(args.model)).to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, "lars" if args.batch >= 256 else "adamw", 1e-3, 1e-6)
+    scaler = grad_scaler(device, precision)
+    net = torch.compile(model) if args.compile else model
+    gen, aug, order = torch.Generator().manual_seed(0), AugmentConfig(), torch.Generator().manual_seed(1)
+
+    def step() -> None:
+        idx = torch.randint(0, len(images), (args.batch,), generator=order)
+        loss, _ = forward_loss(net, images[idx], aug, 0.2, gen, device, precision)
+        float(loss)  # the real loop reads the loss every step (NaN check, logging)
+        optimizer_step(loss, optimizer, scaler)
+
+    return _timed(step, args, device) | {"precision": precision, "channels_last": True, "forward_passes": 1,
+                                          "augment_on": str(device)}
+
+
+def run_reference(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    import torch
+    from torchvision import datasets, transforms
+
+    from sslmri_core.losses import nt_xent
+    from sslmri_core.models import SimCLRModel, create_encoder
+
+    device = torch.device(args.device)
+    s = args.image_size
+    view = transforms.Compose([
+        transforms.Grayscale(1),
+        transforms.RandomResizedCrop(s, scale=(0.35, 1.0)),
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomRotation(10),
+        transforms.ColorJitter(brightness=0.2, contrast=0.3),
+        transforms.RandomApply([transforms.GaussianBlur(9, (0.1, 1.2))], p=0.5),
+        transforms.ToTensor(),
+        transforms.Normalize([0.2], [0.25]),
+    ])
+
+    class TwoViews:
+        def __call__(self, img: Any) -> tuple[Any, Any]:
+            return view(img), view(img)
+
+    loader = torch.utils.data.DataLoader(
+        datasets.ImageFolder(str(folder), transform=TwoViews()), batch_size=args.batch, shuffle=True,
+        num_workers=args.workers, drop_last=True, persistent_workers=args.workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+    torch.manual_seed(0)
+    model = SimCLRModel(create_encoder(args.model)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batches = iter(loader)
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            (v1, v2), _ = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            (v1, v2), _ = next(batches)
+        v1, v2 = v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
+        loss = nt_xent(model(v1), model(v2), 0.2)  # two forward passes, fp32
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        float(loss)
+
+    return _timed(step, args, device) | {"precision": "fp32", "channels_last": False, "forward_passes": 2,
+                                          "loader_workers": args.workers}
+
+
+def _timed(step: Any, args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """Warm-up, then ``repeats`` x ``steps`` timed steps; views/s counts both views."""
+    with RssSampler() as rss:
+        for _ in range(args.warmup):
+            step()
+        _sync(device)
+        rates = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            _sync(device)
+            rates.append(2 * args.batch * args.steps / (time.perf_counter() - start))
+    out = {"views_per_s": statistics.median(rates), "runs_views_per_s": [round(r, 2) for r in rates],
+           "peak_rss_gb": round(rss.peak / 1e9, 3)}
+    if device.type == "cuda":
+        import torch
+
+        out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--precision", default="auto", help="sslmri's precision: auto | bf16 | fp16 | fp32")
+    parser.add_argument("--workers", type=int, default=None, help="reference DataLoader workers (default: CPU count)")
+    parser.add_argument("--data", type=Path, default=None, help="ImageFolder ROOT/<class>/...; default: generated")
+    parser.add_argument("--n-images", type=int, default=None, help="generated images (default: max(512, 4 x batch))")
+    parser.add_argument("--compile", action="store_true", help="torch.compile sslmri's model")
+    parser.add_argument("--only", choices=["sslmri", "reference"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.workers is None:
+        args.workers = min(8, os.cpu_count() or 1)
+
+    if args.only:  # child process: one pipeline, one JSON line
+        folder = args.data
+        result = run_sslmri(args, folder) if args.only == "sslmri" else run_reference(args, folder)
+        print(json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.data or make_image_folder(Path(tmp) / "images", args.n_images or max(512, 4 * args.batch))
+        results: dict[str, Any] = {}
+        for name in ("sslmri", "reference"):
+            cmd = [sys.executable, __file__, "--only", name, "--data", str(folder)] + [
+                a for a in sys.argv[1:] if a not in ("--data", str(args.data))
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr)
+                raise SystemExit(f"{name} failed with exit code {proc.returncode}")
+            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+
+    import torch
+
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu x {os.cpu_count()}"
+    print(json.dumps({
+        "bench": "pretrain_throughput", "device": device_name, "torch": torch.__version__, "model": args.model,
+        "image_size": args.image_size, "batch": args.batch, "steps": args.steps, "repeats": args.repeats,
+        "data": str(args.data) if args.data else "generated 256px JPEGs", "loadavg_end": os.getloadavg(),
+        "sslmri": results["sslmri"], "reference": results["reference"],
+        "ratio": round(results["sslmri"]["views_per_s"] / results["reference"]["views_per_s"], 2),
+    }))
+
+
+if __name__ == "__main__":
+    main()
