@@ -29,6 +29,16 @@ def _children(store: RunStore, experiment_id: int, kind: str = "finetune") -> li
     return [r for r in store.list_runs(kind) if r.parent_run_id == experiment_id]
 
 
+def _labelled(store: RunStore, run_id: int) -> frozenset[str]:
+    from sqlalchemy import select
+
+    from sslmri_core.store import SplitAssignment
+
+    stmt = select(SplitAssignment.key).where(SplitAssignment.run_id == run_id, SplitAssignment.labeled)
+    with store.engine.connect() as conn:
+        return frozenset(k for (k,) in conn.execute(stmt))
+
+
 def test_grid_children_share_one_split_and_the_summary_pairs_by_seed(synth_tumor: Path, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     code, out, err = _invoke(["experiment", "--data", str(synth_tumor), "--fractions", "0.5,1.0", "--seeds", "2",
@@ -47,6 +57,12 @@ def test_grid_children_share_one_split_and_the_summary_pairs_by_seed(synth_tumor
     splits = {c.id: store.split_of(c.id) for c in children}
     test_sets = {frozenset(k for k, v in sp.items() if v == "test") for sp in splits.values()}
     assert len(test_sets) == 1  # every arm, fraction and seed is tested on the same images
+
+    labelled = {(c.config["arm"], c.config["label_fraction"], c.config["seed"]): _labelled(store, c.id) for c in children}
+    for arm in ("ssl-linear", "scratch"):
+        for seed in (0, 1):  # label budgets are nested, and the same for every arm at a fraction and seed
+            assert labelled[(arm, 0.5, seed)] < labelled[(arm, 1.0, seed)]
+            assert labelled[(arm, 0.5, seed)] == labelled[("scratch", 0.5, seed)]
 
     summary = {(r["arm"], r["fraction"]): r for r in out["summary"] if r["metric"] == "test_balanced_accuracy"}
     assert set(summary) == {(a, f) for a in ("ssl-linear", "scratch") for f in (0.5, 1.0)}
