@@ -495,6 +495,16 @@ def experiment(
     _guarded(action)
 
 
+def _int_list(text: Optional[str], option: str) -> Optional[list[int]]:
+    """'20,50,80' -> [20, 50, 80]; '' -> []; None stays None (the config's default)."""
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
 @app.command()
 def gradcam(
     run: Optional[int] = typer.Option(None, "--run", help="Fine-tuning run whose checkpoint to explain."),
@@ -505,6 +515,7 @@ def gradcam(
     limit: Optional[int] = typer.Option(None, help="At most this many scans."),
     threshold: Optional[float] = typer.Option(None, help="Activation area = share of the map >= this (default 0.5)."),
     topk_pct: Optional[float] = typer.Option(None, help="Faithfulness: remove this % of the image (default 20)."),
+    road_percentiles: Optional[str] = typer.Option(None, help="ROADCombined percentiles, e.g. '20,50,80' (default 80; '' skips ROAD)."),
     batch_size: Optional[int] = typer.Option(None, help="Scans per batch (default 32)."),
     precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32 for the model's passes (default fp32)."),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
@@ -521,7 +532,8 @@ def gradcam(
 
         cfg = with_overrides(GradcamConfig(), run=run, split=split, method=method, target_layer=target_layer,
                              target_class=target_class, limit=limit, threshold=threshold, topk_pct=topk_pct,
-                             batch_size=batch_size, precision=precision, out=str(out) if out else None)
+                             batch_size=batch_size, precision=precision, out=str(out) if out else None,
+                             road_percentiles=_int_list(road_percentiles, "--road-percentiles"))
         validate_gradcam(cfg)  # before opening the store: a bad option never touches it
         result = run_gradcam(cfg, RunStore(db), show_progress=progress)
         _print_metrics(f"gradcam run {result.run_id} finished ({result.out_dir})",

@@ -196,9 +196,3 @@ def _summary(run_id: int, method: str, rows: list[dict[str, Any]]) -> dict[str, 
     assert tuple(summary) == SUMMARY_KEYS
     return summary
 
-
-def heatmap_file(out_dir: str, heatmap_path: str) -> np.ndarray:
-    """A stored heat map as float32 ``(S, S)`` in [0, 1] (for the dashboard; path checked to stay inside the run)."""
-    path = run_file(Path(out_dir) / heatmap_path, out_dir, "heat map")
-    return np.asarray(Image.open(path), dtype=np.float32) / 255.0
-
