@@ -227,6 +227,8 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
     from sslmri_core.progress import console
 
     validate_experiment(cfg)
+    # Read the folder first: a bad --data is one line (exit 2) and records nothing.
+    data = load_finetune_data(child_config(cfg, cfg.arms[0], cfg.fractions[0], 0, None, 0))
     experiment_id, _ = _open_experiment(store, cfg)
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     failures: list[str] = []
@@ -234,7 +236,6 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
         pretrain_run = _pretrain_once(store, cfg, experiment_id, show_progress)
         store.log_params(experiment_id, {"pretrain_run": pretrain_run})
         done = {_cell(r) for r in _children(store, experiment_id) if r.status == "finished"}
-        data = None
         cells = [(arm, f, s) for f in cfg.fractions for s in range(cfg.seeds) for arm in cfg.arms]
         for n, (arm, fraction, seed) in enumerate(cells, 1):
             if (arm, float(fraction), seed) in done:
@@ -242,7 +243,6 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
                 continue
             console.print(f"[bold]experiment {experiment_id}: {n}/{len(cells)} {arm}, fraction {fraction}, seed {seed}[/]")
             child = child_config(cfg, arm, fraction, seed, pretrain_run, experiment_id)
-            data = data if data is not None else load_finetune_data(child)
             try:
                 finetune(child, store, show_progress=show_progress, parent_run_id=experiment_id, data=data)
                 counts["ran"] += 1

@@ -141,3 +141,11 @@ def test_an_interrupted_grid_resumes_where_it_stopped(
 def test_bad_experiment_options_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
     code, _, err = _invoke(["experiment", *args, "--model", "test_resnet", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_folder_without_images_records_no_experiment(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    code, _, err = _invoke(["experiment", "--data", str(tmp_path / "empty"), *TINY, "--db", db])
+    assert code == 2 and "no usable images" in err
+    assert RunStore(db).list_runs() == []
