@@ -26,7 +26,7 @@ warnings = common.audit_warnings(url)
 for line in warnings:
     st.error(f"Data audit: {line}. See the Data page.")
 if warnings:
-    st.page_link(common.PAGES["data"], label="Open the Data page", icon="🗂️")
+    st.page_link(common.PAGES["data"], label="Open the Data page", icon=":material/dataset:")
 
 st.subheader("Best result per task and arm")
 results = common.finetune_results(url)
@@ -42,14 +42,16 @@ else:
                                   for lo, hi, n in zip(best["lo"], best["hi"], best["n"], strict=True)])
     st.dataframe(table[["task", "arm", "fraction", "mean", "interval", "n"]], hide_index=True, column_config={
         "mean": st.column_config.NumberColumn("balanced accuracy", format="%.3f"),
-        "n": st.column_config.NumberColumn("seeds"),
+        "n": st.column_config.NumberColumn("runs", help="Runs averaged (seeds, and repeats of one setting)"),
     })
-    st.page_link(common.PAGES["ssl"], label="Label-efficiency curves: SSL vs supervised", icon="📈")
+    st.page_link(common.PAGES["ssl"], label="Label-efficiency curves: SSL vs supervised", icon=":material/show_chart:")
 
 experiments = common.experiments(url)
 if not experiments.empty:
     st.subheader("Latest experiments")
-    st.dataframe(experiments.head(5), hide_index=True, column_config={
+    shown = experiments.head(5)
+    shown = shown.drop(columns="error") if shown["error"].isna().all() else shown
+    st.dataframe(shown, hide_index=True, column_config={
         "id": st.column_config.NumberColumn("run", format="%d"),
         "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm"),
         "finished_children": st.column_config.NumberColumn("finished"),
@@ -57,7 +59,7 @@ if not experiments.empty:
 
 st.subheader("Runs by kind and status")
 st.dataframe(counts, hide_index=True, width="content")
-st.page_link(common.RUNS_PAGE, label="Browse all runs", icon="📋")
+st.page_link(common.RUNS_PAGE, label="Browse all runs", icon=":material/list:")
 
 st.subheader("Latest finetune results per task")
 latest = common.latest_finetune(url)

@@ -710,8 +710,13 @@ def embeddings_frame(store: Store, run_id: int, method: str) -> pd.DataFrame:
 # -- data sets and audits --------------------------------------------------------------------------
 DATASET_COLUMNS = ["id", "root", "created_at", "n_files", "n_usable", "n_images", "n_classes", "split_level",
                    "subject_pattern", "audit_id", "audited_at"]
-AUDIT_FLAG_KEYS = ("cross_class_duplicates", "cross_split_duplicates", "cross_class_near_duplicates",
-                   "cross_split_near_duplicates", "subject_leaks")
+AUDIT_FLAG_KEYS = {
+    "cross_class_duplicates": "duplicate groups across classes",
+    "cross_split_duplicates": "duplicate groups across splits",
+    "cross_class_near_duplicates": "near-duplicate groups across classes",
+    "cross_split_near_duplicates": "near-duplicate groups across splits",
+    "subject_leaks": "subjects in more than one split",
+}
 
 
 def datasets_frame(store: Store = None) -> pd.DataFrame:
@@ -794,7 +799,7 @@ def audit_warnings(store: Store = None) -> list[str]:
             continue
         detail = dataset_detail(store, int(row["id"]))
         audit = (detail.audit if detail else None) or {}
-        found = [f"{audit[k]} {k.replace('_', ' ')}" for k in AUDIT_FLAG_KEYS if audit.get(k)]
+        found = [f"{AUDIT_FLAG_KEYS[k]}: {audit[k]}" for k in AUDIT_FLAG_KEYS if audit.get(k)]
         confound = audit.get("confound") or {}
         if confound.get("flag"):
             found.append("an acquisition confound (metadata predicts the class)")

@@ -56,7 +56,7 @@ def test_home_shows_best_arms_experiments_and_audit_warning(store: dict[str, int
     assert "Best result per task and arm" in text
     assert all(arm in text for arm in ARMS)
     assert "Latest experiments" in text and str(store["experiment"]) in text
-    assert any("Data audit" in e.value and "cross split duplicates" in e.value for e in at.error)
+    assert any("Data audit" in e.value and "duplicate groups across splits: 1" in e.value for e in at.error)
 
 
 def test_ssl_page_curves_paired_table_and_csv(store: dict[str, int]) -> None:

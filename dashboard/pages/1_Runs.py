@@ -176,10 +176,10 @@ def show_links(run_id: int, kind: str) -> None:
     query = {"run": str(run_id)}
     links = st.columns(4)
     if kind == "finetune":
-        links[0].page_link(common.PAGES["confusion"], label="Confusion matrix", icon="🔢", query_params=query)
-        links[1].page_link(common.PAGES["scans"], label="Scans", icon="🩻", query_params=query)
+        links[0].page_link(common.PAGES["confusion"], label="Confusion matrix", icon=":material/grid_on:", query_params=query)
+        links[1].page_link(common.PAGES["scans"], label="Scans", icon=":material/radiology:", query_params=query)
     if kind in ("pretrain", "finetune"):
-        links[2].page_link(common.PAGES["embeddings"], label="Embeddings", icon="🌌", query_params=query)
+        links[2].page_link(common.PAGES["embeddings"], label="Embeddings", icon=":material/scatter_plot:", query_params=query)
 
 
 url = common.setup_page("Runs", "📋")
