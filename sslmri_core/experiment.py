@@ -229,6 +229,10 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
     validate_experiment(cfg)
     # Read the folder first: a bad --data is one line (exit 2) and records nothing.
     data = load_finetune_data(child_config(cfg, cfg.arms[0], cfg.fractions[0], 0, None, 0))
+    if "test" in data.given_splits and not cfg.use_given_split and cfg.pretrain_run is None:
+        # pretraining leaves out the folder's own Testing split; the children must test on that same split
+        raise ValueError(f"--data {cfg.data} has a Testing/test folder: pass --use-given-split, so the images "
+                         "pretraining leaves out are the ones the fine-tuning runs are tested on")
     experiment_id, _ = _open_experiment(store, cfg)
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     failures: list[str] = []

@@ -149,3 +149,12 @@ def test_a_folder_without_images_records_no_experiment(tmp_path: Path) -> None:
     code, _, err = _invoke(["experiment", "--data", str(tmp_path / "empty"), *TINY, "--db", db])
     assert code == 2 and "no usable images" in err
     assert RunStore(db).list_runs() == []
+
+
+def test_a_folder_with_its_own_test_split_needs_use_given_split(synth_tumor: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(synth_tumor, tmp_path / "d" / "Training")
+    shutil.copytree(synth_tumor, tmp_path / "d" / "Testing")
+    code, _, err = _invoke(["experiment", "--data", str(tmp_path / "d"), *TINY, "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert code == 2 and "--use-given-split" in err
