@@ -49,7 +49,7 @@ def validate_gradcam(cfg: GradcamConfig) -> None:
         (cfg.limit is None or cfg.limit >= 1, f"--limit must be at least 1, got {cfg.limit}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
-        (all(0 < int(p) < 100 for p in cfg.road_percentiles), f"road_percentiles must lie in (0, 100), got {cfg.road_percentiles}"),
+        (all(0 < int(p) < 100 for p in cfg.road_percentiles), f"--road-percentiles must lie in (0, 100), got {cfg.road_percentiles}"),
     ]
     for ok, message in checks:
         if not ok:

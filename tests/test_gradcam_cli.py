@@ -131,6 +131,8 @@ def test_on_demand_map_matches_the_stored_one(trained: dict[str, str]) -> None:
         (["--run", "1", "--threshold", "2"], "--threshold"),
         (["--run", "1", "--split", "holdout"], "--split"),
         (["--run", "1", "--limit", "0"], "--limit"),
+        (["--run", "1", "--road-percentiles", "20,x"], "--road-percentiles"),
+        (["--run", "1", "--road-percentiles", "100"], "--road-percentiles"),
     ],
 )
 def test_bad_options_give_one_clear_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
