@@ -14,7 +14,6 @@ st.title("sslmri — SimCLR for brain MRI")
 status = common.require_runs(url)
 st.caption(f"Run store: `{status.url}` (set `SSLMRI_DB` to open another one)")
 
-runs = common.runs(url)
 counts = common.counts(url)
 totals = counts[["running", "finished", "failed", "interrupted"]].sum()
 cols = st.columns(5)
@@ -22,6 +21,15 @@ cols[0].metric("Runs", status.n_runs)
 for col, name in zip(cols[1:], ["finished", "running", "failed", "interrupted"], strict=True):
     col.metric(name.capitalize(), int(totals[name]))
 
+results = common.finetune_results(url)
+leaky = queries.latest_results(results)
+leaky = leaky[leaky["leakage_prone"].astype(bool)]
+if not leaky.empty:
+    st.error(
+        f"{len(leaky)} of the latest results are leakage-prone: their split is image-level (no subject ids, so one "
+        "patient's slices can sit in train and test) or their SSL encoder pretrained on test images. "
+        "Runs: " + ", ".join(f"#{r}" for r in leaky["run_id"])
+    )
 warnings = common.audit_warnings(url)
 for line in warnings:
     st.error(f"Data audit: {line}. See the Data page.")
@@ -29,7 +37,6 @@ if warnings:
     st.page_link(common.PAGES["data"], label="Open the Data page", icon=":material/dataset:")
 
 st.subheader("Best result per task and arm")
-results = common.finetune_results(url)
 best = queries.best_per_arm(results, "test_balanced_accuracy")
 if best.empty:
     st.info("No finished fine-tuning run yet: `python cli.py experiment --task tumor` runs every arm, "
@@ -61,30 +68,23 @@ st.subheader("Runs by kind and status")
 st.dataframe(counts, hide_index=True, width="content")
 st.page_link(common.RUNS_PAGE, label="Browse all runs", icon=":material/list:")
 
-st.subheader("Latest finetune results per task")
-latest = common.latest_finetune(url)
+st.subheader("Latest fine-tuning result per task and arm")
+latest = queries.latest_results(results)
 if latest.empty:
     st.info("No finished finetune run yet: `python cli.py finetune --from-run ID` (or `--init scratch`).")
 else:
-    st.caption("Per task and arm (init · mode, label fraction): the most recent finished finetune run.")
-    st.plotly_chart(plots.latest_results_figure(latest), key="latest-bars")
+    st.caption("Per task, arm and label fraction: the most recent finished finetune run (test, slice level).")
+    st.plotly_chart(plots.latest_results_figure(latest.rename(columns={"fraction": "label_fraction"})),
+                    key="latest-bars")
     for task, table in latest.groupby("task", sort=True):
         st.markdown(f"**{task}**")
-        st.dataframe(
-            table.drop(columns=["task", "init", "mode"]),
-            hide_index=True,
-            column_config={**common.METRIC_COLUMNS, "ended_at": st.column_config.DatetimeColumn("ended")},
-        )
+        st.dataframe(table[["run_id", "arm", "fraction", "seed", *queries.SUMMARY_METRICS, "created_at"]],
+                     hide_index=True, column_config={
+                         **common.METRIC_COLUMNS, "run_id": st.column_config.NumberColumn("run", format="%d"),
+                         "fraction": st.column_config.NumberColumn("label fraction", format="percent"),
+                         "created_at": common.METRIC_COLUMNS["created_at"]})
 
-leaky = latest[latest["leakage_prone"].astype(bool)] if not latest.empty else latest
-if not leaky.empty:
-    st.error(
-        f"{len(leaky)} of these results are leakage-prone: their split is image-level (no subject ids, so one "
-        "patient's slices can sit in train and test) or their SSL encoder pretrained on test images. "
-        "Runs: " + ", ".join(f"#{r}" for r in leaky["run_id"])
-    )
-
-failed = runs[runs["status"] == "failed"]
+failed = common.runs(url, status="failed")
 if not failed.empty:
     st.subheader(f"Failed runs ({len(failed)})")
     for _, row in failed.head(MAX_FAILED_SHOWN).iterrows():

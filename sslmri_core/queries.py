@@ -246,11 +246,11 @@ def _last_metrics(engine: Engine, keys: Sequence[str], run_ids: Sequence[int] | 
     return wide.reindex(columns=list(keys))
 
 
-def _params_wide(engine: Engine, keys: Sequence[str], run_ids: Sequence[int]) -> pd.DataFrame:
-    """Selected parameters per run: a frame indexed by run id with one column per key."""
-    stmt = select(Param.run_id, Param.key, Param.value).where(
-        Param.key.in_(list(keys)), Param.run_id.in_([int(r) for r in run_ids])
-    )
+def _params_wide(engine: Engine, keys: Sequence[str], run_ids: Sequence[int] | None) -> pd.DataFrame:
+    """Selected parameters per run (``run_ids`` None: every run): a frame indexed by run id, one column per key."""
+    stmt = select(Param.run_id, Param.key, Param.value).where(Param.key.in_(list(keys)))
+    if run_ids is not None:
+        stmt = stmt.where(Param.run_id.in_([int(r) for r in run_ids]))
     with engine.connect() as conn:
         frame = pd.DataFrame(_tuples(conn.execute(stmt).all()), columns=["run_id", "key", "value"])
     wide = frame.pivot(index="run_id", columns="key", values="value") if not frame.empty else pd.DataFrame()
@@ -313,13 +313,15 @@ def runs_frame(
         runs["error"] = runs["error"].astype(object)
         runs.loc[stale, "error"] = [STALE_ERROR.format(last=t.isoformat(timespec="seconds")) for t in last[stale]]
     runs = pd.concat([runs, _config_columns(runs["config"])], axis=1)
-    last = _last_metrics(engine, [*SUMMARY_METRICS, *LOSS_KEYS], runs["id"].tolist())
+    # Unfiltered: read the few keys for every run (a long IN list costs more than it saves).
+    ids = runs["id"].tolist() if (kind or status or task) else None
+    last = _last_metrics(engine, [*SUMMARY_METRICS, *LOSS_KEYS], ids)
     runs = runs.join(last, on="id")
     runs["final_loss"] = runs[list(LOSS_KEYS)].bfill(axis=1).iloc[:, 0].astype("float64")
-    runs = runs.join(_params_wide(engine, LEAK_PARAMS, runs["id"].tolist()), on="id")
+    wide = _params_wide(engine, (*LEAK_PARAMS, "arm"), ids)
+    runs = runs.join(wide[list(LEAK_PARAMS)], on="id")
     runs["leakage_prone"] = _leakage_prone(runs)
-    arms = _params_wide(engine, ("arm",), runs.loc[runs["kind"] == "finetune", "id"].tolist())["arm"]
-    runs["arm"] = runs["id"].map(arms)
+    runs["arm"] = runs["id"].map(wide["arm"])
     derived = pd.Series([derive_arm(i, m) for i, m in zip(runs["init"], runs["mode"], strict=True)], index=runs.index)
     runs["arm"] = runs["arm"].where(runs["arm"].notna(), derived.where(runs["kind"] == "finetune"))
     for column in ("created_at", "started_at", "ended_at"):
@@ -567,6 +569,14 @@ def paired_differences(results: pd.DataFrame, metric: str, reference: str = REFE
     wins = pairs.assign(win=pairs["diff"] > 0).groupby(["task", "arm", "fraction"], sort=True)["win"].sum().to_numpy()
     stats = stats.assign(metric=metric, mean_diff=stats["mean"], wins=wins.astype("int64"))
     return _arm_sorted(stats[PAIRED_COLUMNS])
+
+
+def latest_results(results: pd.DataFrame) -> pd.DataFrame:
+    """Per task, arm and label fraction, the latest run of :func:`finetune_results` (by run id)."""
+    if results.empty:
+        return results
+    latest = results.sort_values("run_id", ascending=False).drop_duplicates(["task", "arm", "fraction"])
+    return _arm_sorted(latest.assign(_f=-latest["fraction"]).sort_values(["task", "_f"]).drop(columns="_f"))
 
 
 def best_per_arm(results: pd.DataFrame, metric: str = "test_balanced_accuracy") -> pd.DataFrame:

@@ -59,7 +59,7 @@ def test_home_shows_counts_latest_results_and_failures(
     text = page_text(at)
     assert url in text  # where the store is
     assert {m.label: m.value for m in at.metric}["Runs"] == "5"
-    assert "tumor" in text and "ssl · linear" in text and "scratch · full" in text
+    assert "tumor" in text and "ssl-linear" in text and "scratch" in text
     assert "0.853" in text and "0.847" in text and "0.804" in text  # latest ssl and scratch results
     assert "0.700" not in text  # the older ssl run is superseded
     assert [w.value for w in at.warning if f"#{ids['failed']}" in w.value and "boom" in w.value]
@@ -171,4 +171,4 @@ def test_home_flags_leakage_prone_results(tmp_path: Path, monkeypatch: pytest.Mo
     at = open_home()
     assert_no_exception(at)
     errors = " ".join(e.value for e in at.error)
-    assert "1 of these results are leakage-prone" in errors and "#1" in errors and "#2" not in errors
+    assert "1 of the latest results are leakage-prone" in errors and "#1" in errors and "#2" not in errors

@@ -192,9 +192,10 @@ kind = pick("Kind", all_runs["kind"])
 status = pick("Status", all_runs["status"])
 task = pick("Task", all_runs["task"])
 arm = pick("Arm", all_runs["arm"])
-shown = common.runs(url, kind=kind, status=status, task=task)
-if arm is not None:
-    shown = shown[shown["arm"] == arm]
+shown = all_runs  # filtered here: one cached query serves every filter combination
+for column, wanted in (("kind", kind), ("status", status), ("task", task), ("arm", arm)):
+    if wanted is not None:
+        shown = shown[shown[column].astype(str) == wanted]
 
 st.dataframe(shown[TABLE_COLUMNS], hide_index=True, column_config=common.METRIC_COLUMNS)
 if shown.empty:
