@@ -61,10 +61,9 @@ def _affine(n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     return theta
 
 
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per sample; ``x``: ``(B, 1, H, W)``, ``sigma``: ``(B,)``."""
+def _blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per sample; ``x``: ``(B, 1, H, W)``, ``sigma``: ``(B,)`` on x's device."""
     b = x.shape[0]
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
     offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None].clamp(min=1e-3)) ** 2)
     kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, K)
@@ -111,7 +110,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     blur_on = torch.rand(n, generator=gen) < cfg.blur_p
     sigma = _uniform(n, 0.1, max(cfg.blur_sigma, 0.1), gen)
     if bool(blur_on.any()):
-        blurred = _blur(x, sigma.to(device, x.dtype))
+        radius = max(1, int(math.ceil(3 * float(sigma.max()))))  # from the CPU copy: no device sync
+        blurred = _blur(x, sigma.to(device, x.dtype), radius)
         x = torch.where(blur_on.to(device).view(n, 1, 1, 1), blurred, x)
 
     noise_std = _uniform(n, 0.0, cfg.noise_std, gen).to(device).view(n, 1, 1, 1)
