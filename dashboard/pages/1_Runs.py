@@ -51,7 +51,7 @@ def requested_run(all_ids: set[int]) -> tuple[int | None, str | None]:
 
 def choose_run(all_runs: pd.DataFrame, shown: pd.DataFrame) -> int | None:
     """Run picker over the filtered runs; ``?run=ID`` preselects (even a run filtered out)."""
-    labels = {int(row["id"]): common.run_label(row) for _, row in all_runs.iterrows()}
+    labels = {int(row["id"]): common.run_label(row) for row in all_runs.to_dict("records")}
     options = [int(i) for i in shown["id"]]
     wanted, complaint = requested_run(set(labels))
     if complaint:

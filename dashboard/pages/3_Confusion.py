@@ -19,7 +19,7 @@ if not with_cm:
                        "python cli.py finetune --from-run ID   # or --init scratch")
 
 labels = {int(row["id"]): common.run_label(row) + (f" · {row['init']}-{row['mode']}" if isinstance(row["init"], str) else "")
-          for _, row in runs[runs["id"].isin(with_cm)].iterrows()}
+          for row in runs[runs["id"].isin(with_cm)].to_dict("records")}
 wanted = st.query_params.get("run")
 first = int(wanted) if wanted and wanted.isdigit() and int(wanted) in with_cm else with_cm[0]
 

@@ -147,8 +147,8 @@ def show_upload(url: str, models: pd.DataFrame, controls: dict[str, Any]) -> Non
     except scan_tools.UploadError as exc:
         st.error(f"Cannot use this upload: {exc}")
         return
-    model = st.selectbox("Model", models["id"].tolist(), key="upload_model",
-                         format_func=lambda r: run_choice(models[models["id"] == r].iloc[0]))
+    names = {int(row["id"]): run_choice(row) for row in models.to_dict("records")}
+    model = st.selectbox("Model", list(names), key="upload_model", format_func=names.get)
     left, right = st.columns(2)
     result, why = on_demand(url, int(model), chosen.image, controls["method"])
     with left:
@@ -181,13 +181,12 @@ tasks = sorted(models["task"].unique())
 task = pick[0].selectbox("Task", tasks, key="task")
 task_models = models[models["task"] == task]
 ids = task_models["id"].tolist()
+names = {int(row["id"]): run_choice(row) for row in task_models.to_dict("records")}  # once, not per option
 default = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
-run_id = int(pick[1].selectbox("Model", ids, index=default, key="model",
-                               format_func=lambda r: run_choice(task_models[task_models["id"] == r].iloc[0])))
+run_id = int(pick[1].selectbox("Model", ids, index=default, key="model", format_func=names.get))
 others = [r for r in ids if r != run_id]
 compare = pick[2].selectbox("Side by side with", [None, *others], key="compare",
-                            format_func=lambda r: "(one model)" if r is None else
-                            run_choice(task_models[task_models["id"] == r].iloc[0]))
+                            format_func=lambda r: "(one model)" if r is None else names[r])
 
 preds = common.predictions(url, run_id)
 filters = st.columns([1, 1, 2])
