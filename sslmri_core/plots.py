@@ -205,7 +205,12 @@ def confusion_difference_figure(a: ConfusionMatrix, b: ConfusionMatrix, normalis
 MAX_LEGEND_GROUPS = 30  # colouring by subject with hundreds of subjects: one continuous trace instead
 
 
-def embedding_figure(points: pd.DataFrame, color_by: str, title: str = "") -> go.Figure:
+# Distinct hues (Plotly's D3 palette): Streamlit's default theme gives neighbouring classes near-identical shades.
+QUALITATIVE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf")
+
+
+def embedding_figure(points: pd.DataFrame, color_by: str, title: str = "", legend_title: str | None = None) -> go.Figure:
     """Scatter of a stored 2-D map coloured by ``color_by``; hover shows the scan, subject, class and split."""
     fig = go.Figure()
     groups = points[color_by].fillna("(none)").astype(str)
@@ -218,14 +223,14 @@ def embedding_figure(points: pd.DataFrame, color_by: str, title: str = "") -> go
                                    marker={"color": codes, "colorscale": "Turbo", "size": 6},
                                    hovertemplate=hover, showlegend=False))
     else:
-        for name in sorted(groups.unique()):
+        for i, name in enumerate(sorted(groups.unique())):
             mask = (groups == name).to_numpy()
             fig.add_trace(go.Scattergl(x=points["x"][mask], y=points["y"][mask], mode="markers", name=name,
-                                       customdata=custom[mask], marker={"size": 7, "opacity": 0.8},
-                                       hovertemplate=hover))
+                                       customdata=custom[mask], hovertemplate=hover,
+                                       marker={"size": 7, "opacity": 0.8, "color": QUALITATIVE[i % len(QUALITATIVE)]}))
     fig.update_layout(title=title, height=560, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       xaxis={"showticklabels": False, "title": ""}, yaxis={"showticklabels": False, "title": ""},
-                      legend={"title": color_by})
+                      legend={"title": legend_title or color_by})
     return fig
 
 

@@ -29,7 +29,8 @@ run_id, method = left.selectbox(
 )
 color_by = right.radio("Colour by", list(COLOR_BY), format_func=COLOR_BY.get, horizontal=True, key="color_by")
 points = common.embeddings(url, run_id, method)
-st.plotly_chart(plots.embedding_figure(points, color_by, f"{method.upper()} of run #{run_id}'s encoder features"),
+st.plotly_chart(plots.embedding_figure(points, color_by, f"{method.upper()} of run #{run_id}'s encoder features",
+                                      COLOR_BY[color_by]),
                 key="embedding-plot")
 st.caption("Each point is one image; nearby points have similar encoder features. Classes that separate here "
            "are easy for a linear probe; a map that clusters by source folder or subject more than by class "
