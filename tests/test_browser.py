@@ -105,11 +105,21 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settle(page: object) -> None:
-    """Wait until Streamlit has finished running the script (no 'Running...' indicator)."""
+    """Wait until Streamlit has finished running the script: no running indicator for 2 s in a row
+    (it appears only after a short delay, so one look is not enough)."""
     page.wait_for_selector('[data-testid="stApp"]')  # type: ignore[attr-defined]
-    page.wait_for_function(  # type: ignore[attr-defined]
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=PAGE_TIMEOUT_MS)
-    page.wait_for_timeout(800)  # type: ignore[attr-defined]  # let charts draw before the screenshot
+    quiet_since = None
+    deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        running = page.locator('[data-testid^="stStatusWidgetRunning"]').count()  # type: ignore[attr-defined]
+        if running:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= 2.0:
+            return
+        page.wait_for_timeout(250)  # type: ignore[attr-defined]
+    pytest.fail("the page was still running after the timeout")
 
 
 def _open(page: object, base: str, path: str, heading: str, shots: Path, name: str) -> str:
