@@ -90,7 +90,8 @@ def browser_page(server: tuple[str, dict[str, int]]) -> Iterator[object]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # Streamlit scrolls inside its own container, so a full-page screenshot is only as tall as the window.
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
         page.set_default_timeout(PAGE_TIMEOUT_MS)
         yield page
         browser.close()

@@ -242,7 +242,10 @@ except Exception as exc:  # outside the run's data folders, moved, unreadable: s
     image = None
 
 pred_a = rows[rows["scan"] == scan].iloc[0]
-st.caption(f"Slice {scans.index(scan) + 1} of {len(scans)} of subject {subject} (after the filters above).")
+votes = rows["pred_label"].value_counts()
+st.markdown(f"Slice {scans.index(scan) + 1} of {len(scans)} of subject **{subject}** (true class "
+            f"**{rows['true_label'].iloc[0]}**). Across these slices run #{run_id} predicts: "
+            + ", ".join(f"{label} ×{n}" for label, n in votes.items()))
 if compare is None:
     show_model(url, run_id, pred_a, image, {**controls, "narrow": False, "image_px": 420}, "a")
 else:
