@@ -10,8 +10,9 @@ both views in one forward pass, ``--precision`` (default ``auto``) and channels-
 DataLoader workers, two separate forward passes, fp32 - the way the published notebooks do it.
 
 Each pipeline runs in its own child process (so each peak RSS is its own, DataLoader workers
-included): warm-up steps, then ``--repeats`` timed runs of ``--steps`` steps; images/s counts both
-views; the JSON's last line reports medians and the ratio. Needs only torch, torchvision, timm,
+included): warm-up steps, then ``--repeats`` timed runs of ``--steps`` steps, the two pipelines'
+runs alternating (the waiting one idles); images/s counts both views; the JSON's last line
+reports medians and the ratio. Needs only torch, torchvision, timm,
 numpy and pillow (no run store, no pandas).
 """
 
@@ -191,18 +192,26 @@ def run_reference(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 
 def _timed(step: Any, args: argparse.Namespace, device: Any) -> dict[str, Any]:
-    """Warm-up, then ``repeats`` x ``steps`` timed steps; views/s counts both views."""
+    """Warm-up, then ``repeats`` x ``steps`` timed steps; views/s counts both views.
+
+    Driven by the parent (``--only``): each timed run starts when a line arrives on stdin, and its
+    rate is printed at once, so the parent can interleave the two pipelines' runs (a machine whose
+    load changes during the benchmark then affects both alike).
+    """
+    rates = []
     with RssSampler() as rss:
         for _ in range(args.warmup):
             step()
         _sync(device)
-        rates = []
+        print(json.dumps({"ready": True}), flush=True)
         for _ in range(args.repeats):
+            sys.stdin.readline()
             start = time.perf_counter()
             for _ in range(args.steps):
                 step()
             _sync(device)
             rates.append(2 * args.batch * args.steps / (time.perf_counter() - start))
+            print(json.dumps({"rate": rates[-1]}), flush=True)
     out = {"views_per_s": statistics.median(rates), "runs_views_per_s": [round(r, 2) for r in rates],
            "peak_rss_gb": round(rss.peak / 1e9, 3)}
     if device.type == "cuda":
@@ -239,17 +248,29 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.data or make_image_folder(Path(tmp) / "images", args.n_images or max(512, 4 * args.batch))
-        results: dict[str, Any] = {}
-        for name in ("sslmri", "reference"):
+        procs = {}
+        for name in ("sslmri", "reference"):  # both start and warm up; then their timed runs alternate
             cmd = [sys.executable, __file__, "--only", name, "--data", str(folder)] + [
                 a for a in sys.argv[1:] if a not in ("--data", str(args.data))
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stderr)
-                raise SystemExit(f"{name} failed with exit code {proc.returncode}")
-            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+            procs[name] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+        def read(name: str) -> dict[str, Any]:
+            line = procs[name].stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise SystemExit(f"{name} failed with exit code {procs[name].wait()}")
+            return json.loads(line)
+
+        for name in procs:
+            read(name)  # warmed up
+        for _ in range(args.repeats):
+            for name in procs:
+                procs[name].stdin.write("go\n")  # type: ignore[union-attr]
+                procs[name].stdin.flush()  # type: ignore[union-attr]
+                print(f"{name}: {read(name)}", file=sys.stderr, flush=True)
+        results: dict[str, Any] = {name: read(name) for name in procs}
+        for proc in procs.values():
+            proc.wait()
 
     import torch
 
