@@ -145,7 +145,8 @@ def compute_cams(
     from sslmri_core.runtime import autocast
 
     for p in model.parameters():
-        p.requires_grad_(False)
+        if p.requires_grad:
+            p.requires_grad_(False)
     module = model.get_submodule(layer)
     targets = None if target is None else [ClassifierOutputTarget(int(target))] * x.shape[0]
     wrapped = _FloatLogits(model)
