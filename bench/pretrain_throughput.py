@@ -132,7 +132,7 @@ def run_sslmri(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     def step() -> None:
         idx = torch.randint(0, len(images), (args.batch,), generator=order)
         loss, _ = forward_loss(net, images[idx], aug, 0.2, gen, device, precision)
-        float(loss)  # the real loop reads the loss every step (NaN check, logging)
+        float(loss.detach())  # the real loop reads the loss every step (NaN check, logging)
         optimizer_step(loss, optimizer, scaler)
 
     return _timed(step, args, device) | {"precision": precision, "channels_last": True, "forward_passes": 1,
@@ -185,7 +185,7 @@ def run_reference(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        float(loss)
+        float(loss.detach())
 
     return _timed(step, args, device) | {"precision": "fp32", "channels_last": False, "forward_passes": 2,
                                           "loader_workers": args.workers}
