@@ -134,7 +134,8 @@ def show_upload(url: str, models: pd.DataFrame, controls: dict[str, Any]) -> Non
     st.subheader("Upload a slice")
     st.caption(f"PNG, JPEG or NIfTI (.nii, .nii.gz), up to {scan_tools.MAX_UPLOAD_MB} MB. It is decoded in memory "
                "(a NIfTI volume in a temporary folder deleted at once) and never stored.")
-    upload = st.file_uploader("Scan", type=scan_tools.UPLOAD_TYPES, key="upload")
+    upload = st.file_uploader("Scan", type=scan_tools.UPLOAD_TYPES, key="upload",
+                              max_upload_size=scan_tools.MAX_UPLOAD_MB)  # MB; the handler checks again
     if upload is None:
         return
     data = upload.getvalue()
