@@ -74,8 +74,8 @@ if latest.empty:
     st.info("No finished finetune run yet: `python cli.py finetune --from-run ID` (or `--init scratch`).")
 else:
     st.caption("Per task, arm and label fraction: the most recent finished finetune run (test, slice level).")
-    st.plotly_chart(plots.latest_results_figure(latest.rename(columns={"fraction": "label_fraction"})),
-                    key="latest-bars")
+    st.plotly_chart(plots.latest_results_figure(latest.rename(columns={"fraction": "label_fraction"}),
+                                                "test_balanced_accuracy"), key="latest-bars")
     for task, table in latest.groupby("task", sort=True):
         st.markdown(f"**{task}**")
         st.dataframe(table[["run_id", "arm", "fraction", "seed", *queries.SUMMARY_METRICS, "created_at"]],
