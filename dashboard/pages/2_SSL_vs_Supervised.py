@@ -48,6 +48,11 @@ st.caption(f"{len(rows)} finished runs of task **{task}**, {rows['arm'].nunique(
            f"{rows['fraction'].nunique()} label fractions, {n_seeds} seed(s). Points: mean over seeds; "
            "bars: 95% t-interval (none with a single seed).")
 
+if rows["fraction"].nunique() < 2 or n_seeds < 2:
+    st.info("With " + ("one label fraction" if rows["fraction"].nunique() < 2 else "one seed")
+            + " there is no curve or interval to read yet: run the grid (every arm x fraction x seed on one split):")
+    st.code(f"python cli.py experiment --task {task} --fractions 0.1,0.5,1.0 --seeds 3", language="bash")
+
 chart_left, chart_right = st.columns(2)
 with chart_left:
     st.plotly_chart(plots.label_efficiency_figure(curves, label, f"Label efficiency — {task}"), key="curve")
