@@ -98,7 +98,7 @@ def confusion_figure(cm: ConfusionMatrix, normalise: bool = False) -> go.Figure:
     )
     side = 160 + 60 * len(cm.labels)
     fig.update_layout(
-        title=f"Confusion matrix — {cm.split} / {cm.level}" + (" (row-normalised)" if normalise else ""),
+        title=f"{cm.split} / {cm.level}" + (" (row-normalised)" if normalise else ""),
         xaxis_title="predicted", yaxis_title="true", height=max(side, 360),
         yaxis={"autorange": "reversed"}, margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )

@@ -48,17 +48,21 @@ if cm_b is None:
     st.dataframe(recall_table(cm_a), hide_index=True,
                  column_config={"recall": st.column_config.NumberColumn("recall", format="%.3f")})
 else:
-    a_col, b_col, d_col = st.columns(3)
+    # Two per row: three 4x4 heat maps in one row squeeze their labels and titles unreadably.
+    a_col, b_col = st.columns(2)
     with a_col:
-        st.markdown(f"**#{run_a}**")
+        st.markdown(f"**Run #{run_a}**")
         st.plotly_chart(plots.confusion_figure(cm_a, normalise), key="cm-a")
     with b_col:
-        st.markdown(f"**#{compare}**")
+        st.markdown(f"**Run #{compare}**")
         st.plotly_chart(plots.confusion_figure(cm_b, normalise), key="cm-b")
+    d_col, note = st.columns(2)
     with d_col:
         st.markdown("**Difference**")
         st.plotly_chart(plots.confusion_difference_figure(cm_a, cm_b, normalise, (f"#{run_a}", f"#{compare}")),
                         key="cm-diff")
+    note.caption(f"Red: run #{compare} puts more of that true class in that column than run #{run_a}; blue: fewer. "
+                 "On the diagonal, red means better recall.")
     if set(cm_a.labels) != set(cm_b.labels):
         st.warning("The two runs have different classes; the difference uses the classes they share.")
 st.page_link(common.RUNS_PAGE, label=f"Open run #{run_a}", query_params={"run": str(run_a)})
