@@ -120,7 +120,7 @@ def show_final_metrics(url: str, run_id: int) -> None:
     if finals.empty:
         st.caption("No metrics recorded.")
         return
-    st.dataframe(finals, hide_index=True, column_config=common.METRIC_COLUMNS, height=fit_height(len(finals)))
+    st.dataframe(finals, hide_index=True, column_config=common.METRIC_COLUMNS, height=min(fit_height(len(finals)), 420))  # per-class metrics: scroll, not a page-long table
 
 
 def show_curves(url: str, run_id: int) -> None:
