@@ -252,6 +252,8 @@ def pretrain(
     subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
     exclude_test: Optional[bool] = typer.Option(None, "--exclude-test/--include-test",
                                                 help="Leave each --data folder's test split out of the pool (default)."),
+    exclude_val: Optional[bool] = typer.Option(None, "--exclude-val/--include-val",
+                                               help="Also leave the val split out (train subjects only; val stays the kNN queries)."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the subject split whose test part is left out."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     checkpoint_minutes: Optional[float] = typer.Option(
@@ -282,7 +284,7 @@ def pretrain(
             proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim,
             augment=parse_settings(AugmentConfig(), augment, "--augment") if augment else None,
             precision=precision, monitor=monitor, subject_pattern=subject_pattern, seed=seed,
-            out=str(out) if out else None, exclude_test=exclude_test, split_seed=split_seed,
+            out=str(out) if out else None, exclude_test=exclude_test, exclude_val=exclude_val, split_seed=split_seed,
             checkpoint_minutes=checkpoint_minutes,
         )
         if resume is not None:

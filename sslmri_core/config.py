@@ -101,6 +101,7 @@ class PretrainConfig:
     # Leave out the test subjects of each --data folder (its given test split, or the 70/15/15
     # subject split drawn with split_seed), so a model fine-tuned and tested on it never saw them.
     exclude_test: bool = True
+    exclude_val: bool = False  # also leave the val split out of the SSL pool (val images stay kNN queries)
     split_seed: int = 0
     # Besides the checkpoint at every epoch end, one mid-epoch when this long has passed since the
     # last (so a killed run loses at most this much work); 0: epoch ends only.

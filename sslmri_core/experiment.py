@@ -200,7 +200,8 @@ def _open_experiment(store: RunStore, cfg: ExperimentConfig) -> tuple[int, bool]
 
 def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, show_progress: bool) -> int | None:
     """The SSL run the ssl arms start from: ``--pretrain-run``, this experiment's finished one, or a new one
-    (on the data folder without its test split: the split ``split_seed`` draws, the one the children use)."""
+    (on the data folder's training subjects only: val and test of the split ``split_seed`` draws, the one the
+    children use, are left out)."""
     from sslmri_core.pretrain import pretrain
 
     if not any(ARM_SETTINGS[a][0] == "ssl" for a in cfg.arms):
@@ -213,7 +214,7 @@ def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, s
     pre_cfg = PretrainConfig(
         data=[cfg.data] if cfg.data else [], model=cfg.model, image_size=cfg.image_size, batch_size=cfg.batch_size,
         epochs=cfg.pretrain_epochs, precision=cfg.precision, out=cfg.out, subject_pattern=cfg.subject_pattern,
-        exclude_test=True, split_seed=cfg.split_seed,
+        exclude_test=True, exclude_val=True, split_seed=cfg.split_seed,  # training subjects only
     )
     result = pretrain(pre_cfg, store, show_progress=show_progress)
     store.update_run(result.run_id, parent_run_id=experiment_id)  # so a re-run finds and reuses it

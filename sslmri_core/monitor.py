@@ -33,6 +33,10 @@ class MonitorSet:
     bank: np.ndarray
     queries: np.ndarray
     n_classes: int
+    # Val images left out of the pool (``exclude_val``): uint8 ``(Q, S, S)`` and ``(Q,)`` labels; then
+    # ``queries`` is empty and these are the queries.
+    query_images: np.ndarray | None = None
+    query_labels: np.ndarray | None = None
 
     def probe_labels(self) -> np.ndarray:
         """Labels the online probe may train on: the query (val) images' set to -1."""
@@ -107,8 +111,12 @@ def evaluate(
     labels = torch.from_numpy(mon.labels).to(device)
     bank_idx, query_idx = torch.from_numpy(mon.bank), torch.from_numpy(mon.queries)
     bank = encode(encoder, images[bank_idx], device, precision)
-    queries = encode(encoder, images[query_idx], device, precision)
-    q_labels = labels[query_idx.to(device)]
+    if mon.query_images is not None and mon.query_labels is not None:
+        queries = encode(encoder, torch.from_numpy(mon.query_images), device, precision)
+        q_labels = torch.from_numpy(mon.query_labels).to(device)
+    else:
+        queries = encode(encoder, images[query_idx], device, precision)
+        q_labels = labels[query_idx.to(device)]
     out = {"knn_acc": knn_accuracy(bank, labels[bank_idx.to(device)], queries, q_labels, mon.n_classes, k)}
     if probe is not None:
         out["probe_acc"] = probe.accuracy(queries, q_labels)

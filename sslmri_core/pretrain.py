@@ -129,6 +129,9 @@ def load_pretrain_pool(cfg: PretrainConfig) -> tuple[ImageSet, list[str], list[s
         if cfg.data and cfg.exclude_test:
             for i in split.test:
                 role[int(i)] = "excluded"
+        if cfg.data and cfg.exclude_val:
+            for i in split.val:
+                role[int(i)] = "excluded"
         sets.append(data)
         roles.extend(role)
         splits.extend(names)
@@ -143,6 +146,14 @@ def monitor_set(found: ImageSet, pool: np.ndarray, splits: list[str], cfg: Pretr
     names = np.array([splits[int(i)] for i in pool])
     picker = np.random.RandomState(cfg.split_seed)  # its own generator: training's random streams stay untouched
     bank = np.flatnonzero(names == "train")
+    if cfg.exclude_val and cfg.data:  # val is outside the pool: its images are the queries
+        outside = np.array([i for i, name in enumerate(splits) if name == "val"], dtype=np.int64)
+        if len(bank) < 2 or len(outside) < 1:
+            return None
+        bank = np.sort(picker.permutation(bank)[: cfg.knn_bank])
+        outside = np.sort(picker.permutation(outside)[: cfg.knn_queries])
+        return MonitorSet(labels, bank, np.empty(0, dtype=np.int64), len(found.classes),
+                          query_images=found.images[outside], query_labels=found.labels[outside])
     queries = np.flatnonzero(names == "val")
     if len(bank) < 2 or len(queries) < 1:
         return None
@@ -189,14 +200,15 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
         "optimizer": resolve_optimizer(cfg, world), "lr": peak_lr(cfg, world),
         "datasets": ",".join(str(store.save_manifest(m)) for m in found.manifests),
         "pool": "built-in pretraining subjects" if not cfg.data else
-        ("without each folder's test split" if cfg.exclude_test else "all images, test splits included"),
+        ("each folder's train split only" if cfg.exclude_test and cfg.exclude_val else
+         "without each folder's test split" if cfg.exclude_test else "all images, test splits included"),
     })
     store.log_split(run_id, [{"key": it.key, "subject": it.subject, "split": role, "labeled": False}
                              for it, role in zip(found.items, roles)])
     if world.main:
         write_unusable(out_dir, found.unusable)
         console.print(
-            f"pretrain run {run_id}: {len(pool)} images ({n_excluded} test images left out, "
+            f"pretrain run {run_id}: {len(pool)} images ({n_excluded} {'val/test' if cfg.exclude_val else 'test'} images left out, "
             f"{len(found.unusable)} unusable files) from {found.root}; "
             f"{cfg.model} at {cfg.image_size}px on {device_name(device)}"
             + (f" x {world.size} processes" if world.distributed else "") + f", {precision}"

@@ -58,6 +58,12 @@ def test_grid_children_share_one_split_and_the_summary_pairs_by_seed(synth_tumor
     test_sets = {frozenset(k for k, v in sp.items() if v == "test") for sp in splits.values()}
     assert len(test_sets) == 1  # every arm, fraction and seed is tested on the same images
 
+    # Pretraining saw the training subjects only: no val or test image of the children is in its pool.
+    pre = _children(store, exp.id, "pretrain")[0]
+    pool = {k for k, v in store.split_of(pre.id).items() if v == "pool"}
+    child_split = next(iter(splits.values()))
+    assert pool and pool == {k for k, v in child_split.items() if v == "train"}
+
     labelled = {(c.config["arm"], c.config["label_fraction"], c.config["seed"]): _labelled(store, c.id) for c in children}
     for arm in ("ssl-linear", "scratch"):
         for seed in (0, 1):  # label budgets are nested, and the same for every arm at a fraction and seed
