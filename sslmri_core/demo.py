@@ -26,8 +26,19 @@ def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = N
         )
         results.append(finetune(ft_cfg, store))
     _print_table(results[1:], cfg)
+    _explain_all(store, results[1:], out)
     _embed_all(store, results)
     return results
+
+
+def _explain_all(store: RunStore, results: list[TrainResult], out: str | None) -> None:
+    """Grad-CAM maps and statistics of every fine-tuned run's test scans, for the Scan Explorer."""
+    from sslmri_core.config import GradcamConfig
+    from sslmri_core.gradcam_run import run_gradcam
+
+    for r in results:
+        done = run_gradcam(with_overrides(GradcamConfig(), run=r.run_id, out=out), store)
+        console.print(f"grad-cam: run {r.run_id}, {done.summary['scans']} scans (gradcam run {done.run_id})")
 
 
 def _embed_all(store: RunStore, results: list[TrainResult]) -> None:

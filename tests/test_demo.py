@@ -1,4 +1,4 @@
-"""The main job (`make demo`): pretrain once, then the three fine-tuning arms, all recorded."""
+"""The main job (`make demo`): pretrain once, the three fine-tuning arms, their Grad-CAM maps and embeddings."""
 
 from __future__ import annotations
 
@@ -21,9 +21,20 @@ def test_demo_records_a_pretraining_run_and_every_arm(tmp_path: Path, monkeypatc
     store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
     cfg = DemoConfig(model="test_resnet", image_size=48, pretrain_epochs=1, finetune_epochs=1, batch_size=4)
     results = run_demo(store, out=str(tmp_path / "runs"), cfg=cfg)
-    runs = store.list_runs()
-    assert [r.kind for r in runs] == ["pretrain"] + ["finetune"] * len(ARMS)
-    assert all(r.status == "finished" for r in runs)
-    assert [(r.config["init"], r.config["mode"]) for r in runs[1:]] == list(ARMS)
-    assert [r.parent_run_id for r in runs[1:]] == [runs[0].id, runs[0].id, None]
+    assert all(r.status == "finished" for r in store.list_runs())
+    pre, tuned = store.list_runs("pretrain"), store.list_runs("finetune")
+    assert len(pre) == 1 and len(tuned) == len(ARMS)
+    assert [(r.config["init"], r.config["mode"]) for r in tuned] == list(ARMS)
+    assert [r.parent_run_id for r in tuned] == [pre[0].id, pre[0].id, None]
     assert all("test_balanced_accuracy" in r.metrics for r in results[1:])
+    # The dashboard's Scan Explorer and Embeddings pages have something to show for every model.
+    assert sorted(r.parent_run_id for r in store.list_runs("gradcam")) == [r.id for r in tuned]
+
+    from sqlalchemy import func, select
+
+    from sslmri_core.store import CamStat, Embedding
+
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(CamStat)).scalar_one() > 0
+        embedded = set(conn.execute(select(Embedding.run_id).distinct()).scalars())
+    assert embedded == {pre[0].id, *(r.id for r in tuned)}
