@@ -16,6 +16,8 @@ from sslmri_core.evaluate import (
     weighted_scores,
 )
 
+from cli_json import invoke as _invoke
+
 CLASSES = ["a", "b", "c"]
 
 
@@ -119,20 +121,6 @@ def test_a_class_absent_from_the_split_gets_no_roc_auc() -> None:
 
 
 # -- cli.py evaluate: a fine-tuned model on an external folder --------------------------------------
-def _invoke(args: list[str]) -> tuple[int, dict | None, str]:
-    import json
-
-    from typer.testing import CliRunner
-
-    from cli import app
-
-    result = CliRunner().invoke(app, args)
-    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-    try:
-        parsed = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        parsed = None
-    return result.exit_code, parsed, result.stderr
 
 
 def test_evaluate_an_external_folder_with_bad_files(synth_tumor, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

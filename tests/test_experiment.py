@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli import app
 from sslmri_core.store import RunStore
+from cli_json import invoke as _invoke
 
 TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--linear-epochs", "2",
         "--pretrain-epochs", "1", "--bootstrap", "20", "--precision", "fp32", "--no-progress"]
 
 
-def _invoke(args: list[str]) -> tuple[int, dict | None, str]:
-    result = CliRunner().invoke(app, args)
-    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-    try:
-        parsed = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        parsed = None
-    return result.exit_code, parsed, result.stderr
 
 
 def _children(store: RunStore, experiment_id: int, kind: str = "finetune") -> list:

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cli import app
 from sslmri_core import finetune as ft
 from sslmri_core.config import FinetuneConfig, to_dict
 from sslmri_core.store import RunStore
+from cli_json import invoke as _invoke
 
 TINY = dict(model="test_resnet", image_size=64, batch_size=8, precision="fp32", bootstrap=50)
 
@@ -24,14 +23,6 @@ def _cfg(data: Path, tmp_path: Path, **kw: object) -> FinetuneConfig:
                              "out": str(tmp_path / "runs"), **TINY, **kw})  # type: ignore[arg-type]
 
 
-def _invoke(args: list[str]) -> tuple[int, dict | None, str]:
-    result = CliRunner().invoke(app, args)
-    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-    try:
-        parsed = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        parsed = None
-    return result.exit_code, parsed, result.stderr
 
 
 def test_selection_epoch_depends_only_on_val(synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

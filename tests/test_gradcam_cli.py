@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import app
+from cli_json import invoke as _invoke
 
 runner = CliRunner()
 SIZE = 64
@@ -18,14 +18,6 @@ SUMMARY_KEYS = ["run_id", "scans", "method", "mean_confidence", "mean_area_pct",
                 "random_drop", "road", "pointing_game", "lesion_energy"]
 
 
-def _invoke(args: list[str]) -> tuple[int, dict | None, str]:
-    result = runner.invoke(app, args)
-    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-    try:
-        parsed = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        parsed = None
-    return result.exit_code, parsed, result.stderr
 
 
 def _blob_set(root: Path, per_class: int = 70, seed: int = 0) -> Path:
