@@ -10,8 +10,8 @@ both views in one forward pass, ``--precision`` (default ``auto``) and channels-
 DataLoader workers, two separate forward passes, fp32 - the way the published notebooks do it.
 
 Each pipeline runs in its own child process (so each peak RSS is its own, DataLoader workers
-included): warm-up steps, then ``--repeats`` timed runs of ``--steps`` steps, the two pipelines'
-runs alternating (the waiting one idles); images/s counts both views; the JSON's last line
+included), one after the other (the reference's loader workers never run while sslmri is timed):
+warm-up steps, then ``--repeats`` timed runs of ``--steps`` steps; images/s counts both views; the JSON's last line
 reports medians and the ratio. Needs only torch, torchvision, timm,
 numpy and pillow (no run store, no pandas).
 """
@@ -195,8 +195,7 @@ def _timed(step: Any, args: argparse.Namespace, device: Any) -> dict[str, Any]:
     """Warm-up, then ``repeats`` x ``steps`` timed steps; views/s counts both views.
 
     Driven by the parent (``--only``): each timed run starts when a line arrives on stdin, and its
-    rate is printed at once, so the parent can interleave the two pipelines' runs (a machine whose
-    load changes during the benchmark then affects both alike).
+    rate is printed at once.
     """
     rates = []
     with RssSampler() as rss:
@@ -248,28 +247,27 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.data or make_image_folder(Path(tmp) / "images", args.n_images or max(512, 4 * args.batch))
-        procs = {}
-        for name in ("sslmri", "reference"):  # both start and warm up; then their timed runs alternate
+        results: dict[str, Any] = {}
+        # One pipeline at a time: the reference's DataLoader workers would otherwise prefetch (and take
+        # CPU) while sslmri is being timed, which flatters the reference on a small machine.
+        for name in ("sslmri", "reference"):
             cmd = [sys.executable, __file__, "--only", name, "--data", str(folder)] + [
                 a for a in sys.argv[1:] if a not in ("--data", str(args.data))
             ]
-            procs[name] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-        def read(name: str) -> dict[str, Any]:
-            line = procs[name].stdout.readline()  # type: ignore[union-attr]
-            if not line:
-                raise SystemExit(f"{name} failed with exit code {procs[name].wait()}")
-            return json.loads(line)
+            def read() -> dict[str, Any]:
+                line = proc.stdout.readline()  # type: ignore[union-attr]
+                if not line:
+                    raise SystemExit(f"{name} failed with exit code {proc.wait()}")
+                return json.loads(line)
 
-        for name in procs:
-            read(name)  # warmed up
-        for _ in range(args.repeats):
-            for name in procs:
-                procs[name].stdin.write("go\n")  # type: ignore[union-attr]
-                procs[name].stdin.flush()  # type: ignore[union-attr]
-                print(f"{name}: {read(name)}", file=sys.stderr, flush=True)
-        results: dict[str, Any] = {name: read(name) for name in procs}
-        for proc in procs.values():
+            read()  # warmed up
+            for _ in range(args.repeats):
+                proc.stdin.write("go\n")  # type: ignore[union-attr]
+                proc.stdin.flush()  # type: ignore[union-attr]
+                print(f"{name}: {read()}", file=sys.stderr, flush=True)
+            results[name] = read()
             proc.wait()
 
     import torch
