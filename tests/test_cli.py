@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli import app
+from cli_json import invoke as _invoke
 from tests.conftest import ROOT
 
-runner = CliRunner()
 TINY = ["--model", "test_resnet", "--image-size", "64", "--no-progress"]
-
-
-def _invoke(args: list[str]) -> tuple[int, object, str]:
-    """Exit code, the JSON of stdout's last line (or None) and stderr."""
-    result = runner.invoke(app, args)
-    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-    parsed = None
-    if lines:
-        try:
-            parsed = json.loads(lines[-1])
-        except json.JSONDecodeError:
-            parsed = None
-    return result.exit_code, parsed, result.stderr
 
 
 def test_help_is_fast_and_does_not_import_torch() -> None:

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli import app
+from cli_json import invoke as _invoke
 from sslmri_core import queries
 
-runner = CliRunner()
 TINY = ["--model", "test_resnet", "--image-size", "64", "--no-progress"]
-
-
-def _invoke(args: list[str]) -> tuple[int, object, str]:
-    result = runner.invoke(app, args)
-    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-    parsed = None
-    if lines:
-        try:
-            parsed = json.loads(lines[-1])
-        except ValueError:
-            pass
-    return result.exit_code, parsed, result.stderr
 
 
 @pytest.fixture(scope="module")
