@@ -170,6 +170,25 @@ def write_unusable(out_dir: Path, unusable: list[tuple[str, str]]) -> None:
         (out_dir / "unusable.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _load_pool_ranked(
+    cfg: PretrainConfig, store: RunStore, world: Any
+) -> tuple[ImageSet, list[str], list[str], np.ndarray, Any]:
+    """What :func:`load_pretrain_pool` finds (images, roles, splits), plus the pool's indices ``(P,)``.
+
+    Rank 0 fills the image cache first and the other ranks then read it; a non-zero rank gets a
+    :class:`FollowerStore` in place of ``store`` (only rank 0 writes).
+    """
+    if not world.main:
+        barrier()
+    found, roles, splits = load_pretrain_pool(cfg)
+    if world.main:
+        barrier()
+    else:
+        store = FollowerStore(store)
+    pool = np.array([i for i, r in enumerate(roles) if r == "pool"], dtype=np.int64)
+    return found, roles, splits, pool, store
+
+
 def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True) -> TrainResult:
     """Run SimCLR pretraining as a tracked run; returns the run's result.
 
@@ -178,14 +197,7 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
     """
     validate_pretrain(cfg)
     world = current_world()
-    if not world.main:
-        barrier()  # rank 0 fills the image cache first; the others then read it
-    found, roles, splits = load_pretrain_pool(cfg)
-    if world.main:
-        barrier()
-    else:
-        store = FollowerStore(store)  # type: ignore[assignment]
-    pool = np.array([i for i, r in enumerate(roles) if r == "pool"], dtype=np.int64)
+    found, roles, splits, pool, store = _load_pool_ranked(cfg, store, world)
     if len(pool) < 2 * world.size:
         raise ValueError(f"pretraining needs at least 2 usable images per process, found {len(pool)}")
     device = device_for(world) if world.distributed else pick_device()
@@ -283,14 +295,7 @@ def resume_pretrain(run_id: int, store: RunStore, *, show_progress: bool = True)
         state = load_checkpoint(where["checkpoint"])
         if state.get("kind") != "pretrain" or state.get("run_id") != run_id:
             raise CheckpointError(f"--resume {run_id}: {where['checkpoint']} is not this run's checkpoint")
-    if not world.main:
-        barrier()
-    found, roles, splits = load_pretrain_pool(cfg)
-    if world.main:
-        barrier()
-    else:
-        store = FollowerStore(store)  # type: ignore[assignment]
-    pool = np.array([i for i, r in enumerate(roles) if r == "pool"], dtype=np.int64)
+    found, _, splits, pool, store = _load_pool_ranked(cfg, store, world)
     pool_hash = _pool_hash(found.items, pool)
     stored_pool = sum(1 for split in store.split_of(run_id).values() if split == "pool")
     if (state is not None and state.get("pool_hash", pool_hash) != pool_hash) or stored_pool != len(pool):
