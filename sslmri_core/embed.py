@@ -116,16 +116,12 @@ def embed_run(
 ) -> EmbedResult:
     """Encode a run's images with its checkpoint, project to 2-D and store the map (replacing an older one)."""
     from sslmri_core.models import create_encoder
-    from sslmri_core.store import StoreError
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if max_images < MIN_IMAGES:
         raise ValueError(f"--max-images must be at least {MIN_IMAGES}, got {max_images}")
-    try:
-        run = store.get_run(run_id)
-    except StoreError as exc:
-        raise ValueError(f"--run {run_id}: {exc}") from None
+    run = store.get_run_for("--run", run_id)
     if run.kind not in ("pretrain", "finetune"):
         raise ValueError(f"--run {run_id} is a {run.kind} run; embed a pretrain or finetune run")
     state = _encoder_state(run)

@@ -29,7 +29,7 @@ from sslmri_core.config import (
     to_dict,
     with_overrides,
 )
-from sslmri_core.store import RunRecord, RunStore, StoreError, heartbeat_interval_s
+from sslmri_core.store import RunRecord, RunStore, heartbeat_interval_s
 
 # arm -> (init, mode)
 ARM_SETTINGS = {"ssl-linear": ("ssl", "linear"), "ssl-full": ("ssl", "full"),
@@ -67,10 +67,7 @@ def resolve_experiment_config(store: RunStore, preset: str | None = None, **over
     if pretrain_run is not None:
         if overrides.get("pretrain_epochs") is not None:
             raise ValueError("--pretrain-run and --pretrain-epochs exclude each other")
-        try:
-            parent = store.get_run(pretrain_run)
-        except StoreError as exc:
-            raise ValueError(f"--pretrain-run {pretrain_run}: {exc}") from None
+        parent = store.get_run_for("--pretrain-run", pretrain_run)
         if parent.kind != "pretrain" or parent.status != "finished":
             raise ValueError(f"--pretrain-run {pretrain_run} is a {parent.status} {parent.kind} run, "
                              "not a finished pretraining run")

@@ -12,7 +12,7 @@ import numpy as np
 
 from sslmri_core.config import FinetuneConfig, from_dict
 from sslmri_core.data import load_folder
-from sslmri_core.store import RunStore, StoreError
+from sslmri_core.store import RunStore
 
 SPLIT = "test"  # the external folder is all test: metrics are test_*, like a finetune run's
 
@@ -49,10 +49,7 @@ def match_classes(found: list[str], model_classes: list[str], root: str) -> dict
 def _model_run(store: RunStore, run_id: int) -> tuple[Any, dict[str, Any]]:
     from sslmri_core.runtime import load_checkpoint, run_file
 
-    try:
-        record = store.get_run(run_id)
-    except StoreError as exc:
-        raise ValueError(f"--run {run_id}: {exc}") from None
+    record = store.get_run_for("--run", run_id)
     if record.kind != "finetune":
         raise ValueError(f"--run {run_id} is a {record.kind} run; evaluate scores a fine-tuned (finetune) run")
     if record.status != "finished" or not record.checkpoint_path:

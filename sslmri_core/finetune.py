@@ -38,7 +38,7 @@ from sslmri_core.runtime import (
     seed_everything,
 )
 from sslmri_core.splits import Split, label_subset, make_split
-from sslmri_core.store import Heartbeat, RunStore, StoreError
+from sslmri_core.store import Heartbeat, RunStore
 
 INITS = ("ssl", "scratch", "imagenet")
 MODES = ("linear", "full")
@@ -49,10 +49,7 @@ def resolve_finetune_config(store: RunStore, **overrides: Any) -> FinetuneConfig
     base = FinetuneConfig()
     from_run = overrides.get("from_run")
     if from_run is not None:
-        try:
-            parent = store.get_run(from_run)
-        except StoreError as exc:
-            raise ValueError(f"--from-run {from_run}: {exc}") from None
+        parent = store.get_run_for("--from-run", from_run)
         if parent.kind != "pretrain":
             raise ValueError(f"--from-run {from_run} is a {parent.kind} run, not a pretraining run")
         pre = from_dict(PretrainConfig, parent.config)

@@ -22,7 +22,7 @@ from sslmri_core.explain import LoadedModel, check_method, compute_cams, model_f
 from sslmri_core.faithfulness import deletion_drops, road_scores
 from sslmri_core.progress import console, make_progress
 from sslmri_core.runtime import PRECISIONS, load_checkpoint, run_file, seed_everything
-from sslmri_core.store import Heartbeat, RunStore, StoreError
+from sslmri_core.store import Heartbeat, RunStore
 
 SPLIT_NAMES = ("train", "val", "test")
 SUMMARY_KEYS = ("run_id", "scans", "method", "mean_confidence", "mean_area_pct", "mean_in_brain", "deletion_drop",
@@ -57,10 +57,7 @@ def validate_gradcam(cfg: GradcamConfig) -> None:
 
 
 def _load_run_model(cfg: GradcamConfig, store: RunStore) -> tuple[Any, LoadedModel, FinetuneConfig, str]:
-    try:
-        record = store.get_run(int(cfg.run))  # type: ignore[arg-type]
-    except StoreError as exc:
-        raise ValueError(f"--run {cfg.run}: {exc}") from None
+    record = store.get_run_for("--run", int(cfg.run))  # type: ignore[arg-type]
     if record.kind != "finetune":
         raise ValueError(f"--run {cfg.run} is a {record.kind} run; Grad-CAM explains fine-tuning runs")
     if not record.checkpoint_path or not Path(record.checkpoint_path).is_file():

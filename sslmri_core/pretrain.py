@@ -53,7 +53,7 @@ from sslmri_core.runtime import (
 )
 from sslmri_core.simclr import forward_loss, optimizer_step
 from sslmri_core.splits import make_split
-from sslmri_core.store import Heartbeat, RunStore, StoreError
+from sslmri_core.store import Heartbeat, RunStore
 
 # Kept importable from here (tests patch ``sslmri_core.pretrain.nt_xent`` to force a NaN loss).
 from sslmri_core.losses import nt_xent  # noqa: E402,F401  isort: skip
@@ -253,10 +253,7 @@ def _pool_hash(items: list[Any], pool: np.ndarray) -> str:
 
 def _check_resumable(run_id: int, store: RunStore) -> tuple[PretrainConfig, Any]:
     """The run's config and its checkpoint path, or a one-line reason it cannot be resumed."""
-    try:
-        record = store.get_run(run_id)
-    except StoreError as exc:
-        raise ValueError(f"--resume {run_id}: {exc}") from None
+    record = store.get_run_for("--resume", run_id)
     if record.kind != "pretrain":
         raise ValueError(f"--resume {run_id} is a {record.kind} run; only pretraining runs can be resumed")
     if record.status == "finished":

@@ -664,6 +664,13 @@ class RunStore:
                 raise StoreError(f"no run with id {run_id} in {self.url}")
             return _record(run)
 
+    def get_run_for(self, option: str, run_id: int) -> RunRecord:
+        """:meth:`get_run` for an id the user gave with ``option``: an unknown run is a ValueError naming it."""
+        try:
+            return self.get_run(run_id)
+        except StoreError as exc:
+            raise ValueError(f"{option} {run_id}: {exc}") from None
+
     def list_runs(self, kind: str | None = None) -> list[RunRecord]:
         """Every run (oldest first); a silent ``running`` run comes back as ``interrupted``."""
         stmt = select(Run).order_by(Run.id)
