@@ -369,6 +369,25 @@ def pixel_correlation(images: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
     return out
 
 
+def near_links(
+    images: np.ndarray, threshold: int = 4, min_corr: float = 0.96
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The near-duplicate rule on uint8 ``images (N, S, S)``.
+
+    Returns the pixel-identical node of each image ``(N,)``, each node's pHash ``(P,)`` and the
+    confirmed node pairs ``a, b`` (``(L,)`` each): pHash within ``threshold`` bits and pixel
+    correlation of the 64 px thumbnails >= ``min_corr``. The split's content groups and the audit
+    share this one rule.
+    """
+    node, representative = _pixel_nodes(images)
+    hashes = phash64(images[representative])
+    a, b = _candidate_pairs(hashes, threshold)
+    if len(a):
+        keep = pixel_correlation(thumbnails(images[representative]), a, b) >= min_corr
+        a, b = a[keep], b[keep]
+    return node, hashes, a, b
+
+
 def _near_groups(
     rows: Sequence[ManifestRow],
     splits: Sequence[str | None],
@@ -380,12 +399,7 @@ def _near_groups(
     """Connected components of verified near-duplicate links holding >= 2 distinct images."""
     if len(images) < 2:
         return []
-    node, representative = _pixel_nodes(images)
-    hashes = phash64(images[representative])
-    a, b = _candidate_pairs(hashes, threshold)
-    if len(a):
-        keep = pixel_correlation(thumbnails(images[representative]), a, b) >= min_corr
-        a, b = a[keep], b[keep]
+    node, hashes, a, b = near_links(images, threshold, min_corr)
     graph = coo_matrix((np.ones(len(a), dtype=np.int32), (a, b)), shape=(len(hashes), len(hashes)))
     _, component_of_node = connected_components(graph, directed=False)
     component = component_of_node[node]

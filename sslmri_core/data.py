@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sslmri_core.groups import GROUP_SIZE, Grouping, content_grouping
 from sslmri_core.manifest import Manifest, ManifestRow
 from sslmri_core.sources import DataError
 
@@ -27,6 +28,8 @@ class ImageSet:
     classes: list[str]
     unusable: list[tuple[str, str]] = field(default_factory=list)
     manifests: list[Manifest] = field(default_factory=list)
+    thumbs: np.ndarray | None = None  # uint8 (N, 64, 64): the GROUP_SIZE decode that groups and content checks use
+    grouping: Grouping | None = None  # the split group of each image (subject, else duplicate component)
 
     @property
     def labels(self) -> np.ndarray:
@@ -56,6 +59,7 @@ def load_folder(
     """Every usable image under ``root`` at ``size`` px (decoded once, then from the cache)."""
     from sslmri_core.ingest import build_manifest
 
+    root = Path(root).expanduser().resolve()  # stored and compared as one absolute path, however it was typed
     manifest, images = build_manifest(root, size, subject_pattern, class_map)
     data = from_manifest(manifest, images)
     if not data.items:
@@ -64,7 +68,22 @@ def load_folder(
             f"no usable images in {root}: {len(manifest.files())} file(s) found, all unusable"
             + (f" (first: {first[0]}: {first[1]})" if first else " (expected ROOT/<class>/<image>)")
         )
+    data.thumbs = images if size == GROUP_SIZE else _group_decode(root, data.items, subject_pattern, class_map)
+    data.grouping = content_grouping(data.subjects, data.thumbs)
     return data
+
+
+def _group_decode(root: Path, items: list[ManifestRow], subject_pattern: str | None,
+                  class_map: dict[str, str] | None) -> np.ndarray:
+    """The images of ``items`` decoded at GROUP_SIZE (through the cache), uint8 ``(N, 64, 64)``."""
+    from sslmri_core.ingest import build_manifest
+
+    manifest, small = build_manifest(root, GROUP_SIZE, subject_pattern, class_map)
+    where = {r.key: i for i, r in enumerate(manifest.usable)}
+    missing = [it.key for it in items if it.key not in where]
+    if missing:
+        raise DataError(f"{root} changed while it was read ({missing[0]} vanished); run the command again")
+    return small[[where[it.key] for it in items]]
 
 
 def from_manifest(manifest: Manifest, images: np.ndarray) -> ImageSet:
@@ -78,6 +97,17 @@ def concat_sets(sets: list[ImageSet]) -> ImageSet:
     """Join image sets (for pretraining on several folders; labels are kept but not used)."""
     if len(sets) == 1:
         return sets[0]
+    groupings = [s.grouping for s in sets]
+    grouping = None
+    if all(g is not None for g in groupings):
+        levels = {g.level for g in groupings if g is not None}
+        grouping = Grouping(
+            [k for g in groupings if g is not None for k in g.keys],
+            levels.pop() if len(levels) == 1 else "mixed",
+            sum(g.images_without_subject for g in groupings if g is not None),
+            sum(g.unjoined_without_subject for g in groupings if g is not None),
+        )
+    thumbs = [s.thumbs for s in sets]
     return ImageSet(
         ",".join(s.root for s in sets),
         np.concatenate([s.images for s in sets]),
@@ -85,4 +115,6 @@ def concat_sets(sets: list[ImageSet]) -> ImageSet:
         sorted({c for s in sets for c in s.classes}),
         [u for s in sets for u in s.unusable],
         [m for s in sets for m in s.manifests],
+        np.concatenate(thumbs) if all(t is not None for t in thumbs) else None,  # type: ignore[arg-type]
+        grouping,
     )

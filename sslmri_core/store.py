@@ -58,7 +58,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sslmri_core.manifest import Manifest
 
 DEFAULT_DB_URL = "sqlite:///runs.db"
-RUN_KINDS = ("pretrain", "finetune", "evaluate", "gradcam", "experiment")
+RUN_KINDS = ("pretrain", "finetune", "evaluate", "gradcam", "experiment", "leakage")
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 
 # Heartbeats: training refreshes ``runs.heartbeat_at`` at most every interval; a ``running`` run
@@ -367,6 +367,8 @@ class SplitAssignment(Base):
     subject: Mapped[str | None] = mapped_column(String(255))
     split: Mapped[str] = mapped_column(String(16))
     labeled: Mapped[bool] = mapped_column(Boolean, default=False)
+    content_hash: Mapped[str | None] = mapped_column(String(64))  # of the file's bytes: compare by content
+    group_key: Mapped[str | None] = mapped_column(Text)  # the split group: subject, else duplicate component
 
 
 class Audit(Base):
@@ -401,6 +403,32 @@ class RunRecord:
     checkpoint_path: str | None
     error: str | None
     heartbeat_at: datetime | None = None
+
+
+def leakage_reasons(params: dict[str, str | None]) -> list[str]:
+    """Why a run's results may be inflated by leakage, from its text params (empty: none known).
+
+    Runs write ``leakage_reasons`` (a JSON list); runs from before it are judged by the old params
+    (an image-level split, or test images in the SSL pool)."""
+    import json
+
+    raw = params.get("leakage_reasons")
+    if raw:
+        try:
+            reasons = json.loads(raw)
+        except ValueError:
+            reasons = [raw]
+        return [str(r) for r in reasons] if isinstance(reasons, list) else [str(reasons)]
+    out = []
+    if params.get("split_level") == "image":
+        out.append("image-level split: no subject ids, slices of one patient may sit on two sides")
+    try:
+        overlap = float(params.get("ssl_pool_test_overlap") or 0)
+    except ValueError:
+        overlap = 0.0
+    if overlap > 0:
+        out.append(f"{overlap:g} test image(s) were in the SSL pretraining pool")
+    return out
 
 
 def resolve_db_url(db: str | None = None) -> str:
@@ -769,6 +797,18 @@ class RunStore:
         """Rows with ``key, subject, split, labeled``: where each image of the run went."""
         with self.engine.begin() as conn:
             _insert_chunked(conn, SplitAssignment, [{"run_id": run_id, **r} for r in rows])
+
+    def params(self, run_id: int) -> dict[str, str | None]:
+        """A run's parameters as stored (text values)."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(select(Param.key, Param.value).where(Param.run_id == run_id)).all())  # type: ignore[arg-type]
+
+    def split_content(self, run_id: int) -> list[tuple[str, str, str | None, str | None]]:
+        """``(key, split, content_hash, group_key)`` of each image of a run."""
+        stmt = select(SplitAssignment.key, SplitAssignment.split, SplitAssignment.content_hash,
+                      SplitAssignment.group_key).where(SplitAssignment.run_id == run_id)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(stmt).all()]  # type: ignore[misc]
 
     def split_of(self, run_id: int) -> dict[str, str]:
         """``key -> split`` of a run's images."""
