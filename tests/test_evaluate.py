@@ -64,7 +64,7 @@ def test_weighted_scores_with_unit_weights_equal_scikit_learn() -> None:
 def test_each_bootstrap_replicate_equals_scoring_the_resampled_subjects() -> None:
     y, probs, subjects = _random_predictions()
     group, names = subject_groups(subjects)
-    counts = resample_counts(len(names), 20, seed=3)
+    counts = resample_counts(np.arange(len(names)) % 3, 20, seed=3)  # stratified by each subject's class
     scores = weighted_scores(y, probs, counts[:, group])
     for b in range(20):
         # the slow way: materialise the resample (each drawn subject's slices, as many times as drawn)
@@ -74,6 +74,8 @@ def test_each_bootstrap_replicate_equals_scoring_the_resampled_subjects() -> Non
         assert scores["accuracy"][b] == pytest.approx(accuracy_score(yb, pb.argmax(1)))
         assert scores["balanced_accuracy"][b] == pytest.approx(balanced_accuracy_score(yb, pb.argmax(1)))
         assert scores["macro_f1"][b] == pytest.approx(
+            f1_score(yb, pb.argmax(1), labels=np.unique(yb), average="macro", zero_division=0))
+        assert scores["macro_f1_all_classes"][b] == pytest.approx(
             f1_score(yb, pb.argmax(1), labels=[0, 1, 2], average="macro", zero_division=0))
         present = [c for c in range(3) if (yb == c).any() and (yb != c).any()]
         expected_auc = np.mean([roc_auc_score(yb == c, pb[:, c]) for c in present])
@@ -81,21 +83,74 @@ def test_each_bootstrap_replicate_equals_scoring_the_resampled_subjects() -> Non
         assert scores["ece"][b] == pytest.approx(expected_calibration_error(yb, pb))
 
 
+def test_resample_counts_keep_every_class_of_the_split() -> None:
+    strata = np.array([0, 1, 1, 2, 2, 2])
+    counts = resample_counts(strata, 2000, seed=0)
+    assert counts.shape == (2000, 6)
+    for s, size in ((0, 1), (1, 2), (2, 3)):
+        assert (counts[:, strata == s].sum(axis=1) == size).all()
+
+
 def test_bootstrap_resamples_whole_subjects() -> None:
-    counts = resample_counts(10, 1000, seed=0)
-    assert counts.shape == (1000, 10) and (counts.sum(axis=1) == 10).all()
-    # perfect predictions: every resample scores 1, so the interval is [1, 1]
-    y = np.repeat([0, 1, 2, 0, 1, 2], 3)
+    # Six subjects, one of them all wrong. Copying every subject's slice three times adds no information
+    # when whole subjects are resampled: the intervals are identical. A bootstrap over slices would see
+    # 18 independent rows instead of 6 and give narrower intervals.
+    y1 = np.array([0, 1, 2, 0, 1, 2])
+    probs1 = np.eye(3)[y1] * 0.9 + 0.1 / 3
+    probs1[0] = np.eye(3)[1] * 0.9 + 0.1 / 3
+    once = bootstrap_intervals(y1, probs1, np.arange(6), n_boot=500, seed=1)
+    thrice = bootstrap_intervals(np.repeat(y1, 3), np.repeat(probs1, 3, axis=0), np.repeat(np.arange(6), 3),
+                                 n_boot=500, seed=1)
+    assert set(thrice) == set(once)
+    for name, ci in once.items():
+        assert thrice[name] == pytest.approx(ci, abs=1e-12), name
+    assert once["accuracy"][0] < 5 / 6 < once["accuracy"][1]  # not degenerate: the one wrong subject is resampled
+    assert thrice == bootstrap_intervals(np.repeat(y1, 3), np.repeat(probs1, 3, axis=0), np.repeat(np.arange(6), 3),
+                                         n_boot=500, seed=1)  # same seed, same interval
+
+
+def test_three_subjects_all_correct_get_an_exact_subject_interval() -> None:
+    y = np.array([0, 0, 1, 1, 2, 2])
     probs = np.eye(3)[y] * 0.9 + 0.1 / 3
-    ci = bootstrap_intervals(y, probs, np.repeat(np.arange(6), 3), n_boot=200)
-    assert ci["balanced_accuracy"] == [1.0, 1.0]
-    # one subject all wrong among 6: the interval is wide and contains the point estimate
-    probs_bad = probs.copy()
-    probs_bad[:3] = np.eye(3)[[1, 1, 1]]
-    ci = bootstrap_intervals(y, probs_bad, np.repeat(np.arange(6), 3), n_boot=1000, seed=1)
-    assert ci["accuracy"][0] < 15 / 18 < ci["accuracy"][1] == 1.0
-    # same seed, same interval
-    assert ci == bootstrap_intervals(y, probs_bad, np.repeat(np.arange(6), 3), n_boot=1000, seed=1)
+    result = evaluate_split(y, probs, ["p1", "p1", "p2", "p2", "p3", "p3"], CLASSES, "test", n_boot=200)
+    intervals = result.results["test_intervals"]
+    # a bootstrap of three subjects, all correct, can only say [1, 1]; 3 of 3 has Clopper-Pearson [0.29, 1]
+    assert intervals["subject"]["accuracy"] == pytest.approx([0.2924, 1.0], abs=1e-4)
+    assert intervals["subject"]["balanced_accuracy"] == [None, None]
+    assert intervals["few_subjects"] is True and "fewer than 10" in intervals["note"]
+    assert intervals["n_subjects_per_class"] == {"a": 1, "b": 1, "c": 1}
+    assert result.metrics["test_subject_accuracy"] == 1.0
+
+
+def test_ten_subjects_per_class_are_bootstrapped_at_subject_level() -> None:
+    y, probs, subjects = _random_predictions(n_subjects=30, slices=2)
+    intervals = evaluate_split(y, probs, subjects, CLASSES, "test", n_boot=200).results["test_intervals"]
+    assert intervals["few_subjects"] is False and intervals["note"] is None
+    lo, hi = intervals["subject"]["balanced_accuracy"]
+    assert lo is not None and hi is not None and 0.05 < hi - lo < 0.6
+
+
+def test_an_absent_class_does_not_lower_macro_scores_of_perfect_predictions() -> None:
+    y = np.array([0, 0, 1, 1, 0, 1])
+    probs = np.eye(3)[y] * 0.9 + 0.1 / 3  # class c is in the model but not in this split
+    result = evaluate_split(y, probs, [f"s{i}" for i in range(6)], CLASSES, "test", n_boot=100)
+    m = result.metrics
+    for key in ("macro_precision", "macro_recall", "macro_f1"):
+        assert m[f"test_{key}"] == 1.0
+        assert m[f"test_{key}_all_classes"] == pytest.approx(2 / 3)  # the old value, under its own name
+    assert result.results["test_intervals"]["slice"]["macro_f1"] == [1.0, 1.0]
+
+
+def test_subject_level_is_omitted_when_a_subject_has_two_labels() -> None:
+    y = np.array([0, 1, 1, 1, 0, 0])
+    probs = np.eye(2)[y] * 0.8 + 0.1
+    result = evaluate_split(y, probs, ["p1", "p1", "p2", "p2", "p3", "p3"], ["x", "y"], "test", n_boot=50)
+    assert "test_balanced_accuracy" in result.metrics
+    assert not [k for k in result.metrics if k.startswith("test_subject_")]
+    assert set(result.confusion) == {"slice"}
+    intervals = result.results["test_intervals"]
+    assert intervals["subject"] is None and "1 of 3 subjects" in intervals["reason"]
+    assert "subject" not in result.results["test_reliability"] and "subject" not in result.results["test_roc"]
 
 
 def test_ece_on_hand_made_confidences() -> None:
@@ -117,7 +172,7 @@ def test_a_class_absent_from_the_split_gets_no_roc_auc() -> None:
     assert m["test_roc_auc"] == pytest.approx(np.mean([m["test_roc_auc/a"], m["test_roc_auc/b"]]))
     assert set(result.results["test_roc"]["slice"]) == {"a", "b"}
     lo, hi = result.results["test_intervals"]["slice"]["roc_auc"]
-    assert lo is not None and lo <= m["test_roc_auc"] <= hi
+    assert lo is not None and lo < m["test_roc_auc"] < hi <= 1.0  # over the two classes present: never NaN
 
 
 # -- cli.py evaluate: a fine-tuned model on an external folder --------------------------------------
@@ -157,7 +212,8 @@ def test_evaluate_an_external_folder_with_bad_files(synth_tumor, tmp_path, monke
     from sslmri_core.queries import predictions_frame
 
     preds = predictions_frame(db, run.id)
-    assert len(preds) == ev["usable"] - 1 + 6  # the NaN NIfTI volume (one file) gives 6 slices
+    # the NaN NIfTI volume (one file) gives 6 slices; copies of the model's own training images are left out
+    assert len(preds) == ev["usable"] - 1 + 6 - ev["overlap_excluded"]
 
 
 def test_evaluate_refuses_unknown_classes_and_non_model_runs(synth_tumor, tmp_path) -> None:  # type: ignore[no-untyped-def]
