@@ -103,6 +103,13 @@ class PretrainConfig:
     exclude_test: bool = True
     exclude_val: bool = False  # also leave the val split out of the SSL pool (val images stay kNN queries)
     split_seed: int = 0
+    # The split left out is the one fine-tuning draws with the same settings: the same class map
+    # (classes stratify the split), given split and fold (``experiment --folds``) as the children.
+    class_map: dict[str, str] = field(default_factory=dict)
+    use_given_split: bool = False
+    allow_leaky_split: bool = False
+    folds: int | None = None
+    fold: int | None = None
     # Besides the checkpoint at every epoch end, one mid-epoch when this long has passed since the
     # last (so a killed run loses at most this much work); 0: epoch ends only.
     checkpoint_minutes: float = 10.0
@@ -125,11 +132,18 @@ class FinetuneConfig:
     class_weighted: bool = True  # cross-entropy weighted by inverse class frequency of the labelled images
     label_fraction: float = 1.0
     labels_per_class: int | None = None  # instead of a fraction: whole subjects until N images per class
-    use_given_split: bool = False  # honour the data set's Training/Testing folders
+    use_given_split: bool = False  # honour the data set's Training/Testing folders (refused when groups cross them)
+    allow_leaky_split: bool = False  # keep a given split whose subjects / duplicates cross it (run flagged leakage-prone)
+    split_unit: str = "group"  # group (subject, else duplicate component) | image (leaky on purpose: `leakage` demo)
     split_seed: int = 0  # the split is fixed by this; ``seed`` varies training and the label draw
+    folds: int | None = None  # k-fold cross-validation over groups: this run tests fold ``fold`` of ``folds``
+    fold: int | None = None
     class_map: dict[str, str] = field(default_factory=dict)  # rename / merge class folders
     augment: AugmentConfig = field(default_factory=lambda: dataclasses.replace(LIGHT_AUGMENT))
-    epochs: int = 10
+    epochs: int = 10  # sets the budget when ``steps`` is None: epochs x batches per epoch, at least min_steps
+    steps: int | None = None  # optimiser steps in all (experiment: the same for every arm at one fraction)
+    min_steps: int = 300  # never fewer optimiser steps than this (a tiny label budget still trains)
+    warmup_share: float = 0.05  # linear warm-up over this share of the steps, then cosine decay
     lr: float = 1e-3
     weight_decay: float = 1e-4
     precision: str = "auto"
@@ -159,13 +173,15 @@ class ExperimentConfig:
     model: str = "resnet50"
     image_size: int = 128
     batch_size: int = 32
-    finetune_epochs: int = 10  # full fine-tuning and scratch
-    linear_epochs: int = 30  # linear probe on cached features: cheap
+    finetune_epochs: int = 10  # every arm: the budget of a fraction is epochs x batches of its labelled set, in steps
     lr: float = 1e-3
     encoder_lr_scale: float = 1.0  # ssl-full / imagenet: encoder lr = lr x this
     weights: str | None = None  # imagenet arm: local timm weights file
+    min_steps: int = 300  # every child at one fraction gets max(min_steps, epochs x batches) optimiser steps
     split_seed: int = 0
     use_given_split: bool = False
+    allow_leaky_split: bool = False
+    folds: int | None = None  # k-fold cross-validation over groups (every group tested once); None: one 70/15/15 split
     subject_pattern: str | None = None
     class_map: dict[str, str] = field(default_factory=dict)
     precision: str = "auto"
@@ -178,7 +194,7 @@ class ExperimentConfig:
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     # 2 CPU cores: 3 fractions x 2 seeds x 3 arms on ~5,700 images well under an hour (README).
     "cpu": {"model": "resnet18", "image_size": 64, "batch_size": 64, "pretrain_epochs": 2,
-            "finetune_epochs": 3, "linear_epochs": 30, "seeds": 2, "bootstrap": 1000},
+            "finetune_epochs": 3, "seeds": 2, "bootstrap": 1000},
 }
 
 
@@ -213,6 +229,7 @@ class DemoConfig:
     image_size: int = 96
     pretrain_epochs: int = 6
     finetune_epochs: int = 8
+    min_steps: int | None = None  # None: fine-tuning's own floor (FinetuneConfig.min_steps)
     batch_size: int = 32
 
 

@@ -21,7 +21,7 @@ def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = N
     results = [pre]
     for init, mode in ARMS:
         ft_cfg = resolve_finetune_config(
-            store, task=cfg.task, init=init, mode=mode, epochs=cfg.finetune_epochs,
+            store, task=cfg.task, init=init, mode=mode, epochs=cfg.finetune_epochs, min_steps=cfg.min_steps,
             from_run=pre.run_id if init == "ssl" else None, **shared,
         )
         results.append(finetune(ft_cfg, store))

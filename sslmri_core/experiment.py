@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from sslmri_core.config import (
     EXPERIMENT_ARMS,
@@ -29,6 +30,7 @@ from sslmri_core.config import (
     to_dict,
     with_overrides,
 )
+from sslmri_core.data import ImageSet
 from sslmri_core.store import RunRecord, RunStore, heartbeat_interval_s
 
 # arm -> (init, mode)
@@ -36,9 +38,11 @@ ARM_SETTINGS = {"ssl-linear": ("ssl", "linear"), "ssl-full": ("ssl", "full"),
                 "scratch": ("scratch", "full"), "imagenet": ("imagenet", "full")}
 SSL_ARMS = ("ssl-linear", "ssl-full")
 BASELINE_ARMS = ("scratch", "imagenet")
-PRIMARY_METRIC = "test_balanced_accuracy"
-SUBJECT_METRIC = "test_subject_balanced_accuracy"
-INTERVAL = "95% t-interval over seeds (mean +- t(0.975, n-1) * sd / sqrt(n)); none when n < 2"
+# The summary's statistics live in sslmri_core.stats, shared with the dashboard (no torch there).
+from sslmri_core.stats import EXACT_METHOD, INTERVAL, PRETRAINING  # noqa: E402
+from sslmri_core.stats import SLICE_METRIC as PRIMARY_METRIC  # noqa: E402
+from sslmri_core.stats import SUBJECT_ACCURACY  # noqa: E402
+from sslmri_core.stats import SUBJECT_BALANCED as SUBJECT_METRIC  # noqa: E402
 
 
 @dataclass
@@ -49,10 +53,14 @@ class ExperimentResult:
     children: dict[str, int]  # ran, skipped, failed
     summary: list[dict[str, Any]] = field(default_factory=list)
     paired: list[dict[str, Any]] = field(default_factory=list)
+    interval: str = INTERVAL
+    pretraining: str = PRETRAINING  # that pretraining is one draw
+    extra: dict[str, Any] = field(default_factory=dict)  # more top-level keys (folds, ssl_pool_test_overlap, ...)
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "status": self.status, "pretrain_run": self.pretrain_run,
-                "children": self.children, "interval": INTERVAL, "summary": self.summary, "paired": self.paired}
+                "children": self.children, "interval": self.interval, "pretraining": self.pretraining,
+                **self.extra, "summary": self.summary, "paired": self.paired}
 
 
 # -- configuration ------------------------------------------------------------------------------------
@@ -99,7 +107,9 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         (cfg.seeds >= 1, f"--seeds must be at least 1, got {cfg.seeds}"),
         (cfg.pretrain_epochs >= 1, f"--pretrain-epochs must be at least 1, got {cfg.pretrain_epochs}"),
         (cfg.finetune_epochs >= 1, f"--epochs must be at least 1, got {cfg.finetune_epochs}"),
-        (cfg.linear_epochs >= 1, f"--linear-epochs must be at least 1, got {cfg.linear_epochs}"),
+        (cfg.min_steps >= 0, f"--min-steps must be 0 or more, got {cfg.min_steps}"),
+        (cfg.folds is None or cfg.folds >= 2, f"--folds must be at least 2, got {cfg.folds}"),
+        (cfg.folds is None or not cfg.use_given_split, "--folds and --use-given-split exclude each other"),
         (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
         (cfg.batch_size >= 2, f"--batch-size must be at least 2, got {cfg.batch_size}"),
         ("imagenet" not in cfg.arms or cfg.weights is not None,
@@ -114,27 +124,46 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     check_model_name(cfg.model)
 
 
-def fingerprint(cfg: ExperimentConfig) -> str:
-    """What makes two ``experiment`` commands the same experiment: every setting but the output folder."""
+def fingerprint(cfg: ExperimentConfig, data_fingerprint: str = "") -> str:
+    """What makes two ``experiment`` commands the same experiment: every setting but the output folder,
+    and the data's content (files added, removed, changed or relabelled make another experiment)."""
     values = {k: v for k, v in to_dict(cfg).items() if k != "out"}
+    values["data_fingerprint"] = data_fingerprint
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def child_config(cfg: ExperimentConfig, arm: str, fraction: float, seed: int, pretrain_run: int | None,
-                 experiment_run: int) -> FinetuneConfig:
-    """The fine-tuning run of one grid cell: same split (``split_seed``) for every arm; the label draw
-    and training vary with ``seed``."""
+                 experiment_run: int, steps: int | None = None, fold: int | None = None) -> FinetuneConfig:
+    """The fine-tuning run of one grid cell: same split (``split_seed``, fold ``fold``) and, at one
+    label fraction, the same optimiser ``steps`` for every arm; the label draw and training vary with ``seed``."""
     init, mode = ARM_SETTINGS[arm]
     return FinetuneConfig(
         task=cfg.task, data=cfg.data, from_run=pretrain_run if init == "ssl" else None, init=init, mode=mode,
         weights=cfg.weights if init == "imagenet" else None, model=cfg.model, image_size=cfg.image_size,
         batch_size=cfg.batch_size, label_fraction=fraction, use_given_split=cfg.use_given_split,
-        split_seed=cfg.split_seed, class_map=dict(cfg.class_map),
-        epochs=cfg.linear_epochs if mode == "linear" else cfg.finetune_epochs, lr=cfg.lr,
+        allow_leaky_split=cfg.allow_leaky_split, split_seed=cfg.split_seed, class_map=dict(cfg.class_map),
+        folds=cfg.folds, fold=fold, epochs=cfg.finetune_epochs, steps=steps, min_steps=cfg.min_steps, lr=cfg.lr,
         encoder_lr_scale=cfg.encoder_lr_scale if init != "scratch" else 1.0, precision=cfg.precision, seed=seed,
         out=cfg.out, subject_pattern=cfg.subject_pattern, bootstrap=cfg.bootstrap, arm=arm,
         experiment_run=experiment_run,
     )
+
+
+def fold_list(cfg: ExperimentConfig) -> list[int | None]:
+    """The folds of the grid: ``[None]`` for one 70/15/15 split."""
+    return list(range(cfg.folds)) if cfg.folds else [None]
+
+
+def step_budgets(cfg: ExperimentConfig, data: ImageSet) -> dict[float, int]:
+    """Optimiser steps per label fraction, shared by every arm, seed and fold: ``max(min_steps, epochs
+    x batches of the labelled set)``, the labelled set being seed 0's draw on the first fold."""
+    from sslmri_core.finetune import plan_steps, split_data
+
+    budgets = {}
+    for fraction in cfg.fractions:
+        child = child_config(cfg, cfg.arms[0], fraction, 0, None, 0, fold=fold_list(cfg)[0])
+        budgets[fraction] = plan_steps(child, len(split_data(data, child)[1]))
+    return budgets
 
 
 # -- the run ------------------------------------------------------------------------------------------
@@ -168,21 +197,24 @@ def _children(store: RunStore, experiment_id: int, kind: str = "finetune") -> li
     return [r for r in store.list_runs(kind) if r.parent_run_id == experiment_id]
 
 
-def _cell(record: RunRecord) -> tuple[str, float, int]:
-    return str(record.config.get("arm")), float(record.config.get("label_fraction", 1.0)), int(record.config.get("seed", 0))
+def _cell(record: RunRecord) -> tuple[str, float, int, int | None]:
+    fold = record.config.get("fold")
+    return (str(record.config.get("arm")), float(record.config.get("label_fraction", 1.0)),
+            int(record.config.get("seed", 0)), None if fold is None else int(fold))
 
 
-def _open_experiment(store: RunStore, cfg: ExperimentConfig) -> tuple[int, bool]:
-    """The experiment run for ``cfg``: the stored one (reopened) or a new one. Returns (id, resumed)."""
+def _open_experiment(store: RunStore, cfg: ExperimentConfig, data_fingerprint: str) -> tuple[int, bool]:
+    """The experiment run for ``cfg`` on this data: the stored one (reopened) or a new one. Returns (id, resumed)."""
     from sslmri_core.progress import console
 
-    fp = fingerprint(cfg)
+    fp = fingerprint(cfg, data_fingerprint)
     found = _find_experiment(store, fp)
     if found is None:
         run_id = store.start_run("experiment", {**to_dict(cfg), "fingerprint": fp}, task=cfg.task)
-        store.log_params(run_id, {"fingerprint": fp, "arms": ",".join(cfg.arms),
+        store.log_params(run_id, {"fingerprint": fp, "data_fingerprint": data_fingerprint, "arms": ",".join(cfg.arms),
                                   "fractions": ",".join(str(f) for f in cfg.fractions), "seeds": cfg.seeds,
-                                  "preset": cfg.preset, "model": cfg.model, "image_size": cfg.image_size})
+                                  "folds": cfg.folds, "preset": cfg.preset, "model": cfg.model,
+                                  "image_size": cfg.image_size})
         return run_id, False
     if found.status == "running":
         raise ValueError(f"experiment run {found.id} with these settings is still running (heartbeat alive); "
@@ -195,56 +227,79 @@ def _open_experiment(store: RunStore, cfg: ExperimentConfig) -> tuple[int, bool]
     return found.id, True
 
 
-def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, show_progress: bool) -> int | None:
-    """The SSL run the ssl arms start from: ``--pretrain-run``, this experiment's finished one, or a new one
-    (on the data folder's training subjects only: val and test of the split ``split_seed`` draws, the one the
-    children use, are left out)."""
+def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, show_progress: bool,
+                   fold: int | None = None) -> int | None:
+    """The SSL run the ssl arms of ``fold`` start from: ``--pretrain-run``, this experiment's finished
+    one, or a new one on exactly the children's training groups (the split drawn with the children's
+    class map, given split and fold; their val and test groups are left out). The built-in data
+    pretrain on their own pool of other subjects, once for every fold."""
     from sslmri_core.pretrain import pretrain
 
     if not any(ARM_SETTINGS[a][0] == "ssl" for a in cfg.arms):
         return None
     if cfg.pretrain_run is not None:
         return cfg.pretrain_run
-    done = [r for r in _children(store, experiment_id, "pretrain") if r.status == "finished"]
+    pool_fold = fold if cfg.data else None
+    done = [r for r in _children(store, experiment_id, "pretrain")
+            if r.status == "finished" and r.config.get("fold") == pool_fold]
     if done:
         return done[-1].id
     pre_cfg = PretrainConfig(
         data=[cfg.data] if cfg.data else [], model=cfg.model, image_size=cfg.image_size, batch_size=cfg.batch_size,
         epochs=cfg.pretrain_epochs, precision=cfg.precision, out=cfg.out, subject_pattern=cfg.subject_pattern,
-        exclude_test=True, exclude_val=True, split_seed=cfg.split_seed,  # training subjects only
+        exclude_test=True, exclude_val=True, split_seed=cfg.split_seed, class_map=dict(cfg.class_map),
+        use_given_split=cfg.use_given_split, allow_leaky_split=cfg.allow_leaky_split,
+        folds=cfg.folds if cfg.data else None, fold=pool_fold,
     )
     result = pretrain(pre_cfg, store, show_progress=show_progress)
     store.update_run(result.run_id, parent_run_id=experiment_id)  # so a re-run finds and reuses it
     return result.run_id
 
 
+def _pool_test_overlap(store: RunStore, pretrain_run: int | None, data: ImageSet, child: FinetuneConfig) -> int:
+    """Test groups of ``child``'s split found (by content) in the SSL pool of ``pretrain_run``."""
+    from sslmri_core.finetune import pool_overlap, split_data
+
+    if pretrain_run is None:
+        return 0
+    split, _ = split_data(data, child)
+    return pool_overlap(store, pretrain_run, data, split.test, split.groups)[0]
+
+
 def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: bool = True) -> ExperimentResult:
     """Run (or resume) the whole grid; store and return the summary. Failed children do not stop the
     grid: the experiment then ends ``failed`` (re-run the same command to retry just those)."""
-    from sslmri_core.finetune import finetune, load_finetune_data
+    from sslmri_core.finetune import finetune, load_finetune_data, split_data
     from sslmri_core.progress import console
 
     validate_experiment(cfg)
-    # Read the folder first: a bad --data is one line (exit 2) and records nothing.
+    # Read the folder and draw every split first: a bad --data, a leaky given split or too many
+    # folds is one line (exit 2) and records nothing.
     data = load_finetune_data(child_config(cfg, cfg.arms[0], cfg.fractions[0], 0, None, 0))
-    if "test" in data.given_splits and not cfg.use_given_split and cfg.pretrain_run is None:
-        # pretraining leaves out the folder's own Testing split; the children must test on that same split
-        raise ValueError(f"--data {cfg.data} has a Testing/test folder: pass --use-given-split, so the images "
-                         "pretraining leaves out are the ones the fine-tuning runs are tested on")
-    experiment_id, _ = _open_experiment(store, cfg)
+    for fold in fold_list(cfg):
+        split_data(data, child_config(cfg, cfg.arms[0], cfg.fractions[0], 0, None, 0, fold=fold))
+    budgets = step_budgets(cfg, data)
+    experiment_id, _ = _open_experiment(store, cfg, data.manifests[0].fingerprint())
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     failures: list[str] = []
+    cells = [(arm, f, s, fold) for fold in fold_list(cfg) for f in cfg.fractions for s in range(cfg.seeds)
+             for arm in cfg.arms]
     with store.track(experiment_id), _keep_alive(store, experiment_id):
-        pretrain_run = _pretrain_once(store, cfg, experiment_id, show_progress)
-        store.log_params(experiment_id, {"pretrain_run": pretrain_run})
+        pretrain_runs = {fold: _pretrain_once(store, cfg, experiment_id, show_progress, fold) for fold in fold_list(cfg)}
+        overlap = sum(_pool_test_overlap(store, run, data, child_config(cfg, cfg.arms[0], 1.0, 0, run, 0, fold=fold))
+                      for fold, run in pretrain_runs.items())
+        store.log_params(experiment_id, {
+            "pretrain_run": ",".join(str(r) for r in dict.fromkeys(pretrain_runs.values()) if r is not None) or None,
+            "ssl_pool_test_overlap": overlap, "steps": json.dumps({str(f): n for f, n in budgets.items()})})
         done = {_cell(r) for r in _children(store, experiment_id) if r.status == "finished"}
-        cells = [(arm, f, s) for f in cfg.fractions for s in range(cfg.seeds) for arm in cfg.arms]
-        for n, (arm, fraction, seed) in enumerate(cells, 1):
-            if (arm, float(fraction), seed) in done:
+        for n, (arm, fraction, seed, fold) in enumerate(cells, 1):
+            if (arm, float(fraction), seed, fold) in done:
                 counts["skipped"] += 1
                 continue
-            console.print(f"[bold]experiment {experiment_id}: {n}/{len(cells)} {arm}, fraction {fraction}, seed {seed}[/]")
-            child = child_config(cfg, arm, fraction, seed, pretrain_run, experiment_id)
+            where = f", fold {fold + 1}/{cfg.folds}" if fold is not None else ""
+            console.print(f"[bold]experiment {experiment_id}: {n}/{len(cells)} {arm}, fraction {fraction}, seed {seed}"
+                          f"{where}, {budgets[fraction]} steps[/]")
+            child = child_config(cfg, arm, fraction, seed, pretrain_runs[fold], experiment_id, budgets[fraction], fold)
             try:
                 finetune(child, store, show_progress=show_progress, parent_run_id=experiment_id, data=data)
                 counts["ran"] += 1
@@ -252,10 +307,16 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
                 raise
             except Exception as exc:  # the child is stored as failed with its error; carry on with the grid
                 counts["failed"] += 1
-                failures.append(f"{arm}/{fraction}/seed {seed}: {exc.__class__.__name__}: {exc}")
-                console.print(f"[bold red]child {arm}, fraction {fraction}, seed {seed} failed: {exc}[/]")
+                failures.append(f"{arm}/{fraction}/seed {seed}{where}: {exc.__class__.__name__}: {exc}")
+                console.print(f"[bold red]child {arm}, fraction {fraction}, seed {seed}{where} failed: "
+                              f"{escape(str(exc))}[/]")
         result = summarise(store, experiment_id)
-        result.pretrain_run, result.children = pretrain_run, counts
+        first = next(iter(pretrain_runs.values()))
+        result.pretrain_run, result.children = first, counts
+        result.extra.update(folds=cfg.folds, pretrain_runs=[r for r in pretrain_runs.values() if r is not None],
+                            ssl_pool_test_overlap=overlap, steps={str(f): n for f, n in budgets.items()},
+                            data_fingerprint=data.manifests[0].fingerprint(), split_level=data.grouping.level
+                            if data.grouping else None)
         store.log_result(experiment_id, "summary", result.to_json())
         print_summary(result, cfg)
         if failures:
@@ -266,103 +327,76 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
 
 
 # -- the summary ----------------------------------------------------------------------------------------
-def t_interval(values: list[float]) -> tuple[float, list[float | None], float]:
-    """Mean, 95% t-interval and sample SD of ``values`` (interval None when fewer than 2)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, [None, None], float("nan")
-    sd = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(x) - 1)) * sd / math.sqrt(len(x))
-    return mean, [mean - half, mean + half], sd
-
-
-def _split_levels(store: RunStore, run_ids: list[int]) -> dict[int, str | None]:
-    from sqlalchemy import select
-
-    from sslmri_core.store import Param
-
-    stmt = select(Param.run_id, Param.value).where(Param.run_id.in_(run_ids), Param.key == "split_level")
-    with store.engine.connect() as conn:
-        return {int(r): v for r, v in conn.execute(stmt)}
-
-
 def summarise(store: RunStore, experiment_id: int) -> ExperimentResult:
-    """Mean and interval per arm x fraction (over seeds), and SSL - supervised differences paired by
-    fraction and seed, from the experiment's finished children (the latest one per grid cell)."""
-    latest: dict[tuple[str, float, int], RunRecord] = {}
-    for r in _children(store, experiment_id):
-        if r.status == "finished":
-            latest[_cell(r)] = r
-    values: dict[str, dict[tuple[str, float, int], float]] = {PRIMARY_METRIC: {}, SUBJECT_METRIC: {}}
-    levels = _split_levels(store, [r.id for r in latest.values()])
-    for cell, record in latest.items():
-        final = store.final_metrics(record.id)
-        for metric in values:
-            if metric == SUBJECT_METRIC and levels.get(record.id) != "subject":
-                continue  # without subject ids the subject level is the image level: not reported twice
-            if metric in final and math.isfinite(final[metric]):
-                values[metric][cell] = final[metric]
-    summary, paired = [], []
-    for metric, cells in values.items():
-        arms = sorted({a for a, _, _ in cells}, key=lambda a: EXPERIMENT_ARMS.index(a) if a in EXPERIMENT_ARMS else 99)
-        fractions = sorted({f for _, f, _ in cells})
-        for arm in arms:
-            for f in fractions:
-                xs = [v for (a, ff, _), v in sorted(cells.items()) if a == arm and ff == f]
-                if xs:
-                    mean, ci, sd = t_interval(xs)
-                    summary.append({"arm": arm, "fraction": f, "metric": metric, "mean": mean, "ci": ci,
-                                    "n": len(xs), "sd": sd})
-        for ssl in [a for a in arms if a in SSL_ARMS]:
-            for base in [a for a in arms if a in BASELINE_ARMS]:
-                for f in fractions:
-                    seeds = sorted({s for a, ff, s in cells if ff == f and a == ssl} &
-                                   {s for a, ff, s in cells if ff == f and a == base})
-                    if not seeds:
-                        continue
-                    diffs = [cells[(ssl, f, s)] - cells[(base, f, s)] for s in seeds]
-                    mean, ci, sd = t_interval(diffs)
-                    paired.append({"arm": ssl, "baseline": base, "fraction": f, "metric": metric, "mean": mean,
-                                   "ci": ci, "n": len(diffs), "sd": sd, "wins": int(sum(d > 0 for d in diffs))})
-    return ExperimentResult(experiment_id, "running", None, {}, summary, paired)
+    """Per arm x fraction the mean over seeds with a stratified subject-bootstrap interval, and each SSL arm
+    minus each baseline paired (one resample for both), from the finished children's test predictions
+    (the latest run per arm, fraction, seed and fold; folds pooled). See :mod:`sslmri_core.stats`."""
+    from sslmri_core.queries import experiment_predictions
+    from sslmri_core.stats import summarise_predictions
+
+    frame = experiment_predictions(store.engine, experiment_id)
+    n_boot = int(store.get_run(experiment_id).config.get("bootstrap", 1000))
+    out = summarise_predictions(frame, classes=frame.attrs.get("classes"), n_boot=n_boot)
+    return ExperimentResult(experiment_id, "running", None, {}, out["summary"], out["paired"],
+                            interval=out["interval"], pretraining=out["pretraining"])
 
 
 def _fmt(mean: float, ci: list[float | None], signed: bool = False) -> str:
     body = f"{mean:+.3f}" if signed else f"{mean:.3f}"
     if ci[0] is None or ci[1] is None:
-        return body
-    return f"{body} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        return f"{body} [no interval]"
+    return f"{body} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f"{body} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _subjects(row: dict[str, Any]) -> str:
+    """``n_test_subjects``, per class when a class has few (``12 (AD 3, CN 9)``)."""
+    if not row.get("few_subjects"):
+        return str(row["n_test_subjects"])
+    per_class = ", ".join(f"{c} {n}" for c, n in (row.get("n_test_subjects_per_class") or {}).items())
+    return f"{row['n_test_subjects']} ({per_class})"
+
+
+def _labels(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _steps(row: dict[str, Any]) -> str:
+    steps = row.get("steps")
+    return "—" if steps is None else "/".join(str(s) for s in steps) if isinstance(steps, list) else str(steps)
 
 
 def print_summary(result: ExperimentResult, cfg: ExperimentConfig) -> None:
-    """The summary and paired tables on stderr (Rich)."""
+    """Per metric: the summary table (``mean [lo, hi]`` with ``n_test_subjects``, seeds and steps) and the
+    paired table (difference with ``ci`` and ``n_test_subjects``), on stderr (Rich)."""
     from rich.table import Table
 
     from sslmri_core.progress import console
 
-    for metric in (PRIMARY_METRIC, SUBJECT_METRIC):
+    for metric in (PRIMARY_METRIC, SUBJECT_METRIC, SUBJECT_ACCURACY):
         rows = [r for r in result.summary if r["metric"] == metric]
         if not rows:
             continue
-        fractions = sorted({r["fraction"] for r in rows})
-        table = Table(title=f"experiment {result.run_id}: {cfg.task}, {metric}, mean [95% t-interval over seeds]")
-        table.add_column("arm")
-        for f in fractions:
-            table.add_column(f"fraction {f:g}", justify="right")
-        for arm in dict.fromkeys(r["arm"] for r in rows):
-            cells = {r["fraction"]: r for r in rows if r["arm"] == arm}
-            table.add_row(arm, *(_fmt(cells[f]["mean"], cells[f]["ci"]) + f" (n={cells[f]['n']})" if f in cells else ""
-                                 for f in fractions))
+        table = Table(title=f"experiment {result.run_id}: {cfg.task}, {metric}, mean over seeds [95% CI]")
+        for col in ("arm", "labels", "mean [95% CI]", "test subjects", "seeds", "steps"):
+            table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=col != "test subjects")
+        for r in rows:
+            exact = "*" if r.get("ci_method") == EXACT_METHOD else ""
+            table.add_row(r["arm"], _labels(r["fraction"]), _fmt(r["mean"], r["ci"]) + exact, _subjects(r),
+                          str(r["n_seeds"]), _steps(r))
         console.print(table)
+        if any(r.get("ci_method") == EXACT_METHOD for r in rows):
+            console.print("* exact Clopper-Pearson interval of the seed-mean count of correct subjects")
         pairs = [p for p in result.paired if p["metric"] == metric]
         if pairs:
-            table = Table(title=f"paired difference (same fraction and seed), {metric}")
-            for col in ("ssl arm", "minus", "fraction", "mean diff [95% CI]", "n", "ssl wins"):
-                table.add_column(col)
+            table = Table(title=f"paired difference (same test subjects, seeds and resamples), {metric}")
+            for col in ("comparison", "labels", "mean diff [95% CI]", "test subjects", "wins"):
+                table.add_column(col, justify="left" if col == "comparison" else "right",
+                                 no_wrap=col != "test subjects")
             for p in pairs:
-                table.add_row(p["arm"], p["baseline"], f"{p['fraction']:g}", _fmt(p["mean"], p["ci"], signed=True),
-                              str(p["n"]), str(p["wins"]))
+                table.add_row(f"{p['arm']} - {p['baseline']}", _labels(p["fraction"]),
+                              _fmt(p["mean"], p["ci"], signed=True), _subjects(p), f"{p['wins']}/{p['n_seeds']}")
             console.print(table)
+    notes = dict.fromkeys(r["note"] for r in [*result.summary, *result.paired] if r.get("note"))
+    for note in notes:
+        console.print(f"[yellow]note: {note}[/]")
+    console.print(f"intervals: {result.interval}. {result.pretraining[:1].upper()}{result.pretraining[1:]}.")

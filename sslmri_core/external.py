@@ -10,8 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from rich.markup import escape
+
 from sslmri_core.config import FinetuneConfig, from_dict
 from sslmri_core.data import load_folder
+from sslmri_core.groups import GROUP_SIZE, ContentIndex
 from sslmri_core.store import RunStore
 
 SPLIT = "test"  # the external folder is all test: metrics are test_*, like a finetune run's
@@ -26,6 +29,8 @@ class ExternalResult:
     usable: int
     unusable: list[dict[str, str]]
     out_dir: str
+    overlap: list[str]  # images that copy (exactly or nearly) the model's training or SSL images
+    overlap_excluded: int  # of those, left out of the score (0 with keep_overlap)
 
 
 def match_classes(found: list[str], model_classes: list[str], root: str) -> dict[str, str]:
@@ -61,11 +66,33 @@ def _model_run(store: RunStore, run_id: int) -> tuple[Any, dict[str, Any]]:
     return record, checkpoint
 
 
+def seen_index(store: RunStore, record: Any, cfg: FinetuneConfig) -> ContentIndex:
+    """What the model of ``record`` has seen, by content: its train and val images (thumbnails from
+    its data folder; file hashes alone when that folder is gone) and its SSL encoder's pool."""
+    from sslmri_core.ingest import build_manifest
+    from sslmri_core.pretrain import pool_index
+
+    seen = {key: h for key, split, h, _ in store.split_content(record.id) if split in ("train", "val")}
+    parts = []
+    root = store.params(record.id).get("data_root")
+    if root and Path(root).is_dir():
+        manifest, thumbs = build_manifest(root, GROUP_SIZE, cfg.subject_pattern, cfg.class_map)
+        rows = [i for i, r in enumerate(manifest.usable) if r.key in seen]
+        parts.append(ContentIndex.build([manifest.usable[i].content_hash for i in rows], thumbs[rows]))
+    else:
+        parts.append(ContentIndex.hashes_only([h for h in seen.values() if h]))
+    if cfg.from_run is not None:
+        parts.append(pool_index(store, cfg.from_run))
+    return ContentIndex.concat(parts)
+
+
 def evaluate_external(
     store: RunStore, run_id: int, data_dir: str | Path, *, bootstrap: int | None = None, out: str | None = None,
+    keep_overlap: bool = False,
 ) -> ExternalResult:
-    """Score run ``run_id``'s selected weights on every usable image of ``data_dir``; store an
-    ``evaluate`` run (parent: the model's run) with metrics, intervals, confusions and predictions."""
+    """Score run ``run_id``'s selected weights on the usable images of ``data_dir`` that are not copies
+    of what the model saw (its train/val images, its SSL pool; all of them with ``keep_overlap``);
+    store an ``evaluate`` run (parent: the model's run) with metrics, intervals, confusions and predictions."""
     import torch
 
     from sslmri_core.evaluate import evaluate_split
@@ -87,6 +114,15 @@ def evaluate_external(
     n_boot = cfg.bootstrap if bootstrap is None else bootstrap
     if n_boot < 0:
         raise ValueError(f"--bootstrap must be 0 or more, got {n_boot}")
+    assert data.thumbs is not None
+    copies = seen_index(store, record, cfg).matches([it.content_hash for it in data.items], data.thumbs)
+    overlap = [data.items[i].key for i in np.flatnonzero(copies)]
+    scored = np.arange(len(data.items)) if keep_overlap else np.flatnonzero(~copies)
+    if len(scored) == 0:
+        raise ValueError(f"--data {root}: all {len(data.items)} images copy images model run {run_id} trained, "
+                         "selected or pretrained on; nothing is left to score (--keep-overlap scores them anyway)")
+    reasons = [f"{len(overlap)} scored image(s) copy the model's training or SSL images (--keep-overlap)"] \
+        if keep_overlap and overlap else []
 
     model = Classifier(create_encoder(cfg.model), len(classes))
     model.load_state_dict(checkpoint["model"])
@@ -94,27 +130,34 @@ def evaluate_external(
     precision = resolve_precision(cfg.precision, device)
     config = {"model_run": run_id, "data": root, "bootstrap": n_boot, "model": cfg.model,
               "image_size": cfg.image_size, "classes": classes, "class_map": cfg.class_map,
-              "subject_pattern": cfg.subject_pattern, "out": out or cfg.out}
+              "subject_pattern": cfg.subject_pattern, "out": out or cfg.out, "keep_overlap": keep_overlap}
     eval_id = store.start_run("evaluate", config, task=record.task, parent_run_id=run_id, device=device_name(device))
     out_dir = Path(out or cfg.out).resolve() / f"run-{eval_id}"
     store.update_run(eval_id, out_dir=str(out_dir))
     with store.track(eval_id):
         store.log_params(eval_id, {
             "model_run": run_id, "data_root": root, "dataset": store.save_manifest(data.manifests[0]),
-            "n_files": report["files"], "n_test": len(data.items), "n_unusable": len(report["unusable"]),
-            "split_level": "subject" if all(s is not None for s in data.subjects) else "image",
+            "n_files": report["files"], "n_test": len(scored), "n_unusable": len(report["unusable"]),
+            "split_level": data.grouping.level if data.grouping else None, "overlap": len(overlap),
+            "overlap_excluded": 0 if keep_overlap else len(overlap),
+            "leakage_prone": bool(reasons), "leakage_reasons": json.dumps(reasons),
             "classes": json.dumps(classes), "precision": precision,
         })
         write_unusable(out_dir, data.unusable)
-        console.print(f"evaluate run {eval_id}: model run {run_id} ({cfg.model} at {cfg.image_size}px) on {root}: "
-                      f"{len(data.items)} images, {len(report['unusable'])} of {report['files']} files unusable")
+        write_unusable(out_dir, [(key, "copies an image the model trained, selected or pretrained on")
+                                 for key in overlap], "overlap.tsv")
+        console.print(escape(
+            f"evaluate run {eval_id}: model run {run_id} ({cfg.model} at {cfg.image_size}px) on {root}: "
+            f"{len(scored)} images scored, {len(overlap)} overlapping the model's training or SSL images "
+            f"({'kept' if keep_overlap else 'left out, listed in overlap.tsv'}), "
+            f"{len(report['unusable'])} of {report['files']} files unusable"))
         trainer = _Trainer(cfg, data, model.to(device), device, precision)
-        idx = np.arange(len(data.items))
+        idx = scored
         with torch.no_grad():
             probs = trainer.predict(idx)
-        result = evaluate_split(data.labels, probs, data.subjects, classes, SPLIT, n_boot=n_boot, seed=0,
-                                n_bins=cfg.ece_bins)
+        result = evaluate_split(data.labels[idx], probs, [data.subjects[int(i)] for i in idx], classes, SPLIT,
+                                n_boot=n_boot, seed=0, n_bins=cfg.ece_bins)
         store.log_metrics(eval_id, result.metrics)
         log_evaluation(store, eval_id, data, idx, probs, result, SPLIT)
     return ExternalResult(eval_id, run_id, result.metrics, int(report["files"]), int(report["usable"]),
-                          list(report["unusable"]), str(out_dir))
+                          list(report["unusable"]), str(out_dir), overlap, 0 if keep_overlap else len(overlap))

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from rich.markup import escape
 
 from sslmri_core.augment import augment_batch, normalize, to_float
 from sslmri_core.config import FinetuneConfig, PretrainConfig, from_dict, to_dict, with_overrides
@@ -37,11 +41,12 @@ from sslmri_core.runtime import (
     run_file,
     seed_everything,
 )
-from sslmri_core.splits import Split, label_subset, make_split
+from sslmri_core.splits import SPLIT_UNITS, Split, label_subset, split_for
 from sslmri_core.store import Heartbeat, RunStore
 
 INITS = ("ssl", "scratch", "imagenet")
 MODES = ("linear", "full")
+EVAL_POINTS = 10  # validation passes per run (evenly spaced in steps); the best one's weights are kept
 
 
 def resolve_finetune_config(store: RunStore, **overrides: Any) -> FinetuneConfig:
@@ -80,6 +85,11 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         (cfg.labels_per_class is None or cfg.label_fraction == 1.0,
          "--labels-per-class and --label-fraction exclude each other"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.steps is None or cfg.steps >= 1, f"--steps must be at least 1, got {cfg.steps}"),
+        (cfg.min_steps >= 0, f"--min-steps must be 0 or more, got {cfg.min_steps}"),
+        (0.0 <= cfg.warmup_share <= 0.5, f"warmup_share must be in [0, 0.5], got {cfg.warmup_share}"),
+        (cfg.split_unit in SPLIT_UNITS, f"split_unit must be one of {', '.join(SPLIT_UNITS)}, got {cfg.split_unit!r}"),
+        (cfg.folds is None or cfg.fold is not None, "--folds needs the fold this run tests (fold)"),
         (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
@@ -102,16 +112,24 @@ def load_finetune_data(cfg: FinetuneConfig) -> ImageSet:
 
 
 def split_data(data: ImageSet, cfg: FinetuneConfig) -> tuple[Split, np.ndarray]:
-    """The subject-level split (or the given one) and the labelled part of train for the label budget."""
-    split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, cfg.use_given_split,
-                       data.hashes)
+    """The group split (a fold of it, or the checked given split) and the labelled part of train."""
+    split = split_for(data, cfg.split_seed, use_given=cfg.use_given_split, allow_leaky=cfg.allow_leaky_split,
+                      unit=cfg.split_unit, folds=cfg.folds, fold=cfg.fold)
     if len(split.val) == 0 or len(split.test) == 0:
         raise ValueError(
             f"too few subjects to split {data.root} into train/val/test "
-            f"(train {len(split.train)}, val {len(split.val)}, test {len(split.test)} images)"
+            f"(train {len(split.train)}, val {len(split.val)}, test {len(split.test)} images); "
+            "a small cohort wants subject-level cross-validation: experiment --folds K"
         )
-    labeled = label_subset(split.train, data.labels, data.subjects, cfg.label_fraction, cfg.seed, cfg.labels_per_class)
+    labeled = label_subset(split.train, data.labels, split.groups, cfg.label_fraction, cfg.seed, cfg.labels_per_class)
     return split, labeled
+
+
+def plan_steps(cfg: FinetuneConfig, n_labeled: int) -> int:
+    """Optimiser steps of a run: ``--steps``, else epochs x batches per epoch, never fewer than ``min_steps``."""
+    if cfg.steps is not None:
+        return cfg.steps
+    return max(cfg.min_steps, cfg.epochs * math.ceil(n_labeled / cfg.batch_size))
 
 
 def arm_name(cfg: FinetuneConfig) -> str:
@@ -154,46 +172,55 @@ def _parent_encoder(cfg: FinetuneConfig, store: RunStore) -> dict[str, Any] | No
 
 
 def _split_params(data: ImageSet, split: Split, labeled: np.ndarray) -> dict[str, Any]:
+    grouping = data.grouping
     return {
         "data_root": data.root,
         "classes": json.dumps(data.classes),
         "split_level": split.level,
+        "split_source": split.source,
+        "images_without_subject": grouping.images_without_subject if grouping else None,
         "n_train": len(split.train),
         "n_labeled": len(labeled),
         "n_val": len(split.val),
         "n_test": len(split.test),
+        "n_test_groups": split.n_groups("test"),
         "n_unusable": len(data.unusable),
     }
 
 
-def _split_rows(data: ImageSet, split: Split, labeled: np.ndarray) -> list[dict[str, Any]]:
-    """Every image's split, for the store (``labeled`` marks the label budget inside train)."""
-    names = split.assignment(len(data.items))
-    chosen = set(labeled.tolist())
-    return [{"key": it.key, "subject": it.subject, "split": name, "labeled": i in chosen}
+def split_rows(data: ImageSet, split: Split, labeled: np.ndarray | None = None,
+               names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every image's split (or ``names``) with its content hash and group, for the store
+    (``labeled`` marks the label budget inside train)."""
+    names = names or split.assignment(len(data.items))
+    chosen = set(labeled.tolist()) if labeled is not None else set()
+    return [{"key": it.key, "subject": it.subject, "split": name, "labeled": i in chosen,
+             "content_hash": it.content_hash, "group_key": split.groups[i]}
             for i, (it, name) in enumerate(zip(data.items, names))]
 
 
-def _pool_overlap(store: RunStore, from_run: int | None, data: ImageSet, split: Split) -> int:
-    """How many of this split's test images the SSL run pretrained on."""
-    if from_run is None:
-        return 0
-    pool = store.split_of(from_run)
-    return sum(pool.get(data.items[int(i)].key) == "pool" for i in split.test)
+def pool_overlap(store: RunStore, from_run: int, data: ImageSet, idx: np.ndarray, groups: list[str]) -> tuple[int, int]:
+    """``(groups, images)`` of ``data[idx]`` that the SSL run ``from_run`` pretrained on, compared by
+    content (exact or near copy), whatever their paths."""
+    from sslmri_core.pretrain import pool_index
+
+    index = pool_index(store, from_run)
+    assert data.thumbs is not None
+    found = index.matches([data.items[int(i)].content_hash for i in idx], data.thumbs[idx])
+    return len({groups[int(i)] for i in idx[found]}), int(found.sum())
 
 
-def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, labeled: np.ndarray, device: torch.device, precision: str) -> None:
-    console.print(
+def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, labeled: np.ndarray,
+              device: torch.device, precision: str, steps: int) -> None:
+    console.print(escape(
         f"finetune run {run_id}: {cfg.init}/{cfg.mode} {cfg.model} at {cfg.image_size}px, task {cfg.task}, "
-        f"{len(data.classes)} classes; train {len(labeled)}/{len(split.train)} labelled, val {len(split.val)}, "
-        f"test {len(split.test)} images ({len(data.unusable)} unusable) on {device_name(device)}, {precision}"
-    )
-    if split.level == "image":
-        console.print(
-            "[bold red]WARNING: no subject ids in the file names: the split is image-level, so slices of one "
-            "patient can land in train and test. Results are leakage-prone (recorded with the run); "
-            "pass --subject-pattern REGEX if the names carry an id.[/]"
-        )
+        f"{len(data.classes)} classes; split by {split.level} ({split.source}): train {len(labeled)}/{len(split.train)} "
+        f"labelled, val {len(split.val)}, test {len(split.test)} images in {split.n_groups('test')} groups "
+        f"({len(data.unusable)} unusable); {steps} optimiser steps on {device_name(device)}, {precision}"
+    ))
+    if "test" in data.given_splits and not cfg.use_given_split and cfg.folds is None:
+        console.print("note: the folder's own Training/Testing split is not used: its images are pooled and split by "
+                      "group (pass --use-given-split to keep it; it is checked for leaks)")
 
 
 def _class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -220,43 +247,47 @@ def finetune(
     split, labeled = split_data(data, cfg)
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
+    overlap = pool_overlap(store, cfg.from_run, data, split.test, split.groups) if cfg.from_run is not None else (0, 0)
+    reasons = list(split.reasons)
+    if overlap[0]:
+        reasons.append(f"{overlap[0]} test group(s) ({overlap[1]} images) were in the SSL pretraining pool of run "
+                       f"{cfg.from_run} (compared by content)")
+    steps = plan_steps(cfg, len(labeled))
     run_id = store.start_run(
         "finetune", to_dict(cfg), task=cfg.task, device=device_name(device),
         parent_run_id=parent_run_id if parent_run_id is not None else cfg.from_run,
     )
     out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
     store.update_run(run_id, out_dir=str(out_dir))
-    overlap = _pool_overlap(store, cfg.from_run, data, split)
     class_weights = _class_weights(data.labels[labeled], len(data.classes)) if cfg.class_weighted else None
     store.log_params(run_id, {
-        **_split_params(data, split, labeled), "precision": precision, "ssl_pool_test_overlap": overlap,
-        "dataset": store.save_manifest(data.manifests[0]),
+        **_split_params(data, split, labeled), "precision": precision,
+        "ssl_pool_test_overlap": overlap[0], "ssl_pool_test_overlap_images": overlap[1],
+        "leakage_prone": bool(reasons), "leakage_reasons": json.dumps(reasons),
+        "dataset": store.save_manifest(data.manifests[0]), "optimizer_steps": steps,
         "arm": arm_name(cfg), "fraction": cfg.label_fraction, "seed": cfg.seed, "label_count": len(labeled),
         "labels_per_class": cfg.labels_per_class, "from_run": cfg.from_run, "experiment_run": cfg.experiment_run,
+        "fold": cfg.fold, "folds": cfg.folds,
         "class_weights": json.dumps(None if class_weights is None else [round(float(w), 4) for w in class_weights]),
     })
-    store.log_split(run_id, _split_rows(data, split, labeled))
+    store.log_split(run_id, split_rows(data, split, labeled))
     write_unusable(out_dir, data.unusable)
-    _announce(cfg, run_id, data, split, labeled, device, precision)
-    if overlap:
-        console.print(
-            f"[bold red]WARNING: {overlap} test image(s) of this split were in the pretraining pool of run "
-            f"{cfg.from_run}: the SSL encoder has seen them (recorded as ssl_pool_test_overlap). Pretrain with "
-            "the same --split-seed (and, with --use-given-split, on a folder with a Testing split) to avoid it.[/]"
-        )
+    _announce(cfg, run_id, data, split, labeled, device, precision, steps)
+    for reason in reasons:
+        console.print(f"[bold red]leakage-prone: {escape(reason)}[/]")
     with store.track(run_id):
         seed_everything(cfg.seed)  # the classifier head (and a scratch encoder) start from the run's seed
         model = _build_model(cfg, len(data.classes), encoder_state).to(device)
         trainer = _Trainer(cfg, data, model, device, precision, class_weights)
         trainer.beat = Heartbeat(store, run_id)
-        best_epoch = trainer.fit(labeled, split.val, store, run_id, show_progress)
+        best_step, best_epoch = trainer.fit(labeled, split.val, store, run_id, show_progress, steps)
         metrics = _final_evaluation(trainer, data, split, store, run_id)
-        metrics["best_epoch"] = float(best_epoch)
-        store.log_metrics(run_id, {"best_epoch": float(best_epoch)})
+        metrics.update(best_epoch=float(best_epoch), best_step=float(best_step))
+        store.log_metrics(run_id, {"best_epoch": float(best_epoch), "best_step": float(best_step)})
         checkpoint = out_dir / "checkpoint.pt"
         atomic_save(
             {"kind": "finetune", "run_id": run_id, "config": to_dict(cfg), "classes": data.classes,
-             "best_epoch": best_epoch, "model": model.state_dict()},
+             "best_epoch": best_epoch, "best_step": best_step, "model": model.state_dict()},
             checkpoint,
         )
         store.update_run(run_id, checkpoint_path=str(checkpoint))
@@ -310,23 +341,19 @@ class _Trainer:
         return F.softmax(self.model.fc(feats.to(self.device)), dim=1).cpu().numpy()
 
     # -- training -------------------------------------------------------------------------------
-    def _train_epoch_linear(self, idx: np.ndarray, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
-        if self._features is None:  # the frozen encoder's features never change: compute once
-            self._features = self.encode(idx)
-        self.model.fc.train()
+    def _epoch_losses(self, idx: np.ndarray) -> Iterator[torch.Tensor]:
+        """One shuffled pass over ``idx``: the loss of each batch (a frozen encoder's features are computed once)."""
         order = torch.randperm(len(idx), generator=self.gen)
-        losses = []
-        for b in range(0, len(idx), self.cfg.batch_size):
-            sel = order[b : b + self.cfg.batch_size]
-            logits = self.model.fc(self._features[sel].to(self.device))
-            loss = F.cross_entropy(logits, self.labels[idx][sel].to(self.device), weight=self.class_weights)
-            losses.append(self._step(loss, optimizer, scheduler))
-        return float(np.mean(losses))
-
-    def _train_epoch_full(self, idx: np.ndarray, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
+        if self.cfg.mode == "linear":
+            if self._features is None:
+                self._features = self.encode(idx)
+            self.model.fc.train()
+            for b in range(0, len(idx), self.cfg.batch_size):
+                sel = order[b : b + self.cfg.batch_size]
+                logits = self.model.fc(self._features[sel].to(self.device))
+                yield F.cross_entropy(logits, self.labels[idx][sel].to(self.device), weight=self.class_weights)
+            return
         self.model.train()
-        order = torch.randperm(len(idx), generator=self.gen)
-        losses = []
         for b in range(0, len(idx), self.cfg.batch_size):
             sel = idx[order[b : b + self.cfg.batch_size].numpy()]
             if len(sel) < 2:
@@ -335,9 +362,7 @@ class _Trainer:
             x = normalize(augment_batch(x, self.cfg.augment, self.gen)).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
                 logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), self.labels[sel].to(self.device), weight=self.class_weights)
-            losses.append(self._step(loss, optimizer, scheduler))
-        return float(np.mean(losses)) if losses else float("nan")
+            yield F.cross_entropy(logits.float(), self.labels[sel].to(self.device), weight=self.class_weights)
 
     def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -354,32 +379,46 @@ class _Trainer:
         groups += [{**g, "lr": cfg.lr * cfg.encoder_lr_scale} for g in param_groups(self.model.encoder, cfg.weight_decay)]
         return [g for g in groups if g["params"]]
 
-    def fit(self, train: np.ndarray, val: np.ndarray, store: RunStore, run_id: int, show_progress: bool) -> int:
-        """Train for ``epochs``, keep the weights with the best validation balanced accuracy; return that epoch."""
+    def fit(self, train: np.ndarray, val: np.ndarray, store: RunStore, run_id: int, show_progress: bool,
+            steps: int) -> tuple[int, int]:
+        """Train for ``steps`` optimiser steps (as many passes as that takes), score val at EVAL_POINTS
+        evenly spaced steps and keep the weights with the best validation balanced accuracy.
+        Returns that ``(step, epoch)``."""
         cfg = self.cfg
-        steps = cfg.epochs * max(1, -(-len(train) // cfg.batch_size))
+        if cfg.mode == "full" and len(train) < 2:
+            raise ValueError(f"fine-tuning needs at least 2 labelled images, got {len(train)}: raise --label-fraction")
         optimizer = torch.optim.AdamW(self.param_groups(), lr=cfg.lr)
-        scheduler = warmup_cosine(optimizer, 0, steps)
-        train_epoch = self._train_epoch_linear if cfg.mode == "linear" else self._train_epoch_full
-        best = (-1.0, 0, copy.deepcopy(self.model.state_dict()))
+        scheduler = warmup_cosine(optimizer, round(cfg.warmup_share * steps), steps)
+        every = max(1, math.ceil(steps / EVAL_POINTS))
+        best = (-1.0, 0, 0, copy.deepcopy(self.model.state_dict()))
         y_val = self.labels[val].numpy()
+        step, epoch, losses = 0, 0, []
         with make_progress(show_progress) as progress:
-            bar = progress.add_task(f"finetune ({cfg.init}/{cfg.mode})", total=cfg.epochs, info="", ips=0.0)
-            for epoch in range(cfg.epochs):
-                start = time.perf_counter()
-                train_loss = train_epoch(train, optimizer, scheduler)
-                ips = len(train) / (time.perf_counter() - start)
-                val_eval = evaluate_probs(y_val, self.predict(val, cache_as="val"), self.classes, "val")
-                headline = {k: val_eval.metrics[k] for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")}
-                store.log_metrics(run_id, {"train_loss": train_loss, **headline}, step=epoch + 1, epoch=epoch)
-                if headline["val_balanced_accuracy"] > best[0]:
-                    best = (headline["val_balanced_accuracy"], epoch, copy.deepcopy(self.model.state_dict()))
-                progress.update(
-                    bar, advance=1, ips=ips,
-                    info=f"loss {train_loss:.3f} val bal.acc {headline['val_balanced_accuracy']:.3f}",
-                )
-        self.model.load_state_dict(best[2])
-        return best[1]
+            bar = progress.add_task(f"finetune ({cfg.init}/{cfg.mode})", total=steps, info="", ips=0.0)
+            start = time.perf_counter()
+            while step < steps:
+                before = step
+                for loss in self._epoch_losses(train):
+                    losses.append(self._step(loss, optimizer, scheduler))
+                    step += 1
+                    if step % every and step < steps:
+                        continue
+                    ips = len(losses) * cfg.batch_size / (time.perf_counter() - start)
+                    val_eval = evaluate_probs(y_val, self.predict(val, cache_as="val"), self.classes, "val")
+                    headline = {k: val_eval.metrics[k] for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")}
+                    store.log_metrics(run_id, {"train_loss": float(np.mean(losses)), **headline}, step=step, epoch=epoch)
+                    if headline["val_balanced_accuracy"] > best[0]:
+                        best = (headline["val_balanced_accuracy"], step, epoch, copy.deepcopy(self.model.state_dict()))
+                    progress.update(bar, completed=step, ips=ips, info=f"loss {np.mean(losses):.3f} "
+                                    f"val bal.acc {headline['val_balanced_accuracy']:.3f}")
+                    losses, start = [], time.perf_counter()
+                    if step >= steps:
+                        break
+                if step == before:
+                    raise ValueError("no batch of at least 2 images to train on: raise --batch-size or --label-fraction")
+                epoch += 1
+        self.model.load_state_dict(best[3])
+        return best[1], best[2]
 
 
 def _final_evaluation(trainer: _Trainer, data: ImageSet, split: Split, store: RunStore, run_id: int) -> dict[str, float]:

@@ -52,11 +52,27 @@ from sslmri_core.runtime import (
     set_rng_state,
 )
 from sslmri_core.simclr import forward_loss, optimizer_step
-from sslmri_core.splits import make_split
+from sslmri_core.groups import ContentIndex
+from sslmri_core.splits import split_for
 from sslmri_core.store import Heartbeat, RunStore
 
 # Kept importable from here (tests patch ``sslmri_core.pretrain.nt_xent`` to force a NaN loss).
 from sslmri_core.losses import nt_xent  # noqa: E402,F401  isort: skip
+
+
+POOL_CONTENT = "pool_content.npz"  # in the run folder: the SSL pool by content (see groups.ContentIndex)
+
+
+def pool_index(store: RunStore, run_id: int) -> ContentIndex:
+    """The content of pretraining run ``run_id``'s pool: from its run folder, else (older runs, a
+    moved folder) the file hashes kept in the store, which find exact copies only."""
+    record = store.get_run(run_id)
+    if record.out_dir and (Path(record.out_dir) / POOL_CONTENT).is_file():
+        return ContentIndex.load(run_file(Path(record.out_dir) / POOL_CONTENT, record.out_dir, "SSL pool content"))
+    hashes = [h for _, split, h, _ in store.split_content(run_id) if split == "pool" and h]
+    console.print(f"note: run {run_id} has no {POOL_CONTENT}: its SSL pool is compared by file hash only "
+                  "(near copies are not found)")
+    return ContentIndex.hashes_only(hashes)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -121,9 +137,10 @@ def load_pretrain_pool(cfg: PretrainConfig) -> tuple[ImageSet, list[str], list[s
     roots = cfg.data or [str(builtin_root("pretrain"))]
     sets, roles, splits = [], [], []
     for root in roots:
-        data = load_folder(root, cfg.image_size, cfg.subject_pattern)
-        use_given = bool(cfg.data) and any(data.given_splits)
-        split = make_split(data.labels, data.subjects, data.given_splits, cfg.split_seed, use_given, data.hashes)
+        data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map)
+        # The very split fine-tuning draws with the same settings: its val/test groups stay out of the pool.
+        split = split_for(data, cfg.split_seed, use_given=cfg.use_given_split, allow_leaky=cfg.allow_leaky_split,
+                          folds=cfg.folds, fold=cfg.fold)
         names = split.assignment(len(data.items))
         role = ["pool"] * len(data.items)
         if cfg.data and cfg.exclude_test:
@@ -162,12 +179,17 @@ def monitor_set(found: ImageSet, pool: np.ndarray, splits: list[str], cfg: Pretr
     return MonitorSet(labels, bank, queries, len(found.classes))
 
 
-def write_unusable(out_dir: Path, unusable: list[tuple[str, str]]) -> None:
-    """Keep the list of files that were not used, with their reasons, beside the run's outputs."""
+def write_unusable(out_dir: Path, unusable: list[tuple[str, str]], name: str = "unusable.tsv") -> None:
+    """Keep the list of files that were not used, with their reasons, beside the run's outputs
+    (tab-separated; the csv module quotes names holding tabs, quotes or newlines)."""
+    import csv
+
     if unusable:
         out_dir.mkdir(parents=True, exist_ok=True)
-        lines = ["path\treason"] + [f"{p}\t{r}" for p, r in unusable]
-        (out_dir / "unusable.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        with (out_dir / name).open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+            writer.writerow(["path", "reason"])
+            writer.writerows(unusable)
 
 
 def _load_pool_ranked(
@@ -215,8 +237,10 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
         ("each folder's train split only" if cfg.exclude_test and cfg.exclude_val else
          "without each folder's test split" if cfg.exclude_test else "all images, test splits included"),
     })
-    store.log_split(run_id, [{"key": it.key, "subject": it.subject, "split": role, "labeled": False}
-                             for it, role in zip(found.items, roles)])
+    assert found.grouping is not None and found.thumbs is not None
+    store.log_split(run_id, [{"key": it.key, "subject": it.subject, "split": role, "labeled": False,
+                              "content_hash": it.content_hash, "group_key": group}
+                             for it, role, group in zip(found.items, roles, found.grouping.keys)])
     if world.main:
         write_unusable(out_dir, found.unusable)
         console.print(
@@ -226,6 +250,9 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
             + (f" x {world.size} processes" if world.distributed else "") + f", {precision}"
         )
     with store.track(run_id):
+        if world.main:  # the pool by content (hashes, pHashes, 64 px thumbnails): later runs find copies of it
+            ContentIndex.build([found.items[int(i)].content_hash for i in pool],
+                               found.thumbs[pool]).save(out_dir / POOL_CONTENT)
         metrics, checkpoint = _train(cfg, found.images[pool], store, run_id, out_dir, device, precision,
                                      show_progress, _pool_hash(found.items, pool),
                                      monitor=monitor_set(found, pool, splits, cfg), world=world)

@@ -59,7 +59,7 @@ def test_corpus_through_data_check_pretrain_and_finetune(tmp_path: Path, monkeyp
     assert int(params["n_unusable"]) == len(unusable)
     assert _unusable_tsv(pre["out_dir"]) == unusable  # every file it could not use, with the same reason
 
-    code, ft, err = _run(["finetune", "--data", str(root), "--from-run", str(pre["run_id"]), *tiny[4:],
+    code, ft, err = _run(["finetune", "--min-steps", "2", "--data", str(root), "--from-run", str(pre["run_id"]), *tiny[4:],
                           "--db", db, "--out", out, "--json"])
     assert code == 0, err
     params = _params(db, ft["run_id"])

@@ -32,7 +32,7 @@ def test_pretrain_finetune_runs_end_to_end(synth_tumor: Path, tmp_path: Path, mo
     assert pre["kind"] == "pretrain" and pre["status"] == "finished" and Path(pre["checkpoint"]).is_file()
     assert pre["metrics"]["steps"] == 3  # --max-steps stops across epochs
 
-    code, ft, err = _invoke(["finetune", "--data", str(synth_tumor), "--from-run", str(pre["run_id"]),
+    code, ft, err = _invoke(["finetune", "--min-steps", "2", "--data", str(synth_tumor), "--from-run", str(pre["run_id"]),
                              "--epochs", "2", "--no-progress", "--db", db, "--out", out, "--json"])
     assert code == 0, err
     assert ft["kind"] == "finetune" and ft["status"] == "finished"
@@ -74,7 +74,7 @@ def _dashboard_reads_what_training_wrote(db: str, pre_id: int, ft_id: int, monke
 
 def test_finetune_from_scratch_with_a_label_fraction(synth_tumor: Path, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    code, ft, err = _invoke(["finetune", "--data", str(synth_tumor), "--init", "scratch", *TINY, "--epochs", "1",
+    code, ft, err = _invoke(["finetune", "--min-steps", "2", "--data", str(synth_tumor), "--init", "scratch", *TINY, "--epochs", "1",
                              "--label-fraction", "0.3", "--db", db, "--out", str(tmp_path / "r"), "--json"])
     assert code == 0, err
     from sslmri_core.store import RunStore
@@ -179,15 +179,16 @@ def test_pretraining_pool_leaves_out_the_test_subjects(synth_tumor: Path, tmp_pa
         code, pre, err = _invoke(["pretrain", "--data", str(synth_tumor), *TINY, "--max-steps", "1", "--batch-size", "8",
                                   flag, "--db", db, "--out", out, "--json"])
         assert code == 0, err
-        code, ft, err = _invoke(["finetune", "--data", str(synth_tumor), "--from-run", str(pre["run_id"]),
+        code, ft, err = _invoke(["finetune", "--min-steps", "2", "--data", str(synth_tumor), "--from-run", str(pre["run_id"]),
                                  "--epochs", "1", "--no-progress", "--db", db, "--out", out, "--json"])
         assert code == 0, err
         params = _params(store, ft["run_id"])
-        overlaps[flag] = (int(params["ssl_pool_test_overlap"]), int(params["n_test"]), "WARNING" in err)
+        overlaps[flag] = (int(params["ssl_pool_test_overlap_images"]), int(params["n_test"]), "leakage-prone" in err,
+                          int(params["ssl_pool_test_overlap"]), int(params["n_test_groups"]))
         pool = store.split_of(pre["run_id"])
         test_keys = {k for k, v in store.split_of(ft["run_id"]).items() if v == "test"}
         if flag == "--exclude-test":
             assert {pool[k] for k in test_keys} == {"excluded"}
     assert overlaps["--exclude-test"][0] == 0 and not overlaps["--exclude-test"][2]
-    n_test = overlaps["--include-test"][1]
-    assert overlaps["--include-test"] == (n_test, n_test, True)
+    n_test, n_groups = overlaps["--include-test"][1], overlaps["--include-test"][4]
+    assert overlaps["--include-test"] == (n_test, n_test, True, n_groups, n_groups)

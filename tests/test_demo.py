@@ -19,7 +19,7 @@ def test_demo_records_a_pretraining_run_and_every_arm(tmp_path: Path, monkeypatc
     })
     monkeypatch.setenv("SSLMRI_CACHE", str(tmp_path / "cache"))
     store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
-    cfg = DemoConfig(model="test_resnet", image_size=48, pretrain_epochs=1, finetune_epochs=1, batch_size=4)
+    cfg = DemoConfig(model="test_resnet", image_size=48, pretrain_epochs=1, finetune_epochs=1, min_steps=2, batch_size=4)
     results = run_demo(store, out=str(tmp_path / "runs"), cfg=cfg)
     assert all(r.status == "finished" for r in store.list_runs())
     pre, tuned = store.list_runs("pretrain"), store.list_runs("finetune")

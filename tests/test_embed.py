@@ -21,7 +21,7 @@ def trained(synth_tumor: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     code, pre, err = _invoke(["pretrain", "--data", str(synth_tumor), *TINY, "--batch-size", "8", "--max-steps", "1",
                               "--db", db, "--out", out, "--json"])
     assert code == 0, err
-    code, ft, err = _invoke(["finetune", "--data", str(synth_tumor), "--from-run", str(pre["run_id"]), "--epochs", "1",
+    code, ft, err = _invoke(["finetune", "--min-steps", "2", "--data", str(synth_tumor), "--from-run", str(pre["run_id"]), "--epochs", "1",
                              "--batch-size", "8", "--no-progress", "--db", db, "--out", out, "--json"])
     assert code == 0, err
     return db, int(pre["run_id"]), int(ft["run_id"])

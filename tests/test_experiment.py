@@ -9,7 +9,7 @@ import pytest
 from sslmri_core.store import RunStore
 from cli_json import invoke as _invoke
 
-TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--linear-epochs", "2",
+TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--min-steps", "4",
         "--pretrain-epochs", "1", "--bootstrap", "20", "--precision", "fp32", "--no-progress"]
 
 
@@ -60,19 +60,105 @@ def test_grid_children_share_one_split_and_the_summary_pairs_by_seed(synth_tumor
             assert labelled[(arm, 0.5, seed)] < labelled[(arm, 1.0, seed)]
             assert labelled[(arm, 0.5, seed)] == labelled[("scratch", 0.5, seed)]
 
+    steps = {c.id: int(store.params(c.id)["optimizer_steps"]) for c in children}
+    for fraction in (0.5, 1.0):  # one budget per fraction, whatever the arm: never fewer than --min-steps
+        budget = {steps[c.id] for c in children if c.config["label_fraction"] == fraction}
+        assert len(budget) == 1 and budget.pop() >= 4
+    assert out["ssl_pool_test_overlap"] == 0
+
     summary = {(r["arm"], r["fraction"]): r for r in out["summary"] if r["metric"] == "test_balanced_accuracy"}
     assert set(summary) == {(a, f) for a in ("ssl-linear", "scratch") for f in (0.5, 1.0)}
-    for row in summary.values():
-        assert row["n"] == 2 and row["ci"][0] <= row["mean"] <= row["ci"][1]
+    n_test_subjects = len({k.split("/")[-1].split("_")[0] for k in next(iter(test_sets))})
+    final = {c.id: store.final_metrics(c.id)["test_balanced_accuracy"] for c in children}
+    by_cell = {(c.config["arm"], c.config["label_fraction"], c.config["seed"]): final[c.id] for c in children}
+    for (arm, fraction), row in summary.items():
+        assert row["n_seeds"] == 2 and row["n_test_subjects"] == n_test_subjects
+        assert row["steps"] == steps[next(c.id for c in children if c.config["label_fraction"] == fraction)]
+        assert row["mean"] == pytest.approx((by_cell[(arm, fraction, 0)] + by_cell[(arm, fraction, 1)]) / 2)
     paired = [p for p in out["paired"] if p["metric"] == "test_balanced_accuracy"]
     assert {(p["arm"], p["baseline"], p["fraction"]) for p in paired} == {
         ("ssl-linear", "scratch", 0.5), ("ssl-linear", "scratch", 1.0)}
-    final = {c.id: store.final_metrics(c.id)["test_balanced_accuracy"] for c in children}
-    by_cell = {(c.config["arm"], c.config["label_fraction"], c.config["seed"]): final[c.id] for c in children}
     for p in paired:
         diffs = [by_cell[("ssl-linear", p["fraction"], s)] - by_cell[("scratch", p["fraction"], s)] for s in (0, 1)]
-        assert p["mean"] == pytest.approx(sum(diffs) / 2) and p["n"] == 2
+        assert p["mean"] == pytest.approx(sum(diffs) / 2) and p["n_test_subjects"] == n_test_subjects
+        assert len(p["ci"]) == 2
     assert store.results(exp.id)["summary"]["summary"] == out["summary"]
+
+
+def _pool_groups(store: RunStore, run_id: int, side: str) -> set[str]:
+    return {h for _, split, h, _ in store.split_content(run_id) if split == side}
+
+
+def test_a_class_map_pretrains_on_exactly_the_childrens_training_groups(synth_tumor: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _invoke(["experiment", "--data", str(synth_tumor), "--fractions", "1.0", "--seeds", "1",
+                              "--arms", "ssl-linear", "--class-map", "glioma=tumour,meningioma=tumour,pituitary=tumour",
+                              *TINY, "--db", db, "--out", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    store = RunStore(db)
+    (pre,) = _children(store, out["run_id"], "pretrain")
+    (child,) = _children(store, out["run_id"])
+    assert _pool_groups(store, pre.id, "pool") == _pool_groups(store, child.id, "train")  # by content
+    assert not _pool_groups(store, pre.id, "pool") & _pool_groups(store, child.id, "test")
+    assert out["ssl_pool_test_overlap"] == 0
+
+
+def test_folds_test_every_subject_once_with_pretraining_per_fold(synth_tumor: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _invoke(["experiment", "--data", str(synth_tumor), "--folds", "2", "--fractions", "1.0",
+                              "--seeds", "1", "--arms", "ssl-linear,scratch", *TINY, "--db", db,
+                              "--out", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    store = RunStore(db)
+    pretrains = _children(store, out["run_id"], "pretrain")
+    assert out["folds"] == 2 and sorted(r.config["fold"] for r in pretrains) == [0, 1]
+    children = _children(store, out["run_id"])
+    tested: list[str] = []
+    for child in (c for c in children if c.config["arm"] == "scratch"):
+        tested += [k for k, v in store.split_of(child.id).items() if v == "test"]
+        pool_of_fold = next(p for p in pretrains if p.config["fold"] == child.config["fold"])
+        assert _pool_groups(store, pool_of_fold.id, "pool") == _pool_groups(store, child.id, "train")
+    assert sorted(tested) == sorted({k for c in children for k in store.split_of(c.id)})  # each image once
+    subjects = {Path(k).name.split("_")[0] for k in tested}
+    for row in out["summary"]:
+        assert row["n_test_subjects"] == len(subjects) == 20
+
+
+@pytest.mark.parametrize("folds, expected", [("1", "--folds must be at least 2"), ("21", "more than the 20 groups")])
+def test_impossible_folds_are_refused_before_anything_is_stored(
+    synth_tumor: Path, tmp_path: Path, folds: str, expected: str
+) -> None:
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    code, _, err = _invoke(["experiment", "--data", str(synth_tumor), "--folds", folds, *TINY, "--db", db])
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert RunStore(db).list_runs() == []
+
+
+def test_arms_without_ssl_do_not_pretrain(synth_tumor: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _invoke(["experiment", "--data", str(synth_tumor), "--fractions", "1.0", "--seeds", "1",
+                              "--arms", "scratch", *TINY, "--db", db, "--out", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    assert RunStore(db).list_runs("pretrain") == [] and out["pretrain_run"] is None
+
+
+def test_changed_data_is_another_experiment(synth_tumor: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "d"
+    shutil.copytree(synth_tumor, data)
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    args = ["experiment", "--data", str(data), "--fractions", "1.0", "--seeds", "1", "--arms", "scratch", *TINY,
+            "--db", db, "--out", str(tmp_path / "runs"), "--json"]
+    code, first, err = _invoke(args)
+    assert code == 0, err
+    victim = sorted((data / "glioma").glob("*.png"))[0]
+    victim.unlink()  # delete one file and relabel another: the old results no longer describe this folder
+    moved = sorted((data / "glioma").glob("*.png"))[0]
+    moved.rename(data / "meningioma" / moved.name)
+    code, second, err = _invoke(args)
+    assert code == 0, err
+    assert second["run_id"] != first["run_id"] and second["children"] == {"ran": 1, "skipped": 0, "failed": 0}
 
 
 def test_an_interrupted_grid_resumes_where_it_stopped(
@@ -147,10 +233,31 @@ def test_a_folder_without_images_records_no_experiment(tmp_path: Path) -> None:
     assert RunStore(db).list_runs() == []
 
 
-def test_a_folder_with_its_own_test_split_needs_use_given_split(synth_tumor: Path, tmp_path: Path) -> None:
+def test_a_given_split_sharing_subjects_is_refused_and_records_nothing(synth_tumor: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(synth_tumor, tmp_path / "d" / "Training")
+    shutil.copytree(synth_tumor, tmp_path / "d" / "Testing")  # every subject (and image) on both sides
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    code, _, err = _invoke(["experiment", "--data", str(tmp_path / "d"), "--use-given-split", *TINY, "--db", db])
+    assert code == 2 and "20 subject(s)" in err and "--allow-leaky-split" in err and len(err.strip().splitlines()) == 1
+    assert RunStore(db).list_runs() == []
+
+
+def test_without_use_given_split_the_folders_are_pooled_and_split_by_group(synth_tumor: Path, tmp_path: Path) -> None:
     import shutil
 
     shutil.copytree(synth_tumor, tmp_path / "d" / "Training")
     shutil.copytree(synth_tumor, tmp_path / "d" / "Testing")
-    code, _, err = _invoke(["experiment", "--data", str(tmp_path / "d"), *TINY, "--db", f"sqlite:///{tmp_path / 'r.db'}"])
-    assert code == 2 and "--use-given-split" in err
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    code, out, err = _invoke(["experiment", "--data", str(tmp_path / "d"), "--fractions", "1.0", "--seeds", "1",
+                              "--arms", "scratch", *TINY, "--db", db, "--out", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    assert "pooled and split by group" in " ".join(err.split())
+    store = RunStore(db)
+    (child,) = _children(store, out["run_id"])
+    rows = store.split_content(child.id)
+    side_of_content: dict[str, set[str]] = {}
+    for _, split, content, _ in rows:
+        side_of_content.setdefault(content, set()).add(split)
+    assert all(len(sides) == 1 for sides in side_of_content.values())  # a file and its copy: one side

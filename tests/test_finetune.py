@@ -15,7 +15,7 @@ from sslmri_core.config import FinetuneConfig, to_dict
 from sslmri_core.store import RunStore
 from cli_json import invoke as _invoke
 
-TINY = dict(model="test_resnet", image_size=64, batch_size=8, precision="fp32", bootstrap=50)
+TINY = dict(model="test_resnet", image_size=64, batch_size=8, precision="fp32", bootstrap=50, min_steps=0)
 
 
 def _cfg(data: Path, tmp_path: Path, **kw: object) -> FinetuneConfig:
@@ -122,7 +122,7 @@ def test_imagenet_arm_end_to_end_and_encoder_lr_scale(synth_tumor: Path, tmp_pat
     weights = tmp_path / "imagenet.pth"
     state = _imagenet_like_file(weights)
     db = f"sqlite:///{tmp_path / 'runs.db'}"
-    common = ["finetune", "--data", str(synth_tumor), "--init", "imagenet", "--weights", str(weights), "--model", "test_resnet",
+    common = ["finetune", "--data", str(synth_tumor), "--init", "imagenet", "--weights", str(weights), "--model", "test_resnet", "--min-steps", "2",
               "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--bootstrap", "20", "--no-progress",
               "--db", db, "--out", str(tmp_path / "runs"), "--json"]
     deltas = {}
@@ -148,7 +148,7 @@ def test_bad_weights_are_one_clear_line(synth_tumor: Path, tmp_path: Path, setup
         path.write_bytes(b"not a checkpoint")
     elif setup == "other_model":
         torch.save({"fc.weight": torch.zeros(3, 3)}, path)
-    args = ["finetune", "--data", str(synth_tumor), "--init", "imagenet", "--model", "test_resnet",
+    args = ["finetune", "--data", str(synth_tumor), "--init", "imagenet", "--model", "test_resnet", "--min-steps", "2",
             "--db", f"sqlite:///{tmp_path / 'runs.db'}", "--no-progress"]
     if setup != "no_weights":
         args += ["--weights", str(path)]
