@@ -19,7 +19,7 @@ from sslmri_core.config import BUILTIN_SETS, TASKS, SynthConfig, to_dict
 if TYPE_CHECKING:
     from sslmri_core.synth import SynthSummary
 
-BUILTIN_VERSION = "v1"
+BUILTIN_VERSION = "v2"  # v2: subject ids carry the set's seed (the pool and the labelled set never share one)
 
 
 def cache_dir() -> Path:

@@ -15,8 +15,8 @@ z superior); a slice's file index ``zzz`` is its index along the template's z ax
 
 Layout written by :func:`generate`::
 
-    OUT/<task>/<class>/sub-<task><NNNN>_slice-<zzz>.png        (size x size, mode L)
-    OUT/<task>/<class>/sub-<task><NNNN>_slice-<zzz>_mask.png   (0 / 255, empty when healthy)
+    OUT/<task>/<class>/sub-<task>s<seed>c<class>n<NNNN>_slice-<zzz>.png   (size x size, mode L)
+    OUT/<task>/<class>/sub-<task>s<seed>c<class>n<NNNN>_slice-<zzz>_mask.png   (0 / 255, empty when healthy)
     OUT/<task>/synth.json                                       (config + per-subject truth)
 """
 
@@ -992,7 +992,8 @@ def generate(out: Path, config: SynthConfig,
             folder.mkdir(parents=True)
             counts[task][cls] = 0
             for i in range(config.subjects):
-                sid = f"sub-{label}{ci * config.subjects + i + 1:04d}"
+                # what makes a subject (seed, class, index) is in its id: two sets never share an id by accident
+                sid = f"sub-{label}s{config.seed}c{ci}n{i + 1:04d}"
                 subject = _make_subject(task, cls, i, sid, config)
                 files = _write_subject(subject, folder, config.size)
                 counts[task][cls] += len(files)

@@ -18,7 +18,7 @@ SIZE = 64
 HEALTHY = {
     "tumor": "notumor", "alzheimer": "Non Demented", "parkinsons": "normal", "ms": "no_lesion",
 }
-NAME = re.compile(r"^(sub-[a-z]+\d{4})_slice-(\d{3})\.png$")
+NAME = re.compile(r"^(sub-[a-z]+s\d+c\d+n\d{4})_slice-(\d{3})\.png$")
 
 
 def _images(folder: Path) -> list[Path]:
@@ -71,6 +71,7 @@ def test_lesion_classes_have_masks_on_every_slice(full: tuple[Path, SynthSummary
     for task, classes in TASKS.items():
         for cls in classes:
             areas = [_mask_area(p) for p in _images(out / task / cls)]
+            assert len(areas) == 4, (task, cls)
             if cls == HEALTHY[task]:
                 assert all(a == 0 for a in areas), (task, cls, areas)
             else:
@@ -124,11 +125,17 @@ def test_same_seed_same_bytes_new_seed_new_images(tmp_path: Path) -> None:
     def files(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.*"))}
 
-    assert files(tmp_path / "a") == files(tmp_path / "b")
+    assert files(tmp_path / "a") == files(tmp_path / "b") and len(files(tmp_path / "a")) == 4 * 2 * 2 + 1
+    from sslmri_core.audit import pixel_correlation
+
     for cls in TASKS["tumor"]:
         first = [np.asarray(Image.open(p)) for p in _images(tmp_path / "a" / "tumor" / cls)]
         other = [np.asarray(Image.open(p)) for p in _images(tmp_path / "c" / "tumor" / cls)]
-        assert not np.array_equal(first[0], other[0]), cls
+        assert len(first) == len(other) == 2, cls
+        # Another subject, not the same one with other noise: no slice is a near copy (the audit's rule).
+        images = np.stack(first + other)
+        a, b = np.meshgrid([0, 1], [2, 3], indexing="ij")
+        assert pixel_correlation(images, a.ravel(), b.ravel()).max() < 0.96, cls
 
 
 def test_subjects_do_not_depend_on_other_tasks(full: tuple[Path, SynthSummary],
@@ -139,7 +146,7 @@ def test_subjects_do_not_depend_on_other_tasks(full: tuple[Path, SynthSummary],
     for cls in TASKS["parkinsons"]:
         alone = _images(tmp_path / "parkinsons" / cls)
         within_all = _images(out / "parkinsons" / cls)
-        assert [p.name for p in alone] == [p.name for p in within_all]
+        assert [p.name for p in alone] == [p.name for p in within_all] and len(alone) == 4
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(alone, within_all))
 
 
