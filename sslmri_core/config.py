@@ -205,7 +205,7 @@ class GradcamConfig:
     run: int | None = None  # the fine-tuning run whose checkpoint is explained
     split: str = "test"  # train | val | test of that run's stored split
     method: str = "gradcam"  # gradcam | gradcam++ | hirescam | eigencam | layercam | scorecam
-    target_layer: str | None = None  # module name; None: the encoder's last stage
+    target_layer: str | None = None  # module name; None: the deepest stage with an 8x8 map or more
     target_class: str | None = None  # class name; None: each scan's predicted class
     limit: int | None = None  # at most this many scans (in split order)
     threshold: float = 0.5  # activation area = share of the normalised map at or above this

@@ -57,25 +57,34 @@ def _raw_capturing(method: str) -> type:
 
 
 # -- target layers ------------------------------------------------------------------------------
-def default_target_layer(model: nn.Module) -> str:
-    """Name of the encoder's last stage inside a :class:`~sslmri_core.models.Classifier` (``encoder.layer4`` for ResNets)."""
+MIN_CAM_SIDE = 8  # the default layer's map has at least this many cells a side at the model's input size
+
+
+def default_target_layer(model: nn.Module, image_size: int | None = None) -> str:
+    """Name of the deepest encoder stage inside a :class:`~sslmri_core.models.Classifier` whose map is at
+    least MIN_CAM_SIDE cells a side at ``image_size`` (ResNets: ``layer2`` at 64-96 px, ``layer3`` at
+    128-255, ``layer4`` from 256); the last stage when the size is unknown.
+
+    The last stage of a ResNet is 2x2 at 64 px and 4x4 at 128 px: upsampled, such a map is a few flat
+    plateaus, and its peak (the first pixel of a plateau) lands in a corner."""
     encoder = getattr(model, "encoder", model)
     prefix = "encoder." if encoder is not model else ""
     info = getattr(encoder, "feature_info", None)
     if info:
-        last = info[-1]
-        name = last["module"] if isinstance(last, dict) else info.module_name(-1)
-        return prefix + name
+        stages = [(s["module"], s.get("reduction", 1)) for s in info] if isinstance(info, list) else \
+            [(info.module_name(i), info.reduction(i)) for i in range(len(info))]
+        fine = [name for name, reduction in stages if image_size is None or image_size // reduction >= MIN_CAM_SIDE]
+        return prefix + (fine[-1] if fine else stages[0][0])
     convs = [n for n, m in encoder.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("--target-layer: the model has no convolution layer to explain; name one")
     return prefix + convs[-1]
 
 
-def resolve_target_layer(model: nn.Module, name: str | None) -> str:
+def resolve_target_layer(model: nn.Module, name: str | None, image_size: int | None = None) -> str:
     """The full module name for ``name`` (``layer4`` or ``encoder.layer4``), or the default."""
     if name is None:
-        return default_target_layer(model)
+        return default_target_layer(model, image_size)
     modules = dict(model.named_modules())
     for candidate in (name, f"encoder.{name}"):
         if candidate and candidate in modules:
@@ -204,7 +213,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, pr
     model = model.to(device).eval().to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedModel(model, classes, int(cfg.image_size), resolve_target_layer(model, target_layer), run_id,
+    return LoadedModel(model, classes, int(cfg.image_size), resolve_target_layer(model, target_layer, int(cfg.image_size)), run_id,
                        resolve_precision(precision, device), str(device))
 
 

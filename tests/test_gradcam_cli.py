@@ -54,34 +54,61 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"db": db, "out": out, "run": str(ft["run_id"]), "data": str(data)}
 
 
-def test_gradcam_run_stores_maps_and_statistics(trained: dict[str, str]) -> None:
-    from sslmri_core.store import RunStore
-
-    code, summary, err = _invoke(["gradcam", "--run", trained["run"], "--target-layer", "layer3", "--no-progress",
+def _gradcam(trained: dict[str, str], *args: str) -> dict:
+    code, summary, err = _invoke(["gradcam", "--run", trained["run"], *args, "--no-progress",
                                   "--db", trained["db"], "--out", trained["out"], "--json"])
     assert code == 0, err
+    return summary
+
+
+def _stored(trained: dict[str, str], run_id: int) -> tuple[dict[str, str], list[dict]]:
+    """The gradcam run's parameters and its cam_stats rows, scan by scan."""
+    from sqlalchemy import select
+
+    from sslmri_core.queries import run_detail
+    from sslmri_core.store import CamStat, RunStore
+
+    with RunStore(trained["db"]).engine.connect() as conn:
+        rows = conn.execute(select(CamStat).where(CamStat.run_id == run_id).order_by(CamStat.scan)).mappings().all()
+    return run_detail(trained["db"], run_id).params, [dict(r) for r in rows]
+
+
+def test_gradcam_run_stores_maps_and_statistics(trained: dict[str, str]) -> None:
+    """The default target layer (no --target-layer): the maps and statistics users see."""
+    from sslmri_core.cam_stats import area_pct, brain_mask, energy_share
+    from sslmri_core.decode import decode_image
+    from sslmri_core.explain import load_model_for_run
+    from sslmri_core.store import RunStore
+
+    summary = _gradcam(trained)
     assert list(summary) == SUMMARY_KEYS
     store = RunStore(trained["db"])
     run = store.get_run(summary["run_id"])
     assert run.kind == "gradcam" and run.status == "finished" and run.parent_run_id == int(trained["run"])
+    params, rows = _stored(trained, summary["run_id"])
+    # The CLI explains the layer the dashboard's on-demand maps use by default.
+    assert params["target_layer"] == load_model_for_run(trained["db"], int(trained["run"])).target_layer
     n_test = sum(1 for s in store.split_of(int(trained["run"])).values() if s == "test")
-    assert summary["scans"] == n_test and summary["method"] == "gradcam"
-    for key in ("mean_confidence", "mean_area_pct", "mean_in_brain", "deletion_drop", "random_drop", "road",
-                "pointing_game", "lesion_energy"):
-        assert isinstance(summary[key], float), key
-    from sqlalchemy import select
-
-    from sslmri_core.store import CamStat
-
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(CamStat).where(CamStat.run_id == summary["run_id"])).mappings().all()
-    assert len(rows) == n_test
+    assert summary["scans"] == len(rows) == n_test and summary["method"] == "gradcam"
+    with_lesion = [r for r in rows if "/blob/" in r["scan"]]
+    assert with_lesion and len(with_lesion) < len(rows)  # both classes are explained
     for row in rows:
-        heat = Image.open(Path(run.out_dir) / row["heatmap_path"])
-        assert heat.mode == "L" and heat.size == (SIZE, SIZE)
+        heat_img = Image.open(Path(run.out_dir) / row["heatmap_path"])
+        assert heat_img.mode == "L" and heat_img.size == (SIZE, SIZE)
         assert row["threshold"] == 0.5 and row["model_run_id"] == int(trained["run"])
         assert (row["pointing_hit"] is None) == ("/none/" in row["scan"])  # lesion statistics only with a mask
-        assert row["raw_max"] >= row["raw_mean"] >= 0.0 and 0.0 <= row["in_brain"] <= 1.0
+        assert row["raw_max"] > row["raw_mean"] > 0.0  # a real map, not a flat or empty one
+        # The statistics are those of the stored map of this very scan (up to its 8-bit rounding).
+        heat = np.asarray(heat_img, np.float32) / 255.0
+        image = decode_image(row["scan"], SIZE)
+        assert row["in_brain"] == pytest.approx(energy_share(heat, brain_mask(image)), abs=0.01), row["scan"]
+        assert row["area_pct"] == pytest.approx(area_pct(heat, 0.5), abs=1.0), row["scan"]
+        if "/blob/" in row["scan"]:
+            mask = decode_image(row["scan"].replace(".png", "_mask.png"), SIZE) > 127
+            assert row["lesion_energy"] == pytest.approx(energy_share(heat, mask), abs=0.01), row["scan"]
+    assert summary["pointing_game"] == pytest.approx(np.mean([r["pointing_hit"] for r in with_lesion]))
+    assert summary["mean_in_brain"] == pytest.approx(np.mean([r["in_brain"] for r in rows]))
+    assert summary["lesion_energy"] == pytest.approx(np.mean([r["lesion_energy"] for r in with_lesion]))
 
     # The trained model looks at the lesion: its CAM peak lands in it far more often than chance
     # (the dilated lesion covers about 8% of the image), and it holds more than its share of the energy.
@@ -89,6 +116,17 @@ def test_gradcam_run_stores_maps_and_statistics(trained: dict[str, str]) -> None
     assert summary["lesion_energy"] > 0.15, summary
     # Removing the top of the map costs the model more confidence than removing the same area at random.
     assert summary["deletion_drop"] > summary["random_drop"], summary
+
+
+def test_an_explicit_target_layer_is_the_one_explained(trained: dict[str, str]) -> None:
+    p_default, r_default = _stored(trained, _gradcam(trained, "--limit", "6")["run_id"])
+    layer = next(n for n in ("layer3", "layer2") if f"encoder.{n}" != p_default["target_layer"])  # not the default
+    p_other, r_other = _stored(trained, _gradcam(trained, "--limit", "6", "--target-layer", layer)["run_id"])
+    assert p_other["target_layer"] == f"encoder.{layer}"
+    assert [r["scan"] for r in r_other] == [r["scan"] for r in r_default] and len(r_other) == 6
+    # Same scans, same model, same predictions: only the explained layer differs, and so do the maps.
+    assert [r["pred_label"] for r in r_other] == [r["pred_label"] for r in r_default]
+    assert all(a["raw_max"] != pytest.approx(b["raw_max"], rel=1e-3) for a, b in zip(r_other, r_default))
 
 
 def test_on_demand_map_matches_the_stored_one(trained: dict[str, str]) -> None:
@@ -138,3 +176,12 @@ def test_unknown_class_or_layer_or_a_pretraining_run(trained: dict[str, str]) ->
     for args, needle in ((["--target-class", "glioma"], "--target-class"), (["--target-layer", "layer9"], "--target-layer")):
         code, _, err = _invoke(["gradcam", "--run", trained["run"], *args, "--db", trained["db"], "--out", trained["out"]])
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    from sslmri_core.store import RunStore
+
+    store = RunStore(trained["db"])
+    pretraining = store.start_run("pretrain", {"model": "test_resnet"})
+    store.end_run(pretraining, "finished")
+    n_runs = len(store.list_runs())
+    code, _, err = _invoke(["gradcam", "--run", str(pretraining), "--db", trained["db"], "--out", trained["out"]])
+    assert code == 2 and f"--run {pretraining} is a pretrain run" in err and len(err.strip().splitlines()) == 1, err
+    assert len(store.list_runs()) == n_runs  # refused before a gradcam run was recorded
