@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from sslmri_core.cam_stats import (
     area_pct,
@@ -79,6 +80,8 @@ def test_top_fraction_and_random_regions_remove_the_same_area() -> None:
     a, b = random_blob_mask((64, 64), 20.0, rng), random_blob_mask((64, 64), 20.0, rng)
     assert a.sum() == b.sum() == top.sum()
     assert (a != b).any()  # random, not fixed
+    # Smooth blobs like a CAM's top region, not scattered pixels (those would make hundreds of components).
+    assert all(ndimage.label(m)[1] <= 16 for m in (a, b))
 
 
 def test_map_stats_of_an_empty_map() -> None:

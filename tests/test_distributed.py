@@ -17,6 +17,8 @@ import torch.multiprocessing as mp
 
 from sslmri_core.distributed import gather_with_grad
 from sslmri_core.losses import nt_xent
+from sslmri_core.optim import default_lr
+from sslmri_core.queries import run_detail
 from sslmri_core.store import RunStore
 from tests.conftest import ROOT
 
@@ -78,7 +80,7 @@ def test_torchrun_pretrain_two_processes_one_run(synth_tumor: Path, tmp_path: Pa
     env = {**os.environ, "SSLMRI_DB": db, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "cli.py", "pretrain", "--data", str(synth_tumor), "--model", "test_resnet", "--image-size", "64",
-           "--batch-size", "4", "--epochs", "2", "--precision", "fp32", "--db", db, "--out", str(out),
+           "--batch-size", "4", "--epochs", "2", "--optimizer", "sgd", "--precision", "fp32", "--db", db, "--out", str(out),
            "--no-progress", "--json"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -90,7 +92,8 @@ def test_torchrun_pretrain_two_processes_one_run(synth_tumor: Path, tmp_path: Pa
     # 32 pool images, global batch 2 x 4 = 8: 4 steps per epoch (one process with batch 4 would take 8)
     assert [s for s, _, _ in losses] == list(range(1, 9))
     assert len(store.metric_series(run.id, "knn_acc")) == 3  # before training and after each epoch
-    params = {k: v for k, v in store.run_params(run.id).items()} if hasattr(store, "run_params") else {}
-    if params:
-        assert str(params.get("world_size")) == "2"
+    params = run_detail(db, run.id).params
+    assert params["world_size"] == "2" and params["n_images"] == "32"
+    # SGD's default learning rate scales with the global batch (2 x 4), not with one process's 4 images.
+    assert params["optimizer"] == "sgd" and float(params["lr"]) == pytest.approx(default_lr("sgd", 8))
     assert Path(run.checkpoint_path).is_file()

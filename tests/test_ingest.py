@@ -47,7 +47,16 @@ def test_every_file_is_used_or_reported_with_its_reason(tmp_path: Path, cache: P
     assert report["files"] == report["usable"] + len(report["unusable"])
     assert report["usable"] == sum(v is None for v in expected.values())
     assert report["images"] == report["usable"] - 1 + NIFTI_NAN_SLICES == len(images)  # one NIfTI, several slices
-    assert images.shape[1:] == (32, 32) and images.dtype == np.uint8 and np.isfinite(images.astype(float)).all()
+    assert images.shape[1:] == (32, 32) and images.dtype == np.uint8
+    # Each usable row has its own image (rows and images in the same order), and odd modes decode to the
+    # same grey as an L image of the same pixels.
+    decoded = {row.rel_path: img for row, img in zip(manifest.usable, images) if row.slice_index is None}
+    grey = decoded["glioma/sub-01_L.png"]
+    assert grey.max() == 120 and (grey == 120).mean() > 0.5  # the file's grey value, padded with black
+    for rel in ("glioma/sub-02_rgb.png", "glioma/sub-05_palette.png", "notumor/sub-09_tiff.tif"):
+        np.testing.assert_array_equal(decoded[rel], grey, err_msg=rel)
+    assert decoded["glioma/sub-03_rgba.png"].max() == round(120 * 120 / 255)  # alpha 120 over black
+    assert decoded["glioma/sub-08_wide.bmp"].max() == 120 and (decoded["glioma/sub-08_wide.bmp"] == 0).mean() > 0.5
     assert any("empty class folder" in note and "meningioma" in note for note in report["notes"])
 
 
@@ -104,7 +113,10 @@ def test_nifti_volumes_are_sliced(tmp_path: Path, cache: Path) -> None:
     manifest, images = build_manifest(tmp_path / "ms", 32, cache_root=cache)
     slices = [r for r in manifest.usable if r.subject == "sub-07"]
     assert sorted(r.slice_index for r in slices) == list(range(2, 8))
-    assert len(images) == 6 and np.isfinite(images.astype(float)).all()
+    assert len(images) == 6
+    # Every slice holds its anatomy, the one with a NaN voxel too (a NaN must not blank a slice or the volume).
+    assert images.reshape(6, -1).max(axis=1).min() > 200 and (images.reshape(6, -1) > 0).mean(axis=1).min() > 0.2
+    assert len({img.tobytes() for img in images}) == 6  # six different slices, not one repeated
     reasons = {Path(u["path"]).name: u["reason"] for u in manifest.check_summary()["unusable"]}
     assert "4-D" in reasons["sub-08_bold.nii"] and "empty" in reasons["sub-09_T1w.nii"]
     summary = manifest.check_summary()

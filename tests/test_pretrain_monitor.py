@@ -34,11 +34,44 @@ def test_metrics_series_of_a_run(synth_tumor: Path, tmp_path: Path) -> None:
     for key in ("lr", "images_per_s"):
         assert [s for s, _, _ in store.metric_series(result.run_id, key)] == steps
     assert all(v > 0 for _, _, v in store.metric_series(result.run_id, "images_per_s"))
+    reference = _reference_quality(cfg, result.checkpoint)
     for key in ("knn_acc", "probe_acc"):  # the random encoder at step 0, then each epoch's end
         series = store.metric_series(result.run_id, key)
         assert [s for s, _, _ in series] == [0, 4, 8], key
-        assert all(0.0 <= v <= 1.0 for _, _, v in series)
+        # Each value is a share of the val queries, and the last one is what the final weights score.
+        assert all(round(v * reference["n_queries"], 4) % 1 == 0 for _, _, v in series), (key, series)
+        assert series[-1][2] == pytest.approx(reference[key], abs=1e-6), key
     assert result.metrics["knn_acc"] == pytest.approx(store.metric_series(result.run_id, "knn_acc")[-1][2])
+
+
+def _reference_quality(cfg: PretrainConfig, checkpoint: str) -> dict[str, float]:
+    """kNN and probe accuracy recomputed from the run's final checkpoint: the pool's train images are the
+    bank, the val images (never the train ones, never the left-out test ones) are scored."""
+    import numpy as np
+
+    from sslmri_core.models import create_encoder
+    from sslmri_core.monitor import OnlineProbe, encode
+    from sslmri_core.pretrain import load_pretrain_pool
+    from sslmri_core.runtime import load_checkpoint
+
+    data, roles, splits = load_pretrain_pool(cfg)
+    names, roles = np.array(splits), np.array(roles)
+    bank, queries = np.flatnonzero((names == "train") & (roles == "pool")), np.flatnonzero(names == "val")
+    assert len(bank) and len(queries) and not (roles[queries] == "excluded").any()
+    state = load_checkpoint(checkpoint)
+    encoder = create_encoder(cfg.model)
+    encoder.load_state_dict(state["encoder"])
+    features = encode(encoder, torch.from_numpy(data.images), torch.device("cpu"), "fp32")
+    labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
+    n_classes = len(data.classes)
+    probe = OnlineProbe(features.shape[1], n_classes, 1e-3, torch.device("cpu"))
+    probe.load_state_dict(state["probe"])
+    return {
+        "knn_acc": knn_accuracy(features[bank], labels[bank], features[queries], labels[queries], n_classes,
+                                k=cfg.knn_k),
+        "probe_acc": probe.accuracy(features[queries], labels[queries]),
+        "n_queries": len(queries),
+    }
 
 
 def test_no_monitoring_without_classes_or_when_turned_off(synth_tumor: Path, tmp_path: Path) -> None:
