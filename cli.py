@@ -28,6 +28,8 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
 
 DB_HELP = "Run store URL (default: $SSLMRI_DB or sqlite:///runs.db)."
+GIVEN_HELP = "Honour the folder's Training/Testing split (refused when a subject or copy sits on both sides)."
+LEAKY_HELP = "Keep a given split even though groups cross it; the run is recorded as leakage-prone."
 JSON_HELP = "Print one JSON object as the last line of stdout."
 
 
@@ -191,7 +193,8 @@ def data_check(
 def data_audit(
     folder: Path = typer.Argument(..., help="Data folder: ROOT/<class>/... images or NIfTI volumes."),
     subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
-    split_seed: Optional[int] = typer.Option(None, help="Seed of the subject split checked for cross-split leaks."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the group split checked for cross-split leaks."),
+    use_given_split: bool = typer.Option(False, "--use-given-split", help="Check the folder's own Training/Testing split instead of sslmri's."),
     near_threshold: int = typer.Option(4, help="Perceptual-hash distance (of 64 bits) that counts as a near-duplicate."),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -201,23 +204,20 @@ def data_audit(
     def action() -> None:
         from sslmri_core.audit import audit_dataset
         from sslmri_core.config import FinetuneConfig
-        from sslmri_core.data import from_manifest
-        from sslmri_core.ingest import build_manifest
+        from sslmri_core.data import load_folder
+        from sslmri_core.groups import GROUP_SIZE
         from sslmri_core.progress import console
-        from sslmri_core.splits import make_split
+        from sslmri_core.splits import split_for
         from sslmri_core.store import RunStore
 
         defaults = FinetuneConfig()
-        manifest, images = build_manifest(folder, defaults.image_size, subject_pattern)
-        data = from_manifest(manifest, images)
-        if not data.items:
-            _fail(f"no usable images in {folder}", 1)
+        data = load_folder(folder, GROUP_SIZE, subject_pattern)  # the decode the split's groups use
+        manifest = data.manifests[0]
         split_of = None
-        if not manifest.has_given_split:  # check the split sslmri itself would draw
-            split = make_split(data.labels, data.subjects, data.given_splits,
-                               split_seed if split_seed is not None else defaults.split_seed, hashes=data.hashes)
+        if not use_given_split:  # check the split sslmri itself draws (given split folders are the default's input only)
+            split = split_for(data, split_seed if split_seed is not None else defaults.split_seed)
             split_of = dict(zip((it.key for it in data.items), split.assignment(len(data.items))))
-        report = audit_dataset(manifest, images, split_of, near_threshold=near_threshold)
+        report = audit_dataset(manifest, data.images, split_of, near_threshold=near_threshold)
         store = RunStore(db)
         dataset_id = store.save_manifest(manifest)
         details = report.to_json()
@@ -363,14 +363,17 @@ def finetune(
     mode: Optional[str] = typer.Option(None, help="linear (frozen encoder) | full"),
     label_fraction: Optional[float] = typer.Option(None, help="Share of training subjects whose labels are used (0-1]."),
     labels_per_class: Optional[int] = typer.Option(None, help="Instead: whole subjects until N labelled images per class."),
-    use_given_split: Optional[bool] = typer.Option(None, "--use-given-split", help="Honour the folder's Training/Testing split."),
+    use_given_split: Optional[bool] = typer.Option(None, "--use-given-split", help=GIVEN_HELP),
+    allow_leaky_split: Optional[bool] = typer.Option(None, "--allow-leaky-split", help=LEAKY_HELP),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train/val/test split (default 0: identical across runs)."),
     class_map: Optional[str] = typer.Option(None, help="Rename or merge classes: 'glioma=tumour,meningioma=tumour'."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs."),
+    epochs: Optional[int] = typer.Option(None, help="Budget: epochs x batches per epoch optimiser steps, at least --min-steps (default 10)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps in all (instead of --epochs)."),
+    min_steps: Optional[int] = typer.Option(None, help="Never fewer optimiser steps than this (default 300)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (AdamW)."),
     precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32"),
     subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
-    seed: Optional[int] = typer.Option(None, help="Random seed (also picks the split)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of training and of the label draw (the split's is --split-seed)."),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     out: Optional[Path] = typer.Option(None, help="Folder for run outputs and checkpoints (default runs/)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -393,6 +396,7 @@ def finetune(
             labels_per_class=labels_per_class, use_given_split=use_given_split, split_seed=split_seed,
             class_map=parse_class_map(class_map) or None, weights=str(weights) if weights else None,
             encoder_lr_scale=encoder_lr_scale, class_weighted=class_weighted, bootstrap=bootstrap,
+            allow_leaky_split=allow_leaky_split, steps=steps, min_steps=min_steps,
         )
         result = run_finetune(cfg, store, show_progress=progress)
         _print_metrics(f"finetune run {result.run_id} finished", result.metrics)
@@ -407,6 +411,7 @@ def evaluate(
     run: int = typer.Option(..., "--run", help="Fine-tuning run whose selected model to score."),
     data: Path = typer.Option(..., "--data", help="External labelled folder ROOT/<class>/... (class names as the model's)."),
     bootstrap: Optional[int] = typer.Option(None, help="Bootstrap resamples (by subject) for 95% intervals (default: the run's)."),
+    keep_overlap: bool = typer.Option(False, "--keep-overlap", help="Also score images that copy the model's training or SSL images (the run is then leakage-prone)."),
     db: Optional[str] = typer.Option(None, help=DB_HELP),
     out: Optional[Path] = typer.Option(None, help="Folder for run outputs (default: the model run's)."),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -414,11 +419,17 @@ def evaluate(
     """Score a fine-tuned model on an external folder; stored as an evaluate run linked to the model's run."""
 
     def action() -> None:
+        from rich.markup import escape
+
         from sslmri_core.external import evaluate_external
         from sslmri_core.progress import console
         from sslmri_core.store import RunStore
 
-        result = evaluate_external(RunStore(db), run, data, bootstrap=bootstrap, out=str(out) if out else None)
+        result = evaluate_external(RunStore(db), run, data, bootstrap=bootstrap, out=str(out) if out else None,
+                                   keep_overlap=keep_overlap)
+        for key in result.overlap[:20]:
+            console.print(f"[yellow]{'kept' if keep_overlap else 'left out'}[/] {escape(key)}: copies an image the "
+                          "model trained, selected or pretrained on")
         for item in result.unusable[:20]:
             console.print(f"[yellow]unusable[/] {item['path']}: {item['reason']}")
         console.print(f"{result.usable} of {result.files} files used, {len(result.unusable)} unusable")
@@ -427,6 +438,7 @@ def evaluate(
         if json_out:
             _print_json({"run_id": result.run_id, "kind": "evaluate", "model_run": result.model_run,
                          "files": result.files, "usable": result.usable, "unusable": result.unusable,
+                         "overlap_excluded": result.overlap_excluded, "overlap": result.overlap,
                          "out_dir": result.out_dir, "metrics": result.metrics})
 
     _guarded(action)
@@ -454,13 +466,15 @@ def experiment(
     model: Optional[str] = typer.Option(None, help="timm model name (default resnet50)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default 128)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs of full fine-tuning and scratch arms."),
-    linear_epochs: Optional[int] = typer.Option(None, help="Epochs of the linear probe (on cached features)."),
+    epochs: Optional[int] = typer.Option(None, help="Budget per fraction: epochs x batches of its labelled set, the same optimiser steps for every arm."),
+    min_steps: Optional[int] = typer.Option(None, help="Never fewer optimiser steps per child than this (default 300)."),
+    folds: Optional[int] = typer.Option(None, help="K-fold cross-validation over subjects/groups (every one tested once), SSL pretrained per fold."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (AdamW)."),
     encoder_lr_scale: Optional[float] = typer.Option(None, help="ssl-full / imagenet: encoder lr = lr x this."),
     weights: Optional[Path] = typer.Option(None, help="imagenet arm: local timm weights file."),
     split_seed: Optional[int] = typer.Option(None, help="Seed of the train/val/test split, fixed across arms (default 0)."),
-    use_given_split: Optional[bool] = typer.Option(None, "--use-given-split", help="Honour the folder's Training/Testing split."),
+    use_given_split: Optional[bool] = typer.Option(None, "--use-given-split", help=GIVEN_HELP),
+    allow_leaky_split: Optional[bool] = typer.Option(None, "--allow-leaky-split", help=LEAKY_HELP),
     subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
     class_map: Optional[str] = typer.Option(None, help="Rename or merge classes: 'glioma=tumour,meningioma=tumour'."),
     precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32"),
@@ -484,9 +498,9 @@ def experiment(
             store, preset, task=task, data=str(data) if data else None, fractions=_float_list(fractions, "--fractions"),
             seeds=seeds, arms=[a.strip() for a in arms.split(",") if a.strip()] if arms is not None else None,
             pretrain_run=pretrain_run, pretrain_epochs=pretrain_epochs, model=model, image_size=image_size,
-            batch_size=batch_size, finetune_epochs=epochs, linear_epochs=linear_epochs, lr=lr,
+            batch_size=batch_size, finetune_epochs=epochs, min_steps=min_steps, folds=folds, lr=lr,
             encoder_lr_scale=encoder_lr_scale, weights=str(weights) if weights else None, split_seed=split_seed,
-            use_given_split=use_given_split, subject_pattern=subject_pattern,
+            use_given_split=use_given_split, allow_leaky_split=allow_leaky_split, subject_pattern=subject_pattern,
             class_map=parse_class_map(class_map) or None, precision=precision, bootstrap=bootstrap,
             out=str(out) if out else None,
         )
@@ -512,7 +526,7 @@ def gradcam(
     run: Optional[int] = typer.Option(None, "--run", help="Fine-tuning run whose checkpoint to explain."),
     split: Optional[str] = typer.Option(None, help="train | val | test of that run's stored split (default test)."),
     method: Optional[str] = typer.Option(None, help="gradcam | gradcam++ | hirescam | eigencam | layercam | scorecam"),
-    target_layer: Optional[str] = typer.Option(None, help="Module to explain (default: the encoder's last stage)."),
+    target_layer: Optional[str] = typer.Option(None, help="Module to explain (default: the deepest encoder stage with an 8x8 map or more)."),
     target_class: Optional[str] = typer.Option(None, help="Class to explain (default: each scan's predicted class)."),
     limit: Optional[int] = typer.Option(None, help="At most this many scans."),
     threshold: Optional[float] = typer.Option(None, help="Activation area = share of the map >= this (default 0.5)."),
@@ -542,6 +556,50 @@ def gradcam(
                        {k: v for k, v in result.summary.items() if isinstance(v, float)})
         if json_out:
             _print_json(result.summary)
+
+    _guarded(action)
+
+
+@app.command()
+def leakage(
+    data: Path = typer.Option(..., "--data", help="Labelled folder ROOT/<class>/... whose file names carry subject ids."),
+    model: Optional[str] = typer.Option(None, help="timm model name (default resnet18)."),
+    image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default 64)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step (default 64)."),
+    epochs: Optional[int] = typer.Option(None, help="Budget: passes over 70% of the images, as steps shared by all four runs (default 4)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps of each of the four runs (instead of --epochs)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (AdamW, default 1e-3)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed and the draw of the shuffled labels (default 0)."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the train/val/test splits (default 0)."),
+    subject_pattern: Optional[str] = typer.Option(None, help="Regex for the subject id in file names."),
+    class_map: Optional[str] = typer.Option(None, help="Rename or merge classes: 'glioma=tumour,meningioma=tumour'."),
+    task: Optional[str] = typer.Option(None, help="Task name recorded with the runs (default: the folder's name)."),
+    precision: Optional[str] = typer.Option(None, help="auto | bf16 | fp32"),
+    db: Optional[str] = typer.Option(None, help=DB_HELP),
+    out: Optional[Path] = typer.Option(None, help="Folder for run outputs and checkpoints (default runs/)."),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Data leakage, shown: split by subject or by image x true or per-subject shuffled labels (Yagis et al. 2021).
+
+    With shuffled labels an image-level split scores above chance (the model recognises subjects);
+    a subject-level split scores at chance."""
+
+    def action() -> None:
+        from sslmri_core.leakage import resolve_leakage_config, run_leakage, validate_leakage
+        from sslmri_core.sources import parse_class_map
+        from sslmri_core.store import RunStore
+
+        cfg = resolve_leakage_config(
+            data=str(data), model=model, image_size=image_size, batch_size=batch_size, epochs=epochs, steps=steps,
+            lr=lr, seed=seed, split_seed=split_seed, subject_pattern=subject_pattern,
+            class_map=parse_class_map(class_map) or None, task=task, precision=precision,
+            out=str(out) if out else None,
+        )
+        validate_leakage(cfg)  # before opening the store: a bad option never touches it
+        result = run_leakage(cfg, RunStore(db), show_progress=progress)
+        if json_out:
+            _print_json(result.to_json())
 
     _guarded(action)
 
@@ -598,6 +656,18 @@ def _run_summary(store: Any, record: Any) -> dict[str, Any]:
             "parent_run_id": record.parent_run_id, "checkpoint": record.checkpoint_path,
             "created_at": record.created_at.isoformat() if record.created_at else None,
             "error": record.error, "metrics": store.final_metrics(record.id)}
+
+
+def _leakage(store: Any, record: Any) -> dict[str, Any]:
+    """``leakage_prone`` and ``leakage_reasons`` of a run; a grid run (experiment, leakage) has those of its children."""
+    from sslmri_core.store import leakage_reasons
+
+    reasons = leakage_reasons(store.params(record.id))
+    if record.kind in ("experiment", "leakage"):
+        for child in store.list_runs("finetune"):
+            if child.parent_run_id == record.id:
+                reasons += [f"child run {child.id}: {r}" for r in leakage_reasons(store.params(child.id))]
+    return {"leakage_prone": bool(reasons), "leakage_reasons": reasons}
 
 
 def _store_stale_runs(store: Any) -> None:
@@ -661,8 +731,8 @@ def runs_show(
         store = RunStore(db)
         _store_stale_runs(store)
         record = store.get_run(run_id)
-        summary = {**_run_summary(store, record), "config": record.config, "device": record.device,
-                   "git_sha": record.git_sha, "out_dir": record.out_dir}
+        summary = {**_run_summary(store, record), **_leakage(store, record), "config": record.config,
+                   "device": record.device, "git_sha": record.git_sha, "out_dir": record.out_dir}
         if json_out:
             _print_json(summary)
             return
