@@ -161,6 +161,16 @@ def experiments(url: str) -> pd.DataFrame:
     return queries.experiments_frame(engine(url))
 
 
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Bootstrapping over test subjects…")
+def experiment_statistics(url: str, experiment_id: int, include_leaky: bool = False) -> queries.ExperimentStatistics:
+    return queries.experiment_statistics(engine(url), experiment_id, include_leaky=include_leaky)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Bootstrapping over test subjects…")
+def full_label_results(url: str) -> pd.DataFrame:
+    return queries.full_label_results(engine(url))
+
+
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def run_results(url: str, run_id: int) -> dict:
     return queries.run_results(engine(url), run_id)

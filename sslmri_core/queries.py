@@ -12,6 +12,7 @@ This module does not import Streamlit; the dashboard caches :func:`read_engine` 
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from sslmri_core import stats
 from sslmri_core.store import (
     RUN_STATUSES,
     STALE_ERROR,
@@ -59,7 +61,7 @@ RUN_COLUMNS = [
     *SUMMARY_METRICS, "final_loss", "split_level", "leakage_prone", "created_at", "ended_at", "duration_s",
     "device", "host", "error",
 ]
-LEAK_PARAMS = ("split_level", "ssl_pool_test_overlap")
+LEAK_PARAMS = ("split_level", "ssl_pool_test_overlap", "leakage_reasons")
 SERIES_COLUMNS = ["key", "step", "epoch", "value"]
 PREDICTION_COLUMNS = ["split", "scan", "subject", "true_label", "pred_label", "confidence", "probs"]
 LATEST_COLUMNS = [
@@ -258,9 +260,21 @@ def _params_wide(engine: Engine, keys: Sequence[str], run_ids: Sequence[int] | N
 
 
 def _leakage_prone(params: pd.DataFrame) -> pd.Series:
-    """Image-level split (no subject ids), or test images the SSL encoder pretrained on."""
+    """A run's ``leakage_reasons`` (a JSON list) is not empty, or (runs from before that param) its split
+    is image-level (no subject ids) or its SSL encoder pretrained on test images."""
     overlap = pd.to_numeric(params["ssl_pool_test_overlap"], errors="coerce").fillna(0)
-    return (params["split_level"] == "image") | (overlap > 0)
+    reasons = params["leakage_reasons"].map(_has_reasons) if "leakage_reasons" in params else False
+    return ((params["split_level"] == "image") | (overlap > 0) | reasons).astype(bool)
+
+
+def _has_reasons(value: Any) -> bool:
+    """True for a non-empty JSON list (or any other non-empty text: a reason it could not parse)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return False
+    try:
+        return bool(json.loads(value))
+    except (TypeError, ValueError):
+        return bool(str(value).strip())
 
 
 def _tuples(rows: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -453,14 +467,20 @@ RESULT_METRICS = {
     "slice": ("test_balanced_accuracy", "test_accuracy", "test_macro_f1"),
     "subject": ("test_subject_balanced_accuracy", "test_subject_accuracy", "test_subject_macro_f1"),
 }
-ARM_ORDER = ("ssl-linear", "ssl-full", "scratch", "imagenet")
-REFERENCE_ARM = "scratch"
+ARM_ORDER = stats.ARM_ORDER
 RESULT_COLUMNS = [
-    "run_id", "task", "arm", "fraction", "seed", "experiment_id", "status", "leakage_prone", "created_at",
-    *RESULT_METRICS["slice"], *RESULT_METRICS["subject"],
+    "run_id", "task", "arm", "fraction", "seed", "fold", "experiment_id", "status", "leakage_prone", "steps",
+    "created_at", *RESULT_METRICS["slice"], *RESULT_METRICS["subject"],
 ]
-CURVE_COLUMNS = ["task", "arm", "fraction", "metric", "mean", "lo", "hi", "n", "sd"]
-PAIRED_COLUMNS = ["task", "arm", "fraction", "metric", "mean_diff", "lo", "hi", "n", "wins"]
+# What the experiment statistics give per arm x fraction (CURVE) and per SSL arm minus baseline (PAIRED).
+CURVE_COLUMNS = ["experiment_id", "arm", "fraction", "metric", "mean", "lo", "hi", "ci_method", "n_seeds",
+                 "n_test_subjects", "n_test_subjects_per_class", "steps", "few_subjects", "note", "leakage_prone"]
+PAIRED_COLUMNS = ["experiment_id", "arm", "baseline", "fraction", "metric", "mean_diff", "lo", "hi", "ci_method",
+                  "n_seeds", "n_test_subjects", "wins", "few_subjects", "note", "leakage_prone"]
+EXPERIMENT_FRAME_COLUMNS = [*stats.FRAME_COLUMNS, "steps", "leakage_prone"]
+FULL_LABEL_COLUMNS = ["task", "experiment_id", "arm", "fraction", "metric", "mean", "lo", "hi", "n_seeds",
+                      "n_test_subjects", "few_subjects", "note"]
+RUN_PARAMS = ("arm", "fraction", "seed", "optimizer_steps", "classes", *LEAK_PARAMS)
 
 
 def derive_arm(init: Any, mode: Any) -> str:
@@ -472,103 +492,179 @@ def derive_arm(init: Any, mode: Any) -> str:
     return init or "?"
 
 
-def finetune_results(store: Store = None, task: str | None = None) -> pd.DataFrame:
-    """Finished finetune runs, one row each: task, arm, label fraction, seed, parent experiment, test metrics.
+def _finetune_runs(engine: Engine, where: Sequence[Any]) -> pd.DataFrame:
+    """Finished finetune runs matching ``where`` with arm, fraction, seed, fold, steps and leakage (one row each).
 
-    ``arm``/``fraction``/``seed`` come from the run's params when an experiment wrote them, else
-    from its config (``init``+``mode``, ``label_fraction``, ``seed``). Metrics are the runs' last
-    values (slice and subject level; a run without subject metrics has NaN there).
+    ``arm``/``fraction``/``seed`` come from the run's params when it wrote them, else from its config
+    (``init``+``mode``, ``label_fraction``, ``seed``); ``fold`` from the config (None: no cross-validation).
+    """
+    stmt = select(Run.id, Run.task, Run.status, Run.parent_run_id, Run.config, Run.created_at).where(
+        Run.kind == "finetune", Run.status == "finished", *where).order_by(Run.id)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    frame = pd.DataFrame(_tuples(rows), columns=["run_id", "task", "status", "parent_run_id", "config", "created_at"])
+    if frame.empty:
+        return frame
+    frame = frame.join(_params_wide(engine, RUN_PARAMS, frame["run_id"].tolist()), on="run_id")
+    configs = frame["config"].map(lambda c: c or {})
+    derived = [derive_arm(c.get("init"), c.get("mode")) for c in configs]
+    frame["arm"] = frame["arm"].where(frame["arm"].notna(), pd.Series(derived, index=frame.index)).astype(object)
+    frame["fraction"] = pd.to_numeric(frame["fraction"], errors="coerce").fillna(
+        pd.to_numeric(configs.map(lambda c: c.get("label_fraction")), errors="coerce")).astype("float64")
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(
+        pd.to_numeric(configs.map(lambda c: c.get("seed")), errors="coerce")).astype("Int64")
+    frame["fold"] = pd.to_numeric(configs.map(lambda c: c.get("fold")), errors="coerce").astype("Int64")
+    frame["steps"] = pd.to_numeric(frame["optimizer_steps"], errors="coerce").astype("Int64")  # None before it existed
+    frame["task"] = frame["task"].fillna("?")
+    frame["leakage_prone"] = _leakage_prone(frame)
+    return frame
+
+
+def finetune_results(store: Store = None, task: str | None = None) -> pd.DataFrame:
+    """Finished finetune runs, one row each: task, arm, label fraction, seed, fold, parent experiment, steps,
+    leakage, test metrics (the runs' last values; a run without subject metrics has NaN there).
+
+    A listing, not a summary: runs of different experiments (or none) are never averaged here.
     """
     engine = _ready(store)
     if engine is None:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    stmt = select(Run.id, Run.task, Run.status, Run.parent_run_id, Run.config, Run.created_at).where(
-        Run.kind == "finetune", Run.status == "finished"
-    )
-    if task:
-        stmt = stmt.where(Run.task == task)
-    with engine.connect() as conn:
-        rows = conn.execute(stmt.order_by(Run.id)).all()
-        parents = {int(i) for i, k in conn.execute(select(Run.id, Run.kind).where(Run.kind == "experiment"))}
-    if not rows:
+    frame = _finetune_runs(engine, [Run.task == task] if task else [])
+    if frame.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    frame = pd.DataFrame(_tuples(rows), columns=["run_id", "task", "status", "parent_run_id", "config", "created_at"])
-    ids = frame["run_id"].tolist()
-    params = _params_wide(engine, ("arm", "fraction", "seed", *LEAK_PARAMS), ids)
-    frame = frame.join(params, on="run_id")
-    configs = frame["config"].map(lambda c: c or {})
-    derived = [derive_arm(c.get("init"), c.get("mode")) for c in configs]
-    frame["arm"] = frame["arm"].where(frame["arm"].notna(), pd.Series(derived, index=frame.index))
-    frame["fraction"] = pd.to_numeric(frame["fraction"], errors="coerce").fillna(
-        pd.to_numeric(configs.map(lambda c: c.get("label_fraction")), errors="coerce"))
-    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").fillna(
-        pd.to_numeric(configs.map(lambda c: c.get("seed")), errors="coerce")).astype("Int64")
+    with engine.connect() as conn:
+        parents = {int(i) for i in conn.execute(select(Run.id).where(Run.kind == "experiment")).scalars()}
     frame["experiment_id"] = frame["parent_run_id"].map(
         lambda p: int(p) if not pd.isna(p) and int(p) in parents else pd.NA).astype("Int64")
-    frame["task"] = frame["task"].fillna("?")
-    frame["leakage_prone"] = _leakage_prone(frame)
     frame["created_at"] = _utc(frame["created_at"])
     keys = [*RESULT_METRICS["slice"], *RESULT_METRICS["subject"]]
-    frame = frame.join(_last_metrics(engine, keys, ids), on="run_id")
+    frame = frame.join(_last_metrics(engine, keys, frame["run_id"].tolist()), on="run_id")
     return frame[RESULT_COLUMNS].reset_index(drop=True)
 
 
-def _t_half_width(sd: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Half width of the 95% Student-t interval of a mean; 0 where n < 2 (a single value has none)."""
-    from scipy.stats import t
-
-    n = np.asarray(n, dtype="float64")
-    dof = np.maximum(n - 1, 1)
-    half = t.ppf(0.975, dof) * np.nan_to_num(np.asarray(sd, dtype="float64")) / np.sqrt(np.maximum(n, 1))
-    return np.where(n >= 2, half, 0.0)
+def task_experiments(results: pd.DataFrame, task: str) -> list[int]:
+    """Experiments of ``task`` with at least one finished child in ``results`` (:func:`finetune_results`), newest first."""
+    ids = results.loc[results["task"] == task, "experiment_id"].dropna()
+    return sorted({int(i) for i in ids}, reverse=True)
 
 
-def _mean_interval(frame: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
-    """Per group of ``keys``: mean, 95% t-interval (lo, hi), n and SD of ``value`` (NaN values left out)."""
-    stats = frame.dropna(subset=[value]).groupby(keys, sort=True)[value].agg(["mean", "std", "count"]).reset_index()
-    half = _t_half_width(stats["std"].to_numpy(), stats["count"].to_numpy())
-    return stats.assign(lo=stats["mean"] - half, hi=stats["mean"] + half, n=stats["count"].astype("int64"),
-                        sd=stats["std"].fillna(0.0))
+def experiment_predictions(store: Store, experiment_id: int, include_leaky: bool = True) -> pd.DataFrame:
+    """Per-scan test predictions of an experiment's finished children (the latest run per arm, fraction,
+    seed and fold): the frame :func:`sslmri_core.stats.summarise_predictions` takes.
+
+    Columns :data:`EXPERIMENT_FRAME_COLUMNS`; ``attrs["classes"]`` is the class order of ``probs``.
+    ``include_leaky=False`` leaves out leakage-prone children.
+    """
+    engine = _ready(store)
+    empty = pd.DataFrame(columns=EXPERIMENT_FRAME_COLUMNS)
+    if engine is None:
+        return empty
+    runs = _finetune_runs(engine, [Run.parent_run_id == int(experiment_id)])
+    if runs.empty:
+        return empty
+    runs = runs.sort_values("run_id").drop_duplicates(["arm", "fraction", "seed", "fold"], keep="last")
+    runs = runs if include_leaky else runs[~runs["leakage_prone"]]
+    stmt = select(Prediction.run_id, Prediction.scan, Prediction.subject, Prediction.true_label, Prediction.pred_label,
+                  Prediction.probs).where(Prediction.run_id.in_([int(r) for r in runs["run_id"]]),
+                                          Prediction.split == "test").order_by(Prediction.id)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    preds = pd.DataFrame(_tuples(rows), columns=["run_id", "scan", "subject", "true_label", "pred_label", "probs"])
+    cells = runs[["run_id", "arm", "fraction", "seed", "fold", "steps", "leakage_prone"]]
+    frame = preds.merge(cells, on="run_id", how="inner")[EXPERIMENT_FRAME_COLUMNS].reset_index(drop=True)
+    frame.attrs["classes"] = _classes(runs["classes"])
+    return frame
 
 
-def label_efficiency(results: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per task x arm x label fraction: mean of ``metric`` over seeds with its 95% t-interval and n."""
-    if results.empty or metric not in results or results[metric].isna().all():
-        return pd.DataFrame(columns=CURVE_COLUMNS)
-    frame = results[["task", "arm", "fraction", metric]].astype({metric: "float64"})
-    stats = _mean_interval(frame, ["task", "arm", "fraction"], metric).assign(metric=metric)
-    return _arm_sorted(stats[CURVE_COLUMNS])
+def _classes(values: pd.Series) -> list[str] | None:
+    """The class order of the runs' ``classes`` params (JSON lists); None when unknown or they disagree."""
+    found = {v for v in values.dropna()}
+    if len(found) != 1:
+        return None
+    try:
+        return [str(c) for c in json.loads(found.pop())]
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ExperimentStatistics:
+    """One experiment's curves and paired differences from :mod:`sslmri_core.stats` (never mixed with other runs)."""
+
+    experiment_id: int
+    curves: pd.DataFrame  # CURVE_COLUMNS: per arm x fraction x metric
+    paired: pd.DataFrame  # PAIRED_COLUMNS: per SSL arm x baseline x fraction x metric
+    runs: list[int]  # children whose predictions went in
+    leaky_runs: list[int]  # leakage-prone children (left out unless asked for)
+    fractions: list[float]  # the grid's label fractions, as configured (named before any result)
+    interval: str
+    pretraining: str
+
+    @property
+    def empty(self) -> bool:
+        return self.curves.empty
+
+
+def _experiment_config(engine: Engine, experiment_id: int) -> dict[str, Any]:
+    with engine.connect() as conn:
+        config = conn.execute(select(Run.config).where(Run.id == int(experiment_id))).scalar_one_or_none()
+    return dict(config or {})
+
+
+def experiment_statistics(
+    store: Store, experiment_id: int, include_leaky: bool = False, n_boot: int | None = None, seed: int = 0
+) -> ExperimentStatistics:
+    """Curves and paired SSL-minus-baseline differences of one experiment (stratified subject bootstrap,
+    ``n_boot`` default: the experiment's ``bootstrap`` setting, so the numbers match its CLI summary).
+
+    Leakage-prone children are left out unless ``include_leaky``; then their rows are flagged.
+    """
+    frame = experiment_predictions(store, experiment_id, include_leaky=True)
+    engine = _ready(store)
+    config = _experiment_config(engine, experiment_id) if engine is not None else {}
+    leaky = sorted({int(r) for r in frame.loc[frame["leakage_prone"].astype(bool), "run_id"]})
+    used = frame if include_leaky else frame[~frame["leakage_prone"].astype(bool)]
+    boots = int(config.get("bootstrap", 1000) if n_boot is None else n_boot)
+    out = stats.summarise_predictions(used, classes=frame.attrs.get("classes"), n_boot=boots, seed=seed)
+    flagged = used.loc[used["leakage_prone"].astype(bool), ["arm", "fraction"]]
+    flags = {(str(a), float(f)) for a, f in flagged.itertuples(index=False)}
+    curves = _rows_frame(out["summary"], experiment_id, flags, CURVE_COLUMNS)
+    paired = _rows_frame(out["paired"], experiment_id, flags, PAIRED_COLUMNS)
+    fractions = sorted(float(f) for f in config.get("fractions") or used["fraction"].unique())
+    return ExperimentStatistics(int(experiment_id), curves, paired, sorted({int(r) for r in used["run_id"]}), leaky,
+                                fractions, out["interval"], out["pretraining"])
+
+
+def _rows_frame(rows: list[dict[str, Any]], experiment_id: int, leaky: set[tuple[str, float]],
+                columns: list[str]) -> pd.DataFrame:
+    """Stats rows as a frame: ``ci`` split into ``lo``/``hi``, flagged where a leakage-prone run went in."""
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows)
+    frame["lo"] = pd.to_numeric(frame["ci"].map(lambda c: c[0]), errors="coerce").astype("float64")
+    frame["hi"] = pd.to_numeric(frame["ci"].map(lambda c: c[1]), errors="coerce").astype("float64")
+    frame["experiment_id"] = int(experiment_id)
+    arms = [frame["arm"], frame["baseline"]] if "baseline" in frame else [frame["arm"]]
+    frame["leakage_prone"] = np.logical_or.reduce(
+        [[(a, float(f)) in leaky for a, f in zip(arm, frame["fraction"], strict=True)] for arm in arms])
+    return frame.rename(columns={"mean": "mean_diff"} if "baseline" in frame else {})[columns]
+
+
+def label_efficiency(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric's rows of :attr:`ExperimentStatistics.curves`, in arm order then by fraction."""
+    return _arm_sorted(curves[curves["metric"] == metric]) if not curves.empty else curves
+
+
+def paired_differences(paired: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One metric's rows of :attr:`ExperimentStatistics.paired`, in arm order then by fraction."""
+    return _arm_sorted(paired[paired["metric"] == metric]) if not paired.empty else paired
 
 
 def _arm_sorted(frame: pd.DataFrame) -> pd.DataFrame:
     rank = {a: i for i, a in enumerate(ARM_ORDER)}
     order = frame["arm"].map(lambda a: rank.get(a, len(rank)))
-    return frame.assign(_o=order).sort_values(["task", "_o", "arm", "fraction"]).drop(columns="_o").reset_index(drop=True)
-
-
-def paired_differences(results: pd.DataFrame, metric: str, reference: str = REFERENCE_ARM) -> pd.DataFrame:
-    """Each arm minus ``reference`` on the same task, label fraction, seed and experiment: mean and 95% interval.
-
-    Pairing removes what the arms share (the split, the label draw of that seed), so the interval
-    of the difference is much tighter than the two curves' intervals suggest. ``wins`` counts pairs
-    where the arm beat the reference.
-    """
-    if results.empty or metric not in results:
-        return pd.DataFrame(columns=PAIRED_COLUMNS)
-    keys = ["task", "fraction", "seed", "experiment_id"]
-    frame = results.assign(experiment_id=results["experiment_id"].astype("float64").fillna(-1),
-                           seed=results["seed"].astype("float64"))
-    # The latest run per (arm, pairing key) when a configuration was run twice.
-    frame = frame.sort_values("run_id").drop_duplicates([*keys, "arm"], keep="last")
-    ref = frame[frame["arm"] == reference][[*keys, metric]].rename(columns={metric: "_ref"})
-    pairs = frame[frame["arm"] != reference].merge(ref, on=keys, how="inner")
-    pairs = pairs.assign(diff=(pairs[metric] - pairs["_ref"]).astype("float64")).dropna(subset=["diff"])
-    if pairs.empty:
-        return pd.DataFrame(columns=PAIRED_COLUMNS)
-    stats = _mean_interval(pairs, ["task", "arm", "fraction"], "diff")
-    wins = pairs.assign(win=pairs["diff"] > 0).groupby(["task", "arm", "fraction"], sort=True)["win"].sum().to_numpy()
-    stats = stats.assign(metric=metric, mean_diff=stats["mean"], wins=wins.astype("int64"))
-    return _arm_sorted(stats[PAIRED_COLUMNS])
+    keys = [k for k in ("task", "_o", "arm", "baseline", "fraction") if k in frame or k == "_o"]
+    return frame.assign(_o=order).sort_values(keys).drop(columns="_o").reset_index(drop=True)
 
 
 def latest_results(results: pd.DataFrame) -> pd.DataFrame:
@@ -579,13 +675,28 @@ def latest_results(results: pd.DataFrame) -> pd.DataFrame:
     return _arm_sorted(latest.assign(_f=-latest["fraction"]).sort_values(["task", "_f"]).drop(columns="_f"))
 
 
-def best_per_arm(results: pd.DataFrame, metric: str = "test_balanced_accuracy") -> pd.DataFrame:
-    """Per task and arm, the label fraction with the highest mean ``metric`` (its interval and n)."""
-    curves = label_efficiency(results, metric)
-    if curves.empty:
-        return curves
-    best = curves.sort_values("mean", ascending=False, kind="stable").drop_duplicates(["task", "arm"])
-    return _arm_sorted(best)
+def headline_fraction(fractions: Sequence[float]) -> float | None:
+    """The label fraction a headline shows: full labels (1.0), else the grid's largest; fixed by the
+    configuration, never chosen by a test result."""
+    return 1.0 if 1.0 in fractions else (max(fractions) if fractions else None)
+
+
+def full_label_results(store: Store = None, metric: str = stats.SLICE_METRIC) -> pd.DataFrame:
+    """Per task, its latest experiment's arms at :func:`headline_fraction` (leakage-prone runs left out)."""
+    results = finetune_results(store)
+    frames = []
+    for task in sorted(results["task"].unique()):
+        ids = task_experiments(results, task)
+        if not ids:
+            continue
+        summary = experiment_statistics(store, ids[0])
+        fraction = headline_fraction(summary.fractions)
+        rows = summary.curves[(summary.curves["metric"] == metric) & (summary.curves["fraction"] == fraction)]
+        frames.append(rows.assign(task=task))
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=FULL_LABEL_COLUMNS)
+    return _arm_sorted(pd.concat(frames, ignore_index=True)[FULL_LABEL_COLUMNS])
 
 
 def experiments_frame(store: Store = None, limit: int = 20) -> pd.DataFrame:
@@ -825,3 +936,62 @@ def runs_with_confusion(store: Store = None) -> list[int]:
         return []
     with engine.connect() as conn:
         return [int(r) for r in conn.execute(select(Confusion.run_id).distinct().order_by(Confusion.run_id.desc())).scalars()]
+
+
+# -- the leakage demonstration (``cli.py leakage``) -------------------------------------------------
+LEAKAGE_UNITS = ("subject", "image")  # split by
+LEAKAGE_LABELS = ("true", "shuffled")  # labels, or labels shuffled per subject
+LEAKAGE_COLUMNS = ["split", "labels", "balanced_accuracy", "run_id"]
+
+
+@dataclass(frozen=True)
+class LeakageDemo:
+    """A finished ``leakage`` run: test balanced accuracy ``cells[split][labels]`` and the chance level."""
+
+    run_id: int
+    created_at: Any
+    cells: dict[str, dict[str, float | None]]
+    chance: float | None
+    children: dict[str, dict[str, int]]
+    config: dict[str, Any]
+
+    def frame(self) -> pd.DataFrame:
+        """One row per cell (2x2 -> 4 rows): split, labels, balanced accuracy (None when missing), child run."""
+        rows = [(unit, labels, self.cells.get(unit, {}).get(labels), self.children.get(unit, {}).get(labels))
+                for unit in LEAKAGE_UNITS for labels in LEAKAGE_LABELS]
+        return pd.DataFrame(rows, columns=LEAKAGE_COLUMNS)
+
+
+def _leakage_demo(run_id: int, created_at: Any, config: dict[str, Any] | None, payload: dict[str, Any]) -> LeakageDemo:
+    def number(value: Any) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    cells = {u: {lab: number((payload.get(u) or {}).get(lab)) for lab in LEAKAGE_LABELS} for u in LEAKAGE_UNITS}
+    return LeakageDemo(int(run_id), created_at, cells, number(payload.get("chance")),
+                       dict(payload.get("children") or {}), dict(config or {}))
+
+
+def latest_leakage(store: Store, dataset_id: int | None = None, root: str | None = None) -> LeakageDemo | None:
+    """The newest finished ``leakage`` run of a data set (matched by its stored ``dataset`` id, else its
+    data folder ``root``); None when there is none."""
+    engine = _ready(store)
+    if engine is None or not _has_table(engine, Result.__tablename__):
+        return None
+    runs = select(Run.id, Run.created_at, Run.config).where(Run.kind == "leakage", Run.status == "finished")
+    with engine.connect() as conn:
+        rows = conn.execute(runs.order_by(Run.id.desc())).all()
+    if not rows:
+        return None
+    params = _params_wide(engine, ("dataset", "data_root"), [r[0] for r in rows])
+    for run_id, created_at, config in rows:
+        found = params.loc[run_id] if run_id in params.index else {"dataset": None, "data_root": None}
+        same = (dataset_id is not None and found["dataset"] == str(int(dataset_id))) or (
+            root is not None and found["data_root"] == root)
+        if not same:
+            continue
+        with engine.connect() as conn:
+            payload = conn.execute(select(Result.payload).where(Result.run_id == run_id,
+                                                                Result.name == "leakage")).scalar()
+        if isinstance(payload, dict):
+            return _leakage_demo(run_id, created_at, config, payload)
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +28,57 @@ SUBJECTS_PER_CLASS = 2
 SLICES = 3
 
 
+TEST_SUBJECTS_PER_CLASS = 10  # in an experiment child's test predictions (10: no few-subject fallback)
+
+
 def _arm_score(arm: str, fraction: float, seed: int) -> float:
-    base = {"ssl-linear": 0.55, "ssl-full": 0.62, "scratch": 0.45}[arm]
+    base = {"ssl-linear": 0.55, "ssl-full": 0.62, "scratch": 0.45, "imagenet": 0.5}[arm]
     return round(base + 0.25 * math.log10(fraction * 10) / 1.0 * 0.5 + 0.01 * seed, 4)
 
 
-def add_experiment(store: Any, task: str = "tumor") -> int:
-    """An experiment run with a child per arm x fraction x seed (params and slice/subject metrics)."""
-    exp = store.start_run("experiment", {"task": task, "fractions": list(FRACTIONS), "seeds": len(SEEDS)}, task=task)
-    summary = []
-    for arm in ARMS:
-        for fraction in FRACTIONS:
-            for seed in SEEDS:
-                init, mode = ("scratch", "full") if arm == "scratch" else ("ssl", arm.split("-")[1])
+def child_predictions(score: float, per_class: int = TEST_SUBJECTS_PER_CLASS, scan_root: str = "/data") -> list[dict]:
+    """Test predictions of one child: two slices per subject; in each class the first ``round(score * n)``
+    subjects are right (so slice and subject balanced accuracy are that fraction), the rest wrong."""
+    rows = []
+    right = round(score * per_class)
+    for c, label in enumerate(LABELS):
+        for s in range(per_class):
+            pred = c if s < right else (c + 1) % len(LABELS)
+            probs = [0.1] * len(LABELS)
+            probs[pred] = 0.7
+            for k in range(2):
+                rows.append({"split": "test", "scan": f"{scan_root}/{label}/sub-{c}{s:02d}_slice-{k}.png",
+                             "subject": f"sub-{c}{s:02d}", "true_label": label, "pred_label": LABELS[pred],
+                             "confidence": 0.7, "probs": probs})
+    return rows
+
+
+def add_experiment(store: Any, task: str = "tumor", score: Callable[[str, float, int], float] = _arm_score,
+                   arms: tuple[str, ...] = ARMS, fractions: tuple[float, ...] = FRACTIONS,
+                   seeds: tuple[int, ...] = SEEDS, leaky_arms: tuple[str, ...] = ()) -> int:
+    """An experiment run with a child per arm x fraction x seed: params (arm, fraction, seed, classes,
+    optimizer_steps, leakage_reasons), metrics and test predictions scoring ``score(arm, fraction, seed)``."""
+    exp = store.start_run("experiment", {"task": task, "fractions": list(fractions), "seeds": len(seeds),
+                                         "bootstrap": 200}, task=task)
+    for arm in arms:
+        for fraction in fractions:
+            for seed in seeds:
+                init, mode = ("ssl", arm.split("-")[1]) if arm.startswith("ssl-") else (arm, "full")
                 run = store.start_run("finetune", {"task": task, "init": init, "mode": mode, "label_fraction": fraction,
-                                                   "seed": seed, "model": "test_resnet"}, task=task, parent_run_id=exp)
+                                                   "seed": seed, "model": "test_resnet", "fold": None},
+                                      task=task, parent_run_id=exp)
+                reasons = ["SSL pool holds 3 test groups"] if arm in leaky_arms else []
                 store.log_params(run, {"arm": arm, "fraction": fraction, "seed": seed, "split_level": "subject",
-                                       "ssl_pool_test_overlap": 0})
-                score = _arm_score(arm, fraction, seed)
-                store.log_metrics(run, {"test_balanced_accuracy": score, "test_accuracy": score + 0.01,
-                                        "test_macro_f1": score - 0.01, "test_subject_balanced_accuracy": score + 0.05,
-                                        "test_subject_accuracy": score + 0.06, "test_subject_macro_f1": score + 0.04})
+                                       "ssl_pool_test_overlap": 0, "classes": json.dumps(LABELS),
+                                       "optimizer_steps": int(300 / fraction) if fraction < 0.5 else 600,
+                                       "leakage_reasons": json.dumps(reasons)})
+                value = score(arm, fraction, seed)
+                store.log_metrics(run, {"test_balanced_accuracy": value, "test_accuracy": value,
+                                        "test_macro_f1": value - 0.01, "test_subject_balanced_accuracy": value,
+                                        "test_subject_accuracy": value, "test_subject_macro_f1": value - 0.01})
+                store.log_predictions(run, child_predictions(value))
                 store.log_confusion(run, "test", "subject", LABELS, [[2, 0, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 2]])
                 store.end_run(run)
-            summary.append({"arm": arm, "fraction": fraction, "metric": "test_balanced_accuracy",
-                            "mean": _arm_score(arm, fraction, 1), "ci": [0.0, 1.0], "n": len(SEEDS)})
-    store.log_result(exp, "summary", summary)
     store.end_run(exp)
     return exp
 

@@ -162,13 +162,16 @@ def test_home_flags_leakage_prone_results(tmp_path: Path, monkeypatch: pytest.Mo
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     store = RunStore(url)
-    for level in ("image", "subject"):
-        run = store.start_run("finetune", {"init": "scratch", "mode": "full", "label_fraction": 1.0}, task=level)
-        store.log_params(run, {"split_level": level, "ssl_pool_test_overlap": 0})
+    # image-level split; clean; a subject-level split whose run recorded a leakage reason (a leaky given split)
+    for task, level, reasons in (("image", "image", "[]"), ("subject", "subject", "[]"),
+                                 ("given", "subject", '["given split: 3 subjects in train and test"]')):
+        run = store.start_run("finetune", {"init": "scratch", "mode": "full", "label_fraction": 1.0}, task=task)
+        store.log_params(run, {"split_level": level, "ssl_pool_test_overlap": 0, "leakage_reasons": reasons})
         store.log_metrics(run, {"test_accuracy": 0.9, "test_balanced_accuracy": 0.9, "test_macro_f1": 0.9})
         store.end_run(run)
     monkeypatch.setenv("SSLMRI_DB", url)
     at = open_home()
     assert_no_exception(at)
     errors = " ".join(e.value for e in at.error)
-    assert "1 of the latest results are leakage-prone" in errors and "#1" in errors and "#2" not in errors
+    assert "2 of the latest results are leakage-prone" in errors
+    assert "#1" in errors and "#3" in errors and "#2" not in errors

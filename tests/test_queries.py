@@ -275,3 +275,111 @@ def test_curve_groups_and_figures(populated: tuple[str, dict[str, int]]) -> None
     assert plots.confusion_figure(cm).data[0].z[0][0] == 5
     bars = plots.latest_results_figure(queries.latest_finetune_by_task(url))
     assert {trace.name for trace in bars.data} == {"scratch · full @ 100% labels", "ssl · linear @ 100% labels"}
+
+
+# -- experiments: statistics per experiment, never pooled ---------------------------------------------
+def _experiment_store(tmp_path: Path, **experiments: dict) -> tuple[str, dict[str, int]]:
+    """A store with named experiments (keyword arguments of ``dashboard_store.add_experiment``)."""
+    from dashboard_store import add_experiment
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    ids = {name: add_experiment(store, **kwargs) for name, kwargs in experiments.items()}
+    store.engine.dispose()
+    return url, ids
+
+
+def _constant(value: float):  # type: ignore[no-untyped-def]
+    return lambda arm, fraction, seed: value
+
+
+def test_experiment_predictions_is_the_frame_stats_takes(tmp_path: Path) -> None:
+    from dashboard_store import TEST_SUBJECTS_PER_CLASS
+
+    from sslmri_core import stats
+
+    url, ids = _experiment_store(tmp_path, exp={"arms": ("ssl-full", "scratch"), "fractions": (1.0,), "seeds": (0, 1)})
+    frame = queries.experiment_predictions(url, ids["exp"])
+    assert list(frame.columns) == queries.EXPERIMENT_FRAME_COLUMNS and set(stats.FRAME_COLUMNS) <= set(frame.columns)
+    assert frame.attrs["classes"] == LABELS
+    assert len(frame) == 2 * 2 * len(LABELS) * TEST_SUBJECTS_PER_CLASS * 2  # arms x seeds x subjects x slices
+    assert frame["fold"].isna().all() and (frame["steps"] == 600).all() and not frame["leakage_prone"].any()
+    assert set(frame["seed"]) == {0, 1} and set(frame["arm"]) == {"ssl-full", "scratch"}
+    assert queries.experiment_predictions(url, 999).empty
+
+
+def test_two_experiments_of_one_task_are_never_averaged(tmp_path: Path) -> None:
+    url, ids = _experiment_store(tmp_path, old={"score": _constant(0.8), "seeds": (0, 1)},
+                                 new={"score": _constant(0.3), "seeds": (0, 1)})
+    results = queries.finetune_results(url)
+    assert queries.task_experiments(results, "tumor") == [ids["new"], ids["old"]]
+    for name, value in (("old", 0.8), ("new", 0.3)):
+        curves = queries.experiment_statistics(url, ids[name]).curves
+        assert (curves["experiment_id"] == ids[name]).all()
+        assert curves["mean"].tolist() == pytest.approx([value] * len(curves))  # pooled would be 0.55
+        assert (curves["n_seeds"] == 2).all()  # not 4: the other experiment's seeds are not "more seeds"
+
+
+def test_leakage_prone_children_are_left_out_unless_asked_for(tmp_path: Path) -> None:
+    url, ids = _experiment_store(tmp_path, exp={"arms": ("ssl-full", "scratch"), "fractions": (1.0,),
+                                                "seeds": (0,), "leaky_arms": ("ssl-full",)})
+    hidden = queries.experiment_statistics(url, ids["exp"])
+    assert set(hidden.curves["arm"]) == {"scratch"} and hidden.paired.empty and len(hidden.leaky_runs) == 1
+    shown = queries.experiment_statistics(url, ids["exp"], include_leaky=True)
+    flagged = shown.curves.groupby("arm")["leakage_prone"].agg(["all", "any"])
+    assert flagged.loc["ssl-full", "all"] and not flagged.loc["scratch", "any"]
+    assert shown.paired["leakage_prone"].all()
+    runs = queries.finetune_results(url).set_index("arm")["leakage_prone"]
+    assert runs["ssl-full"].all() and not runs["scratch"].any()  # from leakage_reasons alone: split and overlap are clean
+
+
+def test_leakage_reasons_mark_a_run_leakage_prone(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    expected = {}
+    for reasons, leaky in (('["a given split shares 3 subjects"]', True), ("[]", False), (None, False)):
+        run = store.start_run("finetune", {"init": "scratch", "mode": "full"}, task="t")
+        store.log_params(run, {"split_level": "subject", "ssl_pool_test_overlap": 0,
+                               **({"leakage_reasons": reasons} if reasons is not None else {})})
+        store.end_run(run)
+        expected[run] = leaky
+    frame = queries.runs_frame(url).set_index("id")["leakage_prone"]
+    assert {int(k): bool(v) for k, v in frame.items()} == expected
+
+
+def test_the_headline_is_full_labels_never_the_best_fraction(tmp_path: Path) -> None:
+    best_at_half = {0.1: 0.4, 0.5: 0.9, 1.0: 0.6}
+    url, ids = _experiment_store(
+        tmp_path, exp={"score": lambda arm, fraction, seed: best_at_half[fraction], "seeds": (0,)},
+        partial={"task": "alzheimer", "fractions": (0.1, 0.5), "score": lambda arm, fraction, seed: 0.3 + fraction,
+                 "seeds": (0,)})
+    headline = queries.full_label_results(url).set_index(["task", "arm"])
+    tumor = headline.loc["tumor"]
+    assert (tumor["fraction"] == 1.0).all() and tumor["mean"].tolist() == pytest.approx([0.6] * 3)
+    alzheimer = headline.loc["alzheimer"]  # no 100% in its grid: the largest fraction configured
+    assert (alzheimer["fraction"] == 0.5).all() and alzheimer["mean"].tolist() == pytest.approx([0.8] * 3)
+
+
+def test_the_cli_summary_and_the_dashboard_share_one_computation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sslmri_core.config import ExperimentConfig
+    from sslmri_core.experiment import print_summary, summarise
+
+    url, ids = _experiment_store(tmp_path, exp={"seeds": (0, 1)})
+    result = summarise(RunStore(url), ids["exp"])
+    dashboard = queries.experiment_statistics(url, ids["exp"])
+    ours = {(r["arm"], r["fraction"], r["metric"]): (r["mean"], r["ci"]) for r in result.summary}
+    theirs = {(r.arm, r.fraction, r.metric): (r.mean, [r.lo, r.hi]) for r in dashboard.curves.itertuples()}
+    assert ours == theirs and len(ours) == 3 * 3 * 3
+    assert {(p["arm"], p["baseline"], p["fraction"], p["metric"]) for p in result.paired} == {
+        (r.arm, r.baseline, r.fraction, r.metric) for r in dashboard.paired.itertuples()}
+    payload = result.to_json()
+    assert "pretraining" in payload and "one draw" not in payload["interval"] and payload["summary"] == result.summary
+    assert {"n_test_subjects", "steps", "ci", "n_seeds"} <= set(payload["summary"][0])
+    assert {"n_test_subjects", "ci", "wins"} <= set(payload["paired"][0])
+    print_summary(result, ExperimentConfig(task="tumor"))
+    printed = capsys.readouterr().err
+    assert "test subjects" in printed and "0.700 [0.550, 0.825]" in printed  # ssl-linear at 100%: mean [lo, hi]
+    assert "paired difference" in printed and "+0.100 [+0.024, +0.200]" in printed and "pretraining" in printed
+    assert "…" not in printed  # nothing cut off on an 80-column terminal

@@ -1,7 +1,12 @@
-"""SSL vs supervised: label-efficiency curves, paired differences and the results table, per task."""
+"""SSL vs supervised: label-efficiency curves, paired differences and the results table, per experiment.
+
+The statistics come from one experiment's test predictions (sslmri_core.stats via queries); runs of
+different experiments, and single runs outside any, are never averaged together.
+"""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 import common
@@ -19,82 +24,125 @@ if results.empty:
         "# or single runs: python cli.py finetune --from-run ID --label-fraction 0.1",
     )
 
-tasks = sorted(results["task"].unique())
-left, middle, right = st.columns([2, 1, 2])
-task = left.selectbox("Task", tasks, key="task")
-level = middle.radio("Level", ["slice", "subject"], horizontal=True, key="level",
-                     help="Slice: every image counts once. Subject: one prediction per patient (mean of its slices).")
-# The metric is chosen by name and the level picks its slice or subject key, so both choices stay put.
-choice = right.selectbox("Metric", range(len(queries.RESULT_METRICS["slice"])), key="metric",
-                         format_func=lambda i: common.METRIC_LABELS[queries.RESULT_METRICS["slice"][i]])
-metric = queries.RESULT_METRICS[level][choice]
-label = f"{common.METRIC_LABELS[metric]} ({level} level)"
+METRIC_NAMES = {
+    "test_balanced_accuracy": "balanced accuracy (slice level)",
+    "test_subject_balanced_accuracy": "balanced accuracy (subject level)",
+    "test_subject_accuracy": "accuracy (subject level)",
+}
+RUN_COLUMNS = {"run_id": st.column_config.NumberColumn("run", format="%d"),
+               "fraction": st.column_config.NumberColumn("fraction", format="percent")}
 
+
+def show_standalone(runs: pd.DataFrame) -> None:
+    """Fine-tuning runs outside any experiment: listed one by one, never averaged with anything."""
+    if runs.empty:
+        return
+    st.subheader(f"Single fine-tuning runs ({len(runs)})")
+    st.caption("Not part of an experiment: each is its own split, model and budget, so they are listed, "
+               "not averaged into the curves.")
+    st.dataframe(runs[["run_id", "arm", "fraction", "seed", "leakage_prone", *queries.RESULT_METRICS["slice"],
+                       "created_at"]], hide_index=True, column_config=RUN_COLUMNS)
+
+
+def per_class(value: object) -> str:
+    return ", ".join(f"{c} {n}" for c, n in value.items()) if isinstance(value, dict) else ""
+
+
+def steps_text(value: object) -> str:
+    if isinstance(value, list):
+        return "/".join(str(v) for v in value)
+    return "—" if value is None or pd.isna(value) else str(int(value))
+
+
+def display(frame: pd.DataFrame) -> pd.DataFrame:
+    """Dict and list cells as text, so the table shows them on every backend."""
+    out = frame.assign(fraction=frame["fraction"].map(common.fraction_label), note=frame["note"].fillna(""))
+    if "n_test_subjects_per_class" in out:
+        out["n_test_subjects_per_class"] = out["n_test_subjects_per_class"].map(per_class)
+    if "steps" in out:
+        out["steps"] = out["steps"].map(steps_text)
+    return out.drop(columns=["experiment_id", "metric"])
+
+
+tasks = sorted(results["task"].unique())
+left, right = st.columns([1, 2])
+task = left.selectbox("Task", tasks, key="task")
 rows = results[results["task"] == task]
-if rows[metric].isna().all():
-    st.info(f"No run of task {task} has {level}-level {common.METRIC_LABELS[metric]}; "
-            "subject-level metrics come from `python cli.py experiment` (or switch to slice level).")
+experiment_ids = queries.task_experiments(results, task)
+standalone = rows[rows["experiment_id"].isna()]
+if not experiment_ids:
+    st.info(f"No experiment of task {task} yet: curves and paired differences come from one experiment (every arm x "
+            "label fraction x seed on one split), never from single runs pooled together.")
+    st.code(f"python cli.py experiment --task {task} --fractions 0.1,0.5,1.0 --seeds 3", language="bash")
+    show_standalone(standalone)
     st.stop()
 
-leaky = rows[rows["leakage_prone"].astype(bool)]
-if not leaky.empty:
-    st.error(f"{len(leaky)} of these runs are leakage-prone (image-level split or SSL pretrained on test images): "
-             + ", ".join(f"#{r}" for r in leaky["run_id"]))
+children = rows["experiment_id"].value_counts()
+experiment = right.selectbox("Experiment", experiment_ids, key="experiment",
+                             format_func=lambda i: f"#{i} ({children.get(i, 0)} finished runs)")
+show_leaky = st.toggle("Show leakage-prone runs (flagged)", key="show_leaky", value=False,
+                       help="Leakage-prone runs (image-level split, SSL pretrained on test images, a leaky given "
+                            "split) are left out of the means by default.")
+summary = common.experiment_statistics(url, int(experiment), bool(show_leaky))
+leaky = ", ".join(f"#{r}" for r in summary.leaky_runs)
+if summary.leaky_runs and show_leaky:
+    st.error(f"{len(summary.leaky_runs)} leakage-prone runs are included; rows they enter are flagged: {leaky}")
+elif summary.leaky_runs:
+    st.warning(f"{len(summary.leaky_runs)} leakage-prone runs of experiment #{experiment} are left out of the means "
+               f"({leaky}); the toggle shows them, flagged.")
+mine = rows[rows["experiment_id"] == experiment]
+if summary.empty:
+    st.info(f"Experiment #{experiment} has no statistics to show: its finished runs stored no test predictions"
+            + (" or are all leakage-prone." if summary.leaky_runs else "."))
+    show_standalone(standalone)
+    st.stop()
 
-curves = queries.label_efficiency(rows, metric)
-paired = queries.paired_differences(rows, metric)
-n_seeds = int(rows["seed"].nunique())
-st.caption(f"{len(rows)} finished runs of task **{task}**, {rows['arm'].nunique()} arms, "
-           f"{rows['fraction'].nunique()} label fractions, {n_seeds} seed(s). Points: mean over seeds; "
-           "bars: 95% t-interval (none with a single seed).")
-
-if rows["fraction"].nunique() < 2 or n_seeds < 2:
-    st.info("With " + ("one label fraction" if rows["fraction"].nunique() < 2 else "one seed")
-            + " there is no curve or interval to read yet: run the grid (every arm x fraction x seed on one split):")
-    st.code(f"python cli.py experiment --task {task} --fractions 0.1,0.5,1.0 --seeds 3", language="bash")
+metrics = [m for m in METRIC_NAMES if m in set(summary.curves["metric"])]
+metric = st.selectbox("Metric", metrics, key="metric", format_func=lambda m: METRIC_NAMES[m],
+                      help="Subject-level metrics exist only where every test subject has one label.")
+label = METRIC_NAMES[metric]
+curves = queries.label_efficiency(summary.curves, metric)
+paired = queries.paired_differences(summary.paired, metric)
+st.caption(f"Experiment #{experiment}: {len(summary.runs)} runs, {curves['arm'].nunique()} arms, "
+           f"{curves['fraction'].nunique()} label fractions. Points: mean over seeds; bars: {summary.interval}. "
+           f"{summary.pretraining[:1].upper()}{summary.pretraining[1:]}.")
+for note in dict.fromkeys(n for n in curves["note"] if isinstance(n, str) and n):
+    st.warning(f"Few test subjects: {note}.")
 
 chart_left, chart_right = st.columns(2)
 with chart_left:
-    st.plotly_chart(plots.label_efficiency_figure(curves, label, f"Label efficiency — {task}"), key="curve")
+    st.plotly_chart(plots.label_efficiency_figure(curves, label, f"Label efficiency — {task}, experiment #{experiment}"),
+                    key="curve")
 with chart_right:
     if paired.empty:
-        st.info(f"No paired differences: they need a `{queries.REFERENCE_ARM}` run and another arm with the same "
+        st.info("No paired differences: they need an SSL arm and a baseline (scratch or imagenet) at the same "
                 "label fraction and seed.")
     else:
         st.plotly_chart(plots.paired_difference_figure(paired, label), key="paired")
 
 st.subheader("Results")
-table = curves.assign(fraction=curves["fraction"].map(common.fraction_label))
-st.dataframe(table.drop(columns=["task", "metric"]), hide_index=True, column_config={
+interval_columns = {
     "mean": st.column_config.NumberColumn("mean", format="%.3f"),
     "lo": st.column_config.NumberColumn("95% CI low", format="%.3f"),
     "hi": st.column_config.NumberColumn("95% CI high", format="%.3f"),
-    "sd": st.column_config.NumberColumn("SD", format="%.3f"),
-})
-st.download_button("Download results (CSV)", curves.to_csv(index=False), file_name=f"sslmri-{task}-{metric}.csv",
-                   mime="text/csv")
+    "n_seeds": st.column_config.NumberColumn("seeds"),
+    "n_test_subjects": st.column_config.NumberColumn("test subjects"),
+    "n_test_subjects_per_class": st.column_config.TextColumn("test subjects per class"),
+}
+st.dataframe(display(curves), hide_index=True, column_config=interval_columns)
+st.download_button("Download results (CSV)", curves.to_csv(index=False),
+                   file_name=f"sslmri-{task}-experiment-{experiment}-{metric}.csv", mime="text/csv")
 if not paired.empty:
-    st.markdown(f"**Paired differences vs {queries.REFERENCE_ARM}**")
-    st.dataframe(paired.assign(fraction=paired["fraction"].map(common.fraction_label)).drop(columns=["task", "metric"]),
-                 hide_index=True, column_config={
-                     "mean_diff": st.column_config.NumberColumn("mean difference", format="%+.3f"),
-                     "lo": st.column_config.NumberColumn("95% CI low", format="%+.3f"),
-                     "hi": st.column_config.NumberColumn("95% CI high", format="%+.3f"),
-                     "wins": st.column_config.NumberColumn("arm better in"),
-                 })
+    st.markdown("**Paired differences: SSL arm minus baseline**")
+    st.dataframe(display(paired), hide_index=True, column_config={
+        **interval_columns, "mean_diff": st.column_config.NumberColumn("mean difference", format="%+.3f"),
+        "lo": st.column_config.NumberColumn("95% CI low", format="%+.3f"),
+        "hi": st.column_config.NumberColumn("95% CI high", format="%+.3f"),
+        "wins": st.column_config.NumberColumn("SSL better in (seeds)"),
+    })
     st.download_button("Download paired differences (CSV)", paired.to_csv(index=False),
-                       file_name=f"sslmri-{task}-{metric}-paired.csv", mime="text/csv")
+                       file_name=f"sslmri-{task}-experiment-{experiment}-{metric}-paired.csv", mime="text/csv")
 
-with st.expander(f"Every run ({len(rows)})"):
-    st.dataframe(rows.drop(columns=["task", "status"]), hide_index=True,
-                 column_config={"run_id": st.column_config.NumberColumn("run", format="%d"),
-                                "fraction": st.column_config.NumberColumn("fraction", format="percent")})
-
-experiments = common.experiments(url)
-stored = experiments[experiments["task"] == task] if not experiments.empty else experiments
-if not stored.empty:
-    latest = int(stored.iloc[0]["id"])
-    summary = common.run_results(url, latest).get("summary")
-    if summary:
-        with st.expander(f"Summary stored by experiment #{latest}"):
-            st.dataframe(summary, hide_index=True)
+with st.expander(f"Every run of experiment #{experiment} ({len(mine)})"):
+    st.dataframe(mine.drop(columns=["task", "status", "experiment_id"]), hide_index=True, column_config=RUN_COLUMNS)
+show_standalone(standalone)
