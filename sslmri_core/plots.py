@@ -134,9 +134,10 @@ ARM_COLORS = {"ssl-linear": "#1f77b4", "ssl-full": "#2ca02c", "scratch": "#d6272
 
 
 def label_efficiency_figure(curves: pd.DataFrame, metric_label: str, title: str = "") -> go.Figure:
-    """Mean metric vs label fraction (log x) per arm, with the 95% interval as error bars.
+    """Mean metric vs label fraction (log x) per arm, with the 95% interval as error bars (none where a
+    row has no interval).
 
-    ``curves`` is one task's :func:`sslmri_core.queries.label_efficiency` frame.
+    ``curves`` is one experiment's :func:`sslmri_core.queries.label_efficiency` frame.
     """
     fig = go.Figure()
     for arm, rows in curves.groupby("arm", sort=False):
@@ -146,9 +147,10 @@ def label_efficiency_figure(curves: pd.DataFrame, metric_label: str, title: str 
             line={"color": ARM_COLORS.get(str(arm))},
             error_y={"type": "data", "symmetric": False, "array": rows["hi"] - rows["mean"],
                      "arrayminus": rows["mean"] - rows["lo"]},
-            customdata=rows[["lo", "hi", "n"]].to_numpy(),
+            customdata=rows[["lo", "hi", "n_seeds", "n_test_subjects"]].to_numpy(),
             hovertemplate=(f"{arm}<br>labels %{{x:.1%}}<br>{metric_label} %{{y:.3f}}"
-                           "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n=%{customdata[2]}<extra></extra>"),
+                           "<br>95% CI [%{customdata[0]:.3f}, %{customdata[1]:.3f}]<br>%{customdata[2]} seed(s), "
+                           "%{customdata[3]} test subjects<extra></extra>"),
         ))
     fractions = sorted(curves["fraction"].dropna().unique())
     fig.update_xaxes(type="log", title="label fraction (log scale)", tickvals=fractions,
@@ -158,25 +160,27 @@ def label_efficiency_figure(curves: pd.DataFrame, metric_label: str, title: str 
     return fig
 
 
-def paired_difference_figure(paired: pd.DataFrame, metric_label: str, reference: str = "scratch") -> go.Figure:
-    """Each arm minus ``reference`` per label fraction: mean paired difference and its 95% interval."""
+def paired_difference_figure(paired: pd.DataFrame, metric_label: str) -> go.Figure:
+    """Each SSL arm minus each baseline per label fraction: mean paired difference and its 95% interval
+    (``paired``: one experiment's :func:`sslmri_core.queries.paired_differences` frame)."""
     fig = go.Figure()
-    for arm, rows in paired.groupby("arm", sort=False):
+    for (arm, baseline), rows in paired.groupby(["arm", "baseline"], sort=False):
         rows = rows.sort_values("fraction")
         fig.add_trace(go.Scatter(
-            x=rows["fraction"], y=rows["mean_diff"], mode="markers+lines", name=f"{arm} − {reference}",
-            line={"color": ARM_COLORS.get(str(arm))},
+            x=rows["fraction"], y=rows["mean_diff"], mode="markers+lines", name=f"{arm} − {baseline}",
+            line={"color": ARM_COLORS.get(str(arm)), "dash": "solid" if baseline == "scratch" else "dot"},
             error_y={"type": "data", "symmetric": False, "array": rows["hi"] - rows["mean_diff"],
                      "arrayminus": rows["mean_diff"] - rows["lo"]},
-            customdata=rows[["lo", "hi", "n", "wins"]].to_numpy(),
+            customdata=rows[["lo", "hi", "n_seeds", "wins", "n_test_subjects"]].to_numpy(),
             hovertemplate=("labels %{x:.1%}<br>difference %{y:+.3f}<br>95% CI [%{customdata[0]:+.3f}, "
-                           "%{customdata[1]:+.3f}]<br>better in %{customdata[3]} of %{customdata[2]} pairs<extra></extra>"),
+                           "%{customdata[1]:+.3f}], %{customdata[4]} test subjects<br>better in %{customdata[3]} "
+                           "of %{customdata[2]} seeds<extra></extra>"),
         ))
     fig.add_hline(y=0, line_dash="dash", line_color="gray")
     fractions = sorted(paired["fraction"].dropna().unique())
     fig.update_xaxes(type="log", title="label fraction (log scale)", tickvals=fractions,
                      ticktext=[f"{f:.0%}" if f >= 0.01 else f"{f:.1%}" for f in fractions])
-    fig.update_layout(title=f"Paired difference vs {reference} (same split, seed and labels)",
+    fig.update_layout(title="Paired difference, SSL minus baseline (same test subjects, seeds and resamples)",
                       yaxis_title=f"Δ {metric_label}", height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.25})
     return fig
@@ -239,4 +243,31 @@ def class_balance_figure(counts: dict[str, int], title: str = "Images per class"
     fig = go.Figure(go.Bar(x=labels, y=[counts[k] for k in labels], text=[counts[k] for k in labels],
                            textposition="outside"))
     fig.update_layout(title=title, height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10}, yaxis_title="images")
+    return fig
+
+
+LEAKAGE_COLORS = {"true": "#1f77b4", "shuffled": "#d62728"}
+
+
+def leakage_figure(cells: pd.DataFrame, chance: float | None, title: str = "") -> go.Figure:
+    """The leakage demonstration's 2x2 as grouped bars: x = split (subject, image), one bar per
+    labelling (true, shuffled per subject), test balanced accuracy on y, and the chance level as a line.
+
+    ``cells``: columns ``split, labels, balanced_accuracy`` (4 rows; a missing value draws no bar).
+    """
+    fig = go.Figure()
+    names = {"subject": "split by subject", "image": "split by image"}
+    for labels in ("true", "shuffled"):
+        part = cells[cells["labels"] == labels]
+        values = pd.to_numeric(part["balanced_accuracy"], errors="coerce")
+        fig.add_trace(go.Bar(
+            x=[names.get(s, s) for s in part["split"]], y=values, name=f"{labels} labels"
+            + (" (per subject)" if labels == "shuffled" else ""), marker_color=LEAKAGE_COLORS[labels],
+            text=[f"{v:.2f}" if pd.notna(v) else "" for v in values], textposition="outside",
+        ))
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dash", line_color="#7f7f7f",
+                      annotation_text=f"chance {chance:.2f}", annotation_position="top left")
+    fig.update_layout(barmode="group", title=title, height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      yaxis={"title": "test balanced accuracy", "range": [0, 1.08]}, legend={"orientation": "h", "y": -0.15})
     return fig

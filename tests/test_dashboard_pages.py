@@ -50,11 +50,13 @@ def open_page(page: str | None, query: dict[str, str] | None = None) -> AppTest:
     return at
 
 
-def test_home_shows_best_arms_experiments_and_audit_warning(store: dict[str, int]) -> None:
+def test_home_shows_full_label_arms_experiments_and_audit_warning(store: dict[str, int]) -> None:
     at = open_page(None)
     text = page_text(at)
-    assert "Best result per task and arm" in text
-    assert all(arm in text for arm in ARMS)
+    assert "Full labels: each arm in the latest experiment per task" in text
+    headline = at.dataframe[0].value
+    assert set(headline["arm"]) == set(ARMS) and set(headline["fraction"]) == {"100%"}
+    assert (headline["experiment_id"] == store["experiment"]).all() and (headline["n_test_subjects"] == 40).all()
     assert "Latest experiments" in text and str(store["experiment"]) in text
     assert any("Data audit" in e.value and "duplicate groups across splits: 1" in e.value for e in at.error)
 
@@ -62,24 +64,87 @@ def test_home_shows_best_arms_experiments_and_audit_warning(store: dict[str, int
 def test_ssl_page_curves_paired_table_and_csv(store: dict[str, int]) -> None:
     at = open_page("ssl")
     text = page_text(at)
+    assert at.selectbox(key="experiment").value == store["experiment"]
     assert len(at.get("plotly_chart")) == 2  # curve and paired difference
     table = at.dataframe[0].value
     assert set(table["arm"]) == set(ARMS) and len(table) == len(ARMS) * len(FRACTIONS)
-    assert (table["n"] >= len(SEEDS)).all()
-    assert "Paired differences vs scratch" in text
+    assert (table["n_seeds"] == len(SEEDS)).all() and (table["n_test_subjects"] == 40).all()
+    assert (table["lo"] < table["mean"]).all() and (table["mean"] < table["hi"]).all()  # 40 subjects: real intervals
+    assert "glioma 10" in table["n_test_subjects_per_class"].iloc[0]
+    paired = at.dataframe[1].value
+    assert set(zip(paired["arm"], paired["baseline"], strict=True)) == {("ssl-linear", "scratch"), ("ssl-full", "scratch")}
+    assert "Paired differences: SSL arm minus baseline" in text and "its randomness is not in these intervals" in text
     assert [b for b in at.get("download_button")]
-    at.radio(key="level").set_value("subject").run()
+    at.selectbox(key="metric").set_value("test_subject_accuracy").run()
     assert_no_exception(at)
-    assert "balanced accuracy (subject level)" in at.get("plotly_chart")[0].proto.spec
-    at.selectbox(key="metric").set_value(2).run()
-    assert "macro F1 (subject level)" in at.get("plotly_chart")[0].proto.spec
+    assert "accuracy (subject level)" in at.get("plotly_chart")[0].proto.spec
 
 
-def test_ssl_page_without_subject_metrics_says_so(store: dict[str, int]) -> None:
+def test_ssl_page_lists_single_runs_without_averaging_them(store: dict[str, int]) -> None:
     at = open_page("ssl")
-    at.selectbox(key="task").set_value("alzheimer") if "alzheimer" in at.selectbox(key="task").options else None
-    at.radio(key="level").set_value("subject").run()
+    text = page_text(at)
+    assert "Single fine-tuning runs (5)" in text  # populate_store's three and the two scan models
+    single = at.dataframe[-1].value
+    assert {store["scratch"], store["ssl_new"], store["scan_ssl"]} <= set(single["run_id"])
+    # the single scratch run at 100% is not one more "seed" of the experiment's scratch arm
+    assert (at.dataframe[0].value["n_seeds"] == len(SEEDS)).all()
+
+
+def _two_experiment_store(root: Path) -> tuple[str, dict[str, int]]:
+    from dashboard_store import add_experiment
+
+    from sslmri_core.store import RunStore
+
+    url = f"sqlite:///{root / 'runs.db'}"
+    store = RunStore(url)
+    ids = {"old": add_experiment(store, score=lambda arm, fraction, seed: 0.8, seeds=(0, 1)),
+           "new": add_experiment(store, score=lambda arm, fraction, seed: 0.3, seeds=(0, 1))}
+    store.engine.dispose()
+    return url, ids
+
+
+def test_ssl_page_shows_one_experiment_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, ids = _two_experiment_store(tmp_path)
+    monkeypatch.setenv("SSLMRI_DB", url)
+    at = open_page("ssl")
+    assert at.selectbox(key="experiment").options == [f"#{ids['new']} (18 finished runs)",
+                                                      f"#{ids['old']} (18 finished runs)"]
+    table = at.dataframe[0].value
+    assert table["mean"].round(6).tolist() == [0.3] * 9 and (table["n_seeds"] == 2).all()  # pooled: 0.55 over 4
+    at.selectbox(key="experiment").set_value(ids["old"]).run()
     assert_no_exception(at)
+    assert at.dataframe[0].value["mean"].round(6).tolist() == [0.8] * 9
+
+
+def test_ssl_page_leaves_leakage_prone_runs_out_until_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard_store import add_experiment
+
+    from sslmri_core.store import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    add_experiment(RunStore(url), leaky_arms=("ssl-full",), seeds=(0,))
+    monkeypatch.setenv("SSLMRI_DB", url)
+    at = open_page("ssl")
+    assert set(at.dataframe[0].value["arm"]) == {"ssl-linear", "scratch"}
+    assert any("3 leakage-prone runs" in w.value and "left out" in w.value for w in at.warning)
+    at.toggle(key="show_leaky").set_value(True).run()
+    assert_no_exception(at)
+    table = at.dataframe[0].value
+    assert set(table["arm"]) == set(ARMS) and table.set_index("arm")["leakage_prone"].loc["ssl-full"].all()
+    assert any("3 leakage-prone runs are included" in e.value for e in at.error)
+
+
+def test_home_shows_full_labels_not_the_best_fraction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboard_store import add_experiment
+
+    from sslmri_core.store import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    best_at_half = {0.1: 0.4, 0.5: 0.9, 1.0: 0.6}
+    add_experiment(RunStore(url), score=lambda arm, fraction, seed: best_at_half[fraction], seeds=(0,))
+    monkeypatch.setenv("SSLMRI_DB", url)
+    headline = open_page(None).dataframe[0].value
+    assert set(headline["fraction"]) == {"100%"} and headline["mean"].round(6).tolist() == [0.6] * 3
 
 
 def test_confusion_page_single_and_side_by_side(store: dict[str, int]) -> None:
@@ -164,7 +229,7 @@ def test_every_page_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     try:
         _, ids = populate_full_store(tmp_path, url)
         monkeypatch.setenv("SSLMRI_DB", url)
-        assert "Best result per task and arm" in page_text(open_page(None))
+        assert "Full labels: each arm in the latest experiment per task" in page_text(open_page(None))
         assert len(open_page("ssl").get("plotly_chart")) == 2
         assert len(open_page("confusion", {"run": str(ids["scan_ssl"])}).get("plotly_chart")) == 1
         scans = open_page("scans", {"run": str(ids["scan_ssl"])})
@@ -259,3 +324,37 @@ def test_overlay_changes_with_opacity_and_window() -> None:
     assert np.array_equal(faint[0, 0], strong[0, 0])  # below the threshold the image shows through
     narrow = scan_tools.overlay(image, None, opacity=0.5, colormap="jet", threshold=0.5, level=128, width=20)
     assert narrow[0, 0, 0] == 0 and narrow[0, -1, 0] == 255
+
+
+def test_data_page_shows_the_leakage_demonstration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No leakage run: the Data page names the command. With one: its 2x2 as grouped bars with a chance line."""
+    import streamlit as st
+
+    from sslmri_core.store import RunStore
+
+    url, ids = populate_full_store(tmp_path)
+    monkeypatch.setenv("SSLMRI_DB", url)
+    st.cache_data.clear()
+    before = open_page("data")
+    assert any("python cli.py leakage --data" in c.value for c in before.code)
+    assert not any("split by image" in c.proto.spec for c in before.get("plotly_chart"))
+
+    store = RunStore(url)
+    run = store.start_run("leakage", {"model": "resnet18"}, task="tumor")
+    store.log_params(run, {"dataset": ids["dataset"], "data_root": str(tmp_path / "data" / "tumor")})
+    store.log_result(run, "leakage", {"run_id": run, "subject": {"true": 0.61, "shuffled": 0.27},
+                                      "image": {"true": 0.93, "shuffled": 0.88}, "chance": 0.25})
+    store.end_run(run)
+    other = store.start_run("leakage", {"model": "resnet18"}, task="tumor")  # another data set's run: not shown
+    store.log_params(other, {"dataset": ids["dataset"] + 100, "data_root": "/elsewhere"})
+    store.log_result(other, "leakage", {"subject": {"true": 0.1, "shuffled": 0.1}, "image": {"true": 0.1, "shuffled": 0.1},
+                                        "chance": 0.5})
+    store.end_run(other)
+    st.cache_data.clear()
+    at = open_page("data")
+    charts = [c.proto.spec for c in at.get("plotly_chart") if "split by image" in c.proto.spec]
+    assert len(charts) == 1
+    spec = charts[0]
+    assert "split by subject" in spec and "shuffled labels" in spec and "true labels" in spec
+    assert "chance 0.25" in spec and "0.88" in spec and "0.27" in spec and "chance 0.50" not in spec
+    assert f"Run #{run}" in page_text(at) and "Yagis" in page_text(at)

@@ -7,10 +7,35 @@ import streamlit as st
 
 import common
 import scan_tools
-from sslmri_core import plots
+from sslmri_core import plots, queries
 
 THUMBS_PER_GROUP = 6
 GROUPS_SHOWN = 10
+LEAKAGE_NOTE = ("Labels shuffled per subject carry no diagnosis: a score above chance with the image split means the "
+                "model recognises patients whose other slices it trained on; split by subject, it stays at chance "
+                "(Yagis et al. 2021).")
+
+
+@st.cache_data(ttl=common.CACHE_TTL_S, show_spinner=False)
+def latest_leakage(url: str, dataset_id: int, root: str) -> queries.LeakageDemo | None:
+    return queries.latest_leakage(common.engine(url), dataset_id, root)
+
+
+def leakage_section(url: str, dataset_id: int, root: str, split_level: str) -> None:
+    """The data set's latest ``cli.py leakage`` run as a 2x2 bar chart, or the command that makes one."""
+    st.markdown("**Leakage demonstration**")
+    demo = latest_leakage(url, dataset_id, root)
+    if demo is None:
+        if split_level == "image":
+            st.caption("Needs subject ids in the file names (`--subject-pattern REGEX`): it shuffles labels per subject.")
+        else:
+            st.caption("Not run yet: one small model trained four ways (split by subject or by image, true or "
+                       "per-subject shuffled labels) shows what a leaky split does to a score.")
+        st.code(f'python cli.py leakage --data "{root}"', language="bash")
+        return
+    st.plotly_chart(plots.leakage_figure(demo.frame(), demo.chance, title="Test balanced accuracy"), key="leakage")
+    st.caption(f"{LEAKAGE_NOTE} Run #{demo.run_id}.")
+
 
 url = common.setup_page("Data", "🗂️")
 st.title("Data sets and audits")
@@ -63,6 +88,7 @@ else:
     st.dataframe(bad, hide_index=True)
 
 if not audit:
+    leakage_section(url, dataset_id, detail.root, detail.split_level)
     st.info("This data set has not been audited yet.")
     st.code(f"python cli.py data audit {detail.root}", language="bash")
     st.stop()
@@ -83,7 +109,10 @@ if serious:
     st.error("Can inflate test results: " + ", ".join(f"{v} {k.strip('… ')}" for k, v in serious.items()))
 else:
     st.success("No duplicate or subject crosses a split or a class.")
-st.dataframe(pd.DataFrame(list(findings.items()), columns=["finding", "count"]), hide_index=True)
+audit_col, leakage_col = st.columns(2)
+audit_col.dataframe(pd.DataFrame(list(findings.items()), columns=["finding", "count"]), hide_index=True)
+with leakage_col:
+    leakage_section(url, dataset_id, detail.root, detail.split_level)
 
 confound = audit.get("confound") or {}
 st.markdown("**Acquisition confound**")
