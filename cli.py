@@ -254,7 +254,9 @@ def pretrain(
                                                 help="Leave each --data folder's test split out of the pool (default)."),
     exclude_val: Optional[bool] = typer.Option(None, "--exclude-val/--include-val",
                                                help="Also leave the val split out (train subjects only; val stays the kNN queries)."),
-    split_seed: Optional[int] = typer.Option(None, help="Seed of the subject split whose test part is left out."),
+    split_seed: Optional[int] = typer.Option(None, help="Seed of the group split whose test part is left out."),
+    use_given_split: Optional[bool] = typer.Option(None, "--use-given-split", help="Leave out the folder's own Testing split instead (checked like finetune's)."),
+    class_map: Optional[str] = typer.Option(None, help="The class map fine-tuning will use (classes stratify the split left out)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     checkpoint_minutes: Optional[float] = typer.Option(
         None, help="Also checkpoint mid-epoch after this many minutes (default 10; 0: epoch ends only)."),
@@ -275,6 +277,7 @@ def pretrain(
         from sslmri_core.distributed import init_world
         from sslmri_core.pretrain import pretrain as run_pretrain
         from sslmri_core.pretrain import resume_pretrain
+        from sslmri_core.sources import parse_class_map
         from sslmri_core.store import RunStore
 
         overrides = dict(
@@ -285,7 +288,8 @@ def pretrain(
             augment=parse_settings(AugmentConfig(), augment, "--augment") if augment else None,
             precision=precision, monitor=monitor, subject_pattern=subject_pattern, seed=seed,
             out=str(out) if out else None, exclude_test=exclude_test, exclude_val=exclude_val, split_seed=split_seed,
-            checkpoint_minutes=checkpoint_minutes,
+            checkpoint_minutes=checkpoint_minutes, use_given_split=use_given_split,
+            class_map=parse_class_map(class_map) or None,
         )
         if resume is not None:
             given = ["--" + k.replace("_", "-") for k, v in overrides.items() if v is not None]
@@ -566,7 +570,7 @@ def leakage(
     model: Optional[str] = typer.Option(None, help="timm model name (default resnet18)."),
     image_size: Optional[int] = typer.Option(None, help="Image side in pixels (default 64)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per step (default 64)."),
-    epochs: Optional[int] = typer.Option(None, help="Budget: passes over 70% of the images, as steps shared by all four runs (default 4)."),
+    epochs: Optional[int] = typer.Option(None, help="Budget: passes over 70% of the images, as steps shared by all four runs (default 8)."),
     steps: Optional[int] = typer.Option(None, help="Optimiser steps of each of the four runs (instead of --epochs)."),
     lr: Optional[float] = typer.Option(None, help="Learning rate (AdamW, default 1e-3)."),
     seed: Optional[int] = typer.Option(None, help="Training seed and the draw of the shuffled labels (default 0)."),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.markup import escape
 
 from sslmri_core.config import (
@@ -36,8 +34,6 @@ from sslmri_core.store import RunRecord, RunStore, heartbeat_interval_s
 # arm -> (init, mode)
 ARM_SETTINGS = {"ssl-linear": ("ssl", "linear"), "ssl-full": ("ssl", "full"),
                 "scratch": ("scratch", "full"), "imagenet": ("imagenet", "full")}
-SSL_ARMS = ("ssl-linear", "ssl-full")
-BASELINE_ARMS = ("scratch", "imagenet")
 # The summary's statistics live in sslmri_core.stats, shared with the dashboard (no torch there).
 from sslmri_core.stats import EXACT_METHOD, INTERVAL, PRETRAINING  # noqa: E402
 from sslmri_core.stats import SLICE_METRIC as PRIMARY_METRIC  # noqa: E402
@@ -288,6 +284,8 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
         pretrain_runs = {fold: _pretrain_once(store, cfg, experiment_id, show_progress, fold) for fold in fold_list(cfg)}
         overlap = sum(_pool_test_overlap(store, run, data, child_config(cfg, cfg.arms[0], 1.0, 0, run, 0, fold=fold))
                       for fold, run in pretrain_runs.items())
+        if any(r is not None for r in pretrain_runs.values()):
+            console.print(f"SSL pool vs the children's test groups, compared by content: {overlap} in common")
         store.log_params(experiment_id, {
             "pretrain_run": ",".join(str(r) for r in dict.fromkeys(pretrain_runs.values()) if r is not None) or None,
             "ssl_pool_test_overlap": overlap, "steps": json.dumps({str(f): n for f, n in budgets.items()})})

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Re-measure the README's result tables on the shared real data (2 CPU cores: about an hour).
+#
+#   bash bench/readme_results.sh [DATA_ROOT] [OUT]     (defaults: ../shared/data, /tmp/sslmri-results)
+#
+# Each command's --json line goes to OUT/<name>.json, its log to OUT/<name>.log and its wall time
+# and peak memory (GNU time) to OUT/<name>.time. Every command records into OUT/runs.db.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data}
+OUT=${2:-/tmp/sslmri-results}
+mkdir -p "$OUT"
+PY=${PYTHON:-.venv/bin/python}
+COMMON=(--db "sqlite:///$OUT/runs.db" --out "$OUT/runs" --no-progress --json)
+
+run() {  # name, then the cli.py arguments
+  local name=$1; shift
+  echo "== $name: cli.py $*" >&2
+  /usr/bin/time -v -o "$OUT/$name.time" "$PY" cli.py "$@" >"$OUT/$name.out" 2>"$OUT/$name.log"
+  tail -n 1 "$OUT/$name.out" >"$OUT/$name.json"
+  grep -E "Elapsed|Maximum resident" "$OUT/$name.time" >&2
+}
+
+run audit_tumor data audit "$DATA/tumor/Training" --db "sqlite:///$OUT/runs.db" --json
+run leakage_oasis leakage --data "$DATA/alzheimer_oasis" "${COMMON[@]}"
+run tumor experiment --preset cpu --task tumor --data "$DATA/tumor/Training" "${COMMON[@]}"
+run ms experiment --preset cpu --task ms --data "$DATA/ms/FLAIR" --folds 5 --fractions 0.5,1.0 "${COMMON[@]}"
+run oasis experiment --preset cpu --task alzheimer --data "$DATA/alzheimer_oasis" --folds 5 --fractions 0.1,1.0 \
+  --seeds 1 "${COMMON[@]}"
