@@ -316,6 +316,10 @@ def pretrain(
             _print_metrics(f"pretrain run {result.run_id} finished", result.metrics)
             if json_out:
                 _print_json(_result_dict(result))
+        if world.distributed:
+            from sslmri_core.distributed import leave_world
+
+            leave_world()
 
     _guarded(action)
 

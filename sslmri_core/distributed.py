@@ -53,6 +53,14 @@ def init_world() -> World:
     return current_world()
 
 
+def leave_world() -> None:
+    """Wait for every rank, then leave the process group. Without it a rank that exits while gloo's
+    background threads still run can die with "terminate called without an active exception"."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def current_world() -> World:
     """The world of the initialised process group, else a single process."""
     if dist.is_available() and dist.is_initialized():

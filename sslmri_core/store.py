@@ -496,14 +496,22 @@ def migrate(engine: Engine) -> None:
         return
     cfg = _alembic_config()
     with engine.connect() as connection:
-        if engine.dialect.name == "sqlite":
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a table (copy, drop, rename): with foreign keys on, dropping `runs` would
+            # cascade and delete every metric, param and prediction. The pragma only works outside a transaction.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             # pysqlite would open the transaction lazily (and leave DDL outside it): take the write lock now.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         elif engine.dialect.name == "postgresql":
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7155171)")
         cfg.attributes["connection"] = connection
-        command.upgrade(cfg, "head")
-        connection.commit()
+        try:
+            command.upgrade(cfg, "head")
+            connection.commit()
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 def _git_sha() -> str | None:

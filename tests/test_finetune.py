@@ -65,8 +65,12 @@ def test_a_run_stores_slice_and_subject_evaluation(synth_tumor: Path, tmp_path: 
         assert {f"{split}_intervals", f"{split}_reliability", f"{split}_roc"} <= set(store.results(result.run_id))
     intervals = store.results(result.run_id)["test_intervals"]
     assert intervals["n_boot"] == 50 and set(intervals) >= {"slice", "subject"}
-    lo, hi = intervals["subject"]["accuracy"]
-    assert lo <= m["test_subject_accuracy"] <= hi
+    # 4-5 test subjects, 1-2 per class: too few for a bootstrap, so subject accuracy gets the exact interval
+    from sslmri_core.stats import clopper_pearson
+
+    n = intervals["n_subjects"]
+    assert n == int(store.params(result.run_id)["n_test_groups"]) < 10 and intervals["few_subjects"] is True
+    assert intervals["subject"]["accuracy"] == pytest.approx(clopper_pearson(round(m["test_subject_accuracy"] * n), n))
     from sslmri_core.queries import confusion
 
     assert confusion(store.url, result.run_id, "test", "subject") is not None
