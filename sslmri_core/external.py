@@ -96,7 +96,7 @@ def evaluate_external(
     import torch
 
     from sslmri_core.evaluate import evaluate_split
-    from sslmri_core.finetune import _Trainer, log_evaluation
+    from sslmri_core.finetune import _Trainer, log_evaluation, units
     from sslmri_core.models import Classifier, create_encoder
     from sslmri_core.pretrain import write_unusable
     from sslmri_core.progress import console
@@ -155,9 +155,10 @@ def evaluate_external(
         idx = scored
         with torch.no_grad():
             probs = trainer.predict(idx)
-        result = evaluate_split(data.labels[idx], probs, [data.subjects[int(i)] for i in idx], classes, SPLIT,
+        assert data.grouping is not None
+        result = evaluate_split(data.labels[idx], probs, units(data, idx, data.grouping.keys), classes, SPLIT,
                                 n_boot=n_boot, seed=0, n_bins=cfg.ece_bins)
         store.log_metrics(eval_id, result.metrics)
-        log_evaluation(store, eval_id, data, idx, probs, result, SPLIT)
+        log_evaluation(store, eval_id, data, idx, probs, result, SPLIT, data.grouping.keys)
     return ExternalResult(eval_id, run_id, result.metrics, int(report["files"]), int(report["usable"]),
                           list(report["unusable"]), str(out_dir), overlap, 0 if keep_overlap else len(overlap))

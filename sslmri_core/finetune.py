@@ -428,16 +428,21 @@ def _final_evaluation(trainer: _Trainer, data: ImageSet, split: Split, store: Ru
     cfg = trainer.cfg
     for name, idx in (("val", split.val), ("test", split.test)):
         probs = trainer.predict(idx, cache_as=name)
-        result = evaluate_split(data.labels[idx], probs, [data.items[int(i)].subject for i in idx], data.classes,
+        result = evaluate_split(data.labels[idx], probs, units(data, idx, split.groups), data.classes,
                                 name, n_boot=cfg.bootstrap, seed=cfg.seed, n_bins=cfg.ece_bins)
         metrics.update(result.metrics)
-        log_evaluation(store, run_id, data, idx, probs, result, name)
+        log_evaluation(store, run_id, data, idx, probs, result, name, split.groups)
     store.log_metrics(run_id, metrics)
     return metrics
 
 
+def units(data: ImageSet, idx: np.ndarray, groups: list[str]) -> list[str]:
+    """The resampling unit of each of ``data[idx]``: its subject, else its group (copies count once)."""
+    return [data.items[int(i)].subject or groups[int(i)] for i in idx]
+
+
 def log_evaluation(store: RunStore, run_id: int, data: ImageSet, idx: np.ndarray, probs: np.ndarray,
-                   result: Any, split_name: str) -> None:
+                   result: Any, split_name: str, groups: list[str]) -> None:
     """Store one split's confusions (slice and subject level), named results and per-scan predictions."""
     for level, matrix in result.confusion.items():
         store.log_confusion(run_id, split_name, level, data.classes, matrix.tolist())
@@ -446,6 +451,7 @@ def log_evaluation(store: RunStore, run_id: int, data: ImageSet, idx: np.ndarray
     store.log_predictions(run_id, [
         {"split": split_name, "scan": data.items[i].path, "subject": data.items[i].subject,
          "true_label": data.items[i].label, "pred_label": data.classes[int(p)],
-         "confidence": float(probs[j].max()), "probs": [round(float(v), 6) for v in probs[j]]}
+         "confidence": float(probs[j].max()), "probs": [round(float(v), 6) for v in probs[j]],
+         "group_key": groups[int(i)]}
         for j, (i, p) in enumerate(zip(idx, result.predictions))
     ])

@@ -564,12 +564,12 @@ def experiment_predictions(store: Store, experiment_id: int, include_leaky: bool
         return empty
     runs = runs.sort_values("run_id").drop_duplicates(["arm", "fraction", "seed", "fold"], keep="last")
     runs = runs if include_leaky else runs[~runs["leakage_prone"]]
-    stmt = select(Prediction.run_id, Prediction.scan, Prediction.subject, Prediction.true_label, Prediction.pred_label,
-                  Prediction.probs).where(Prediction.run_id.in_([int(r) for r in runs["run_id"]]),
+    stmt = select(Prediction.run_id, Prediction.scan, Prediction.subject, Prediction.group_key, Prediction.true_label,
+                  Prediction.pred_label, Prediction.probs).where(Prediction.run_id.in_([int(r) for r in runs["run_id"]]),
                                           Prediction.split == "test").order_by(Prediction.id)
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
-    preds = pd.DataFrame(_tuples(rows), columns=["run_id", "scan", "subject", "true_label", "pred_label", "probs"])
+    preds = pd.DataFrame(_tuples(rows), columns=["run_id", "scan", "subject", "group", "true_label", "pred_label", "probs"])
     cells = runs[["run_id", "arm", "fraction", "seed", "fold", "steps", "leakage_prone"]]
     frame = preds.merge(cells, on="run_id", how="inner")[EXPERIMENT_FRAME_COLUMNS].reset_index(drop=True)
     frame.attrs["classes"] = _classes(runs["classes"])

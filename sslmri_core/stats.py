@@ -45,7 +45,8 @@ INTERVAL = (
     "subject-level metrics get none"
 )
 PRETRAINING = "one SSL pretraining run per fold/split: its randomness is not in these intervals"
-FRAME_COLUMNS = ["arm", "fraction", "seed", "fold", "run_id", "scan", "subject", "true_label", "pred_label", "probs"]
+FRAME_COLUMNS = ["arm", "fraction", "seed", "fold", "run_id", "scan", "subject", "group", "true_label", "pred_label",
+                 "probs"]
 
 
 # -- resampling ---------------------------------------------------------------------------------------
@@ -274,7 +275,11 @@ def _prepare(frame: pd.DataFrame, classes: Sequence[str] | None, n_boot: int, se
     y = frame["true_label"].map(index).to_numpy(dtype=np.int64)
     pred = frame["pred_label"].map(index).to_numpy(dtype=np.int64)
     probs = np.asarray(frame["probs"].tolist(), dtype=np.float64).reshape(len(frame), len(names))
-    keys = frame["subject"].astype(object).where(frame["subject"].notna(), "scan:" + frame["scan"].astype(str))
+    # The resampling unit: the subject, else the scan's split group (copies of one image count once), else the scan.
+    fallback = "scan:" + frame["scan"].astype(str)
+    if "group" in frame:
+        fallback = ("group:" + frame["group"].astype(str)).where(frame["group"].notna(), fallback)
+    keys = frame["subject"].astype(object).where(frame["subject"].notna(), fallback)
     group = pd.factorize(keys.astype(str))[0].astype(np.int64)
     presence = label_presence(y, group, int(group.max()) + 1 if len(group) else 0, len(names))
     counts = resample_counts(group_strata(presence), max(n_boot, 0), seed)

@@ -250,6 +250,7 @@ class Prediction(Base):
     pred_label: Mapped[str] = mapped_column(String(255))
     confidence: Mapped[float] = mapped_column(Float)
     probs: Mapped[list[float]] = mapped_column(JSON)  # in the order of the run's class labels
+    group_key: Mapped[str | None] = mapped_column(Text)  # the scan's split group: the bootstrap unit without subject ids
 
 
 class Result(Base):

@@ -191,3 +191,16 @@ def test_images_without_subject_ids_are_their_own_subjects_and_still_pair_across
     paired = _row(out, stats.SLICE_METRIC, "ssl-full", "paired", baseline="scratch")
     assert paired["n_test_subjects"] == 12  # the same scan in both arms is one unit, not two
     assert paired["mean"] == pytest.approx(0.5) and paired["ci"] == pytest.approx([0.5, 0.5])  # every b wrong, every a right
+
+
+def test_without_subject_ids_copies_of_one_image_are_one_resampling_unit() -> None:
+    names, labels = _subjects(12, 2)  # 48 images without ids: 24 pairs of copies (one content group each)
+    copies_agree = [(i // 2) % 3 > 0 for i in range(48)]  # a copy is predicted like its original
+    rows = _rows("ssl-full", 0, names, labels, [True] * 48) + _rows("scratch", 0, names, labels, copies_agree)
+    frame = pd.DataFrame(rows).assign(group=lambda f: "content:" + f["subject"], subject=None)
+    out = stats.summarise_predictions(frame, classes=CLASSES, n_boot=300)
+    row = _row(out, stats.SLICE_METRIC, "scratch")
+    assert row["n_test_subjects"] == 24  # the 48 scans are 24 groups of copies: a scan-level count would say 48
+    by_scan = stats.summarise_predictions(frame.assign(group=None), classes=CLASSES, n_boot=300)
+    assert _row(by_scan, stats.SLICE_METRIC, "scratch")["n_test_subjects"] == 48
+    assert _width(row["ci"]) > _width(_row(by_scan, stats.SLICE_METRIC, "scratch")["ci"])  # copies are not evidence
