@@ -27,8 +27,8 @@ leaky = queries.latest_results(results)
 leaky = leaky[leaky["leakage_prone"].astype(bool)]
 if not leaky.empty:
     st.error(
-        f"{len(leaky)} of the latest results are leakage-prone: their split is image-level (no subject ids, so one "
-        "patient's slices can sit in train and test) or their SSL encoder pretrained on test images. "
+        f"{len(leaky)} of the latest results are leakage-prone (no subject ids to split by, a leaky given split "
+        "kept on purpose, or test images in the SSL pool; `python cli.py runs show ID` names the reasons). "
         "Runs: " + ", ".join(f"#{r}" for r in leaky["run_id"])
     )
 warnings = common.audit_warnings(url)

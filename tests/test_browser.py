@@ -138,11 +138,11 @@ def test_every_page_renders_in_chromium(server: tuple[str, dict[str, int]], brow
     base, ids = server
     page = browser_page
     text = _open(page, base, "", "sslmri — SimCLR for brain MRI", shots, "1_home")
-    assert "Best result per task and arm" in text and "Data audit" in text
+    assert "Full labels: each arm in the latest experiment per task" in text and "Data audit" in text
     text = _open(page, base, f"Runs?run={ids['scan_ssl']}", "Runs", shots, "2_runs")
     assert f"Run #{ids['scan_ssl']}" in text
     text = _open(page, base, "SSL_vs_Supervised", "SSL vs supervised", shots, "3_ssl_vs_supervised")
-    assert "Paired differences vs scratch" in text
+    assert "Paired differences: SSL arm minus baseline" in text
     assert page.locator(".js-plotly-plot").count() >= 2  # type: ignore[attr-defined]
     text = _open(page, base, f"Confusion?run={ids['scan_ssl']}", "Confusion matrices", shots, "4_confusion")
     assert page.locator(".js-plotly-plot").count() >= 1  # type: ignore[attr-defined]
