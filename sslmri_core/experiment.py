@@ -164,7 +164,7 @@ def step_budgets(cfg: ExperimentConfig, data: ImageSet) -> dict[float, int]:
 
 # -- the run ------------------------------------------------------------------------------------------
 @contextmanager
-def _keep_alive(store: RunStore, run_id: int) -> Iterator[None]:
+def keep_alive(store: RunStore, run_id: int) -> Iterator[None]:
     """Heartbeat the experiment run from a thread while its children train (they beat their own runs)."""
     stop = threading.Event()
 
@@ -280,7 +280,7 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
     failures: list[str] = []
     cells = [(arm, f, s, fold) for fold in fold_list(cfg) for f in cfg.fractions for s in range(cfg.seeds)
              for arm in cfg.arms]
-    with store.track(experiment_id), _keep_alive(store, experiment_id):
+    with store.track(experiment_id), keep_alive(store, experiment_id):
         pretrain_runs = {fold: _pretrain_once(store, cfg, experiment_id, show_progress, fold) for fold in fold_list(cfg)}
         overlap = sum(_pool_test_overlap(store, run, data, child_config(cfg, cfg.arms[0], 1.0, 0, run, 0, fold=fold))
                       for fold, run in pretrain_runs.items())

@@ -117,11 +117,10 @@ def require_subjects(data: ImageSet) -> None:
 
 def subject_labels(data: ImageSet) -> dict[str, str]:
     """Each subject's label: its majority class (a subject normally has one); sorted by subject."""
-    counts: dict[str, dict[str, int]] = {}
-    for it in data.items:
-        per = counts.setdefault(str(it.subject), {})
-        per[it.label] = per.get(it.label, 0) + 1
-    return {s: max(sorted(c), key=c.__getitem__) for s, c in sorted(counts.items())}
+    from sslmri_core.splits import group_labels
+
+    majority = group_labels(data.labels, [str(s) for s in data.subjects])
+    return {s: data.classes[c] for s, c in majority.items()}
 
 
 def shuffle_per_subject(data: ImageSet, seed: int) -> ImageSet:
@@ -207,7 +206,7 @@ def _open_run(cfg: LeakageConfig, store: RunStore, data: ImageSet, steps: int) -
 
 def run_leakage(cfg: LeakageConfig, store: RunStore, *, show_progress: bool = True) -> LeakageResult:
     """Train the four children and store the 2x2 result under a ``leakage`` run."""
-    from sslmri_core.experiment import _keep_alive
+    from sslmri_core.experiment import keep_alive
     from sslmri_core.progress import console
 
     validate_leakage(cfg)
@@ -219,7 +218,7 @@ def run_leakage(cfg: LeakageConfig, store: RunStore, *, show_progress: bool = Tr
     cells: dict[str, dict[str, float]] = {u: {} for u in UNITS}
     children: dict[str, dict[str, int]] = {u: {} for u in UNITS}
     across: dict[str, int] = {}
-    with store.track(run_id), _keep_alive(store, run_id):
+    with store.track(run_id), keep_alive(store, run_id):
         for n, (unit, labels) in enumerate(((u, lab) for u in UNITS for lab in LABELINGS), 1):
             console.print(f"[bold]leakage {run_id}: {n}/4 split by {unit}, {labels} labels[/]")
             children[unit][labels], cells[unit][labels], crossing = _train_cell(
