@@ -40,8 +40,8 @@ def _fail(message: str, code: int) -> None:
 
 def _guarded(action: Callable[[], T]) -> T:
     """Run a command body; user errors become one line on stderr (exit 2), crashes exit 1."""
-    from sslmri_core.data import DataError
-    from sslmri_core.store import StoreError
+    from sslmri_core.data.loading import DataError
+    from sslmri_core.store.writer import StoreError
 
     try:
         return action()
@@ -109,7 +109,7 @@ def data_synth(
 
     def action() -> None:
         from sslmri_core.config import TASKS, SynthConfig, with_overrides
-        from sslmri_core.builtin import generate_with_progress
+        from sslmri_core.data.builtin import generate_with_progress
         from sslmri_core.progress import console
 
         cfg = with_overrides(SynthConfig(), task=task, subjects=subjects, slices_per_subject=slices_per_subject,
@@ -169,10 +169,10 @@ def data_check(
 
     def action() -> None:
         from sslmri_core.config import FinetuneConfig
-        from sslmri_core.ingest import build_manifest
+        from sslmri_core.data.ingest import build_manifest
         from sslmri_core.progress import console
-        from sslmri_core.sources import parse_class_map
-        from sslmri_core.store import RunStore
+        from sslmri_core.data.sources import parse_class_map
+        from sslmri_core.store.writer import RunStore
 
         manifest, _ = build_manifest(folder, image_size or FinetuneConfig().image_size, subject_pattern,
                                      parse_class_map(class_map), progress=None)
@@ -202,13 +202,13 @@ def data_audit(
     """Duplicates, near-duplicates, subject leaks across splits, acquisition confounds, class balance."""
 
     def action() -> None:
-        from sslmri_core.audit import audit_dataset
+        from sslmri_core.data.audit import audit_dataset
         from sslmri_core.config import FinetuneConfig
-        from sslmri_core.data import load_folder
-        from sslmri_core.groups import GROUP_SIZE
+        from sslmri_core.data.loading import load_folder
+        from sslmri_core.data.groups import GROUP_SIZE
         from sslmri_core.progress import console
-        from sslmri_core.splits import split_for
-        from sslmri_core.store import RunStore
+        from sslmri_core.data.splits import split_for
+        from sslmri_core.store.writer import RunStore
 
         defaults = FinetuneConfig()
         data = load_folder(folder, GROUP_SIZE, subject_pattern)  # the decode the split's groups use
@@ -274,11 +274,11 @@ def pretrain(
 
     def action() -> None:
         from sslmri_core.config import AugmentConfig, PretrainConfig, parse_settings, with_overrides
-        from sslmri_core.distributed import init_world
-        from sslmri_core.pretrain import pretrain as run_pretrain
-        from sslmri_core.pretrain import resume_pretrain
-        from sslmri_core.sources import parse_class_map
-        from sslmri_core.store import RunStore
+        from sslmri_core.train.distributed import init_world
+        from sslmri_core.train.pretrain import pretrain as run_pretrain
+        from sslmri_core.train.pretrain import resume_pretrain
+        from sslmri_core.data.sources import parse_class_map
+        from sslmri_core.store.writer import RunStore
 
         overrides = dict(
             data=[str(d) for d in data] if data else None, model=model, image_size=image_size,
@@ -298,14 +298,14 @@ def pretrain(
                                  f"leave out {', '.join(given)}")
         world = init_world()  # a no-op unless started by torchrun
         if not world.main:
-            from sslmri_core.distributed import barrier
+            from sslmri_core.train.distributed import barrier
 
             barrier()  # rank 0 migrates the store first
             store = RunStore(db, upgrade=False)
         else:
             store = RunStore(db)
             if world.distributed:
-                from sslmri_core.distributed import barrier
+                from sslmri_core.train.distributed import barrier
 
                 barrier()
         if resume is not None:
@@ -317,7 +317,7 @@ def pretrain(
             if json_out:
                 _print_json(_result_dict(result))
         if world.distributed:
-            from sslmri_core.distributed import leave_world
+            from sslmri_core.train.distributed import leave_world
 
             leave_world()
 
@@ -338,7 +338,7 @@ def augment_preview(
 
     def action() -> None:
         from sslmri_core.config import AugmentConfig, PretrainConfig, parse_settings, with_overrides
-        from sslmri_core.preview import write_preview
+        from sslmri_core.train.preview import write_preview
 
         if n < 1:
             raise ValueError(f"--n must be at least 1, got {n}")
@@ -390,11 +390,11 @@ def finetune(
     """Train a classifier (linear probe or full fine-tune) on a subject-level split and score it on test."""
 
     def action() -> None:
-        from sslmri_core.finetune import finetune as run_finetune
-        from sslmri_core.finetune import resolve_finetune_config
-        from sslmri_core.store import RunStore
+        from sslmri_core.train.finetune import finetune as run_finetune
+        from sslmri_core.train.finetune import resolve_finetune_config
+        from sslmri_core.store.writer import RunStore
 
-        from sslmri_core.sources import parse_class_map
+        from sslmri_core.data.sources import parse_class_map
 
         store = RunStore(db)
         cfg = resolve_finetune_config(
@@ -429,9 +429,9 @@ def evaluate(
     def action() -> None:
         from rich.markup import escape
 
-        from sslmri_core.external import evaluate_external
+        from sslmri_core.evaluation.external import evaluate_external
         from sslmri_core.progress import console
-        from sslmri_core.store import RunStore
+        from sslmri_core.store.writer import RunStore
 
         result = evaluate_external(RunStore(db), run, data, bootstrap=bootstrap, out=str(out) if out else None,
                                    keep_overlap=keep_overlap)
@@ -497,9 +497,9 @@ def experiment(
     Re-running the same command resumes: finished runs are skipped, the others run."""
 
     def action() -> None:
-        from sslmri_core.experiment import resolve_experiment_config, run_experiment
-        from sslmri_core.sources import parse_class_map
-        from sslmri_core.store import RunStore
+        from sslmri_core.evaluation.experiment import resolve_experiment_config, run_experiment
+        from sslmri_core.data.sources import parse_class_map
+        from sslmri_core.store.writer import RunStore
 
         store = RunStore(db)
         cfg = resolve_experiment_config(
@@ -551,8 +551,8 @@ def gradcam(
 
     def action() -> None:
         from sslmri_core.config import GradcamConfig, with_overrides
-        from sslmri_core.gradcam_run import run_gradcam, validate_gradcam
-        from sslmri_core.store import RunStore
+        from sslmri_core.explain.run import run_gradcam, validate_gradcam
+        from sslmri_core.store.writer import RunStore
 
         cfg = with_overrides(GradcamConfig(), run=run, split=split, method=method, target_layer=target_layer,
                              target_class=target_class, limit=limit, threshold=threshold, topk_pct=topk_pct,
@@ -594,9 +594,9 @@ def leakage(
     a subject-level split scores at chance."""
 
     def action() -> None:
-        from sslmri_core.leakage import resolve_leakage_config, run_leakage, validate_leakage
-        from sslmri_core.sources import parse_class_map
-        from sslmri_core.store import RunStore
+        from sslmri_core.evaluation.leakage import resolve_leakage_config, run_leakage, validate_leakage
+        from sslmri_core.data.sources import parse_class_map
+        from sslmri_core.store.writer import RunStore
 
         cfg = resolve_leakage_config(
             data=str(data), model=model, image_size=image_size, batch_size=batch_size, epochs=epochs, steps=steps,
@@ -621,8 +621,8 @@ def demo(
     """The main job on the built-in data: SSL pretraining, then SSL (linear, full) vs scratch fine-tuning."""
 
     def action() -> None:
-        from sslmri_core.demo import run_demo
-        from sslmri_core.store import RunStore
+        from sslmri_core.evaluation.demo import run_demo
+        from sslmri_core.store.writer import RunStore
 
         results = run_demo(RunStore(db), out=str(out) if out else None)
         if json_out:
@@ -645,9 +645,9 @@ def embed(
     def action() -> None:
         from dataclasses import asdict
 
-        from sslmri_core.embed import embed_run
+        from sslmri_core.evaluation.embed import embed_run
         from sslmri_core.progress import console
-        from sslmri_core.store import RunStore
+        from sslmri_core.store.writer import RunStore
 
         result = embed_run(RunStore(db), run, method.lower(), split, max_images=max_images)
         console.print(f"embedded run {result.run_id} ({result.method}): {result.n_points} images, "
@@ -668,7 +668,7 @@ def _run_summary(store: Any, record: Any) -> dict[str, Any]:
 
 def _leakage(store: Any, record: Any) -> dict[str, Any]:
     """``leakage_prone`` and ``leakage_reasons`` of a run; a grid run (experiment, leakage) has those of its children."""
-    from sslmri_core.store import leakage_reasons
+    from sslmri_core.store.writer import leakage_reasons
 
     reasons = leakage_reasons(store.params(record.id))
     if record.kind in ("experiment", "leakage"):
@@ -700,7 +700,7 @@ def runs_list(
         from rich.table import Table
 
         from sslmri_core.progress import console
-        from sslmri_core.store import RunStore
+        from sslmri_core.store.writer import RunStore
 
         store = RunStore(db)
         _store_stale_runs(store)
@@ -734,7 +734,7 @@ def runs_show(
 
     def action() -> None:
         from sslmri_core.progress import console
-        from sslmri_core.store import RunStore
+        from sslmri_core.store.writer import RunStore
 
         store = RunStore(db)
         _store_stale_runs(store)
@@ -759,7 +759,7 @@ def db_upgrade(
 
     def action() -> None:
         from sslmri_core.progress import console
-        from sslmri_core.store import RunStore, current_revision, head_revision, migrate, retrying
+        from sslmri_core.store.writer import RunStore, current_revision, head_revision, migrate, retrying
 
         store = RunStore(db, upgrade=False)
         try:
@@ -767,7 +767,7 @@ def db_upgrade(
             retrying(migrate)(store.engine)
             after = current_revision(store.engine)
         except Exception as exc:
-            from sslmri_core.store import StoreError
+            from sslmri_core.store.writer import StoreError
 
             reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
             raise StoreError(f"cannot upgrade run store {store.display_url!r} (--db / $SSLMRI_DB): "

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-from sslmri_core.evaluate import bootstrap_intervals, expected_calibration_error, resample_counts
+from sslmri_core.evaluation.metrics import bootstrap_intervals, expected_calibration_error, resample_counts
 
 
 def _data(subjects: int, slices: int, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

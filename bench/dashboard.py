@@ -54,7 +54,7 @@ def _ts(moment: datetime) -> str:
 
 def generate(path: Path, n_runs: int, n_predictions: int, seed: int = 0) -> dict[str, int]:
     """A store at ``path`` with about ``n_runs`` runs and exactly ``n_predictions`` prediction rows."""
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     store = RunStore(f"sqlite:///{path}")  # the real schema, by migration
     store.engine.dispose()

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from sslmri_core.ingest import build_manifest
-from sslmri_core.sources import discover
+from sslmri_core.data.ingest import build_manifest
+from sslmri_core.data.sources import discover
 
 DEFAULT_FOLDERS = ["../shared/data/tumor/Training", "../shared/data/alzheimer_oasis"]
 

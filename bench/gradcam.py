@@ -8,9 +8,9 @@ Measured in the same run:
 
 * ``baseline``: pytorch-grad-cam used the plain way (``GradCAM(model, [layer4])`` on a model whose
   weights require gradients, fp32): what a notebook does;
-* ``sslmri``: :func:`sslmri_core.explain.compute_cams` (weights frozen, the gradient starts at the
+* ``sslmri``: :func:`sslmri_core.explain.cam.compute_cams` (weights frozen, the gradient starts at the
   target layer, so backward never runs through the encoder), fp32 and bf16 autocast, channels-last;
-* ``single``: :func:`sslmri_core.explain.explain_image` on one scan, model already loaded;
+* ``single``: :func:`sslmri_core.explain.cam.explain_image` on one scan, model already loaded;
 * ``stats``: the ``gradcam`` command's per-scan statistics on top (masks, top-k vs random removal,
   ROADCombined at percentile 80, the default), for what a full ``gradcam`` run costs per scan.
 
@@ -79,11 +79,11 @@ def main() -> None:
 
     from pytorch_grad_cam import GradCAM
 
-    from sslmri_core.cam_stats import brain_mask, map_stats
-    from sslmri_core.explain import LoadedModel, compute_cams, explain_image, resolve_target_layer, to_input
-    from sslmri_core.faithfulness import deletion_drops, road_scores
-    from sslmri_core.models import Classifier, create_encoder
-    from sslmri_core.runtime import device_name, pick_device
+    from sslmri_core.explain.cam_stats import brain_mask, map_stats
+    from sslmri_core.explain.cam import LoadedModel, compute_cams, explain_image, resolve_target_layer, to_input
+    from sslmri_core.explain.faithfulness import deletion_drops, road_scores
+    from sslmri_core.train.models import Classifier, create_encoder
+    from sslmri_core.train.runtime import device_name, pick_device
 
     torch.manual_seed(0)
     device = pick_device()

@@ -3,7 +3,7 @@
     python bench/pretrain_throughput.py                       # CPU, ResNet-50, 128 px, batch 64
     python bench/pretrain_throughput.py --device cuda --batch 512 --steps 20
 
-(a) ``sslmri``: the pretraining step of ``sslmri_core.simclr`` (the code ``pretrain`` runs) from
+(a) ``sslmri``: the pretraining step of ``sslmri_core.train.simclr`` (the code ``pretrain`` runs) from
 uint8 images in memory (what the image cache holds): batches augmented on the training device,
 both views in one forward pass, ``--precision`` (default ``auto``) and channels-last.
 (b) ``reference``: torchvision ``ImageFolder`` + per-image PIL transforms (two views) in
@@ -112,10 +112,10 @@ def run_sslmri(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     import torch
 
     from sslmri_core.config import AugmentConfig
-    from sslmri_core.models import SimCLRModel, create_encoder
-    from sslmri_core.optim import make_optimizer
-    from sslmri_core.runtime import grad_scaler, resolve_precision
-    from sslmri_core.simclr import forward_loss, optimizer_step
+    from sslmri_core.train.models import SimCLRModel, create_encoder
+    from sslmri_core.train.optim import make_optimizer
+    from sslmri_core.train.runtime import grad_scaler, resolve_precision
+    from sslmri_core.train.simclr import forward_loss, optimizer_step
 
     device = torch.device(args.device)
     precision = resolve_precision(args.precision, device)
@@ -143,8 +143,8 @@ def run_reference(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     import torch
     from torchvision import datasets, transforms
 
-    from sslmri_core.losses import nt_xent
-    from sslmri_core.models import SimCLRModel, create_encoder
+    from sslmri_core.train.losses import nt_xent
+    from sslmri_core.train.models import SimCLRModel, create_encoder
 
     device = torch.device(args.device)
     s = args.image_size

@@ -6,7 +6,8 @@ import pandas as pd
 import streamlit as st
 
 import common
-from sslmri_core import plots, queries
+from sslmri_core import plots
+from sslmri_core.store import queries
 
 MAX_FAILED_SHOWN = 5
 

@@ -1,7 +1,7 @@
 """Shared dashboard pieces: page setup, the store URL, cached read-only queries, empty states.
 
 Streamlit puts the main script's folder (``dashboard/``) on ``sys.path`` for every page, so pages
-import this module as ``common``. Data comes only from :mod:`sslmri_core.queries`; results are
+import this module as ``common``. Data comes only from :mod:`sslmri_core.store.queries`; results are
 cached for a few seconds so the dashboard follows runs that are still training.
 """
 
@@ -11,8 +11,8 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy.engine import Engine
 
-from sslmri_core import queries
-from sslmri_core.store import resolve_db_url
+from sslmri_core.store import queries
+from sslmri_core.store.writer import resolve_db_url
 
 CACHE_TTL_S = 10
 RUNS_PAGE = "pages/1_Runs.py"

@@ -1,8 +1,8 @@
 """Image handling for the Scan Explorer: uploads, stored scans, window/level and Grad-CAM overlays.
 
 Importable without Streamlit (the tests call :func:`read_upload` directly with the broken-files
-corpus). Scans named by the store are opened only through :func:`sslmri_core.runtime.scan_file`,
-heat maps only through :func:`sslmri_core.runtime.run_file`, and uploads are written nowhere but a
+corpus). Scans named by the store are opened only through :func:`sslmri_core.train.runtime.scan_file`,
+heat maps only through :func:`sslmri_core.train.runtime.run_file`, and uploads are written nowhere but a
 :class:`tempfile.TemporaryDirectory` that is removed before the function returns.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sslmri_core.decode import DecodeError, decode_image_bytes, nifti_slices
+from sslmri_core.data.decode import DecodeError, decode_image_bytes, nifti_slices
 
 MAX_UPLOAD_MB = 20
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
@@ -83,7 +83,7 @@ def read_upload(name: str, data: bytes, size: int = DISPLAY_SIZE, slice_index: i
 
 def load_scan(path: str, roots: list[str], size: int = DISPLAY_SIZE) -> np.ndarray:
     """A stored scan (a prediction's ``scan``) read only inside the run's data folders: uint8 ``(S, S)``."""
-    from sslmri_core.runtime import scan_file
+    from sslmri_core.train.runtime import scan_file
 
     safe = scan_file(path, roots)
     if _suffix(safe.name) in NIFTI_SUFFIXES:
@@ -95,7 +95,7 @@ def load_scan(path: str, roots: list[str], size: int = DISPLAY_SIZE) -> np.ndarr
 
 def load_heatmap(out_dir: str | None, heatmap_path: str, size: int) -> np.ndarray:
     """A stored 8-bit Grad-CAM PNG (relative to its gradcam run's folder) as float ``(S, S)`` in [0, 1]."""
-    from sslmri_core.runtime import run_file
+    from sslmri_core.train.runtime import run_file
 
     if not out_dir:
         raise DecodeError("the Grad-CAM run has no output folder recorded")
@@ -131,7 +131,7 @@ def overlay(image: np.ndarray, cam: np.ndarray | None, *, opacity: float, colorm
             level: float = 127.5, width: float = 255.0) -> np.ndarray:
     """RGB ``(S, S, 3)`` uint8: the image under window/level with the CAM blended in where it is >= ``threshold``.
 
-    Uses ``sslmri_core.explain.render_overlay`` when that module is there, so the dashboard and
+    Uses ``sslmri_core.explain.cam.render_overlay`` when that module is there, so the dashboard and
     the ``gradcam`` command draw identical overlays; otherwise the same blend is done here.
     """
     if cam is None:
@@ -153,17 +153,17 @@ def cam_methods() -> tuple[str, ...]:
 
 
 def explain_module() -> Any | None:
-    """``sslmri_core.explain`` (Grad-CAM on demand) when it is installed, else None."""
+    """``sslmri_core.explain.cam`` (Grad-CAM on demand) when it is installed, else None."""
     try:
-        from sslmri_core import explain
+        from sslmri_core.explain import cam as explain
     except ImportError:
         return None
     return explain
 
 
 def predict_with_cam(loaded: Any, image: np.ndarray, method: str = "gradcam") -> Any:
-    """Prediction and CAM of one image with a loaded model (``sslmri_core.explain``)."""
+    """Prediction and CAM of one image with a loaded model (``sslmri_core.explain.cam``)."""
     explain = explain_module()
     if explain is None:
-        raise RuntimeError("on-demand Grad-CAM needs sslmri_core/explain.py, which is not installed in this version")
+        raise RuntimeError("on-demand Grad-CAM needs sslmri_core/explain/cam.py, which is not installed in this version")
     return explain.explain_image(loaded, image, method=method)

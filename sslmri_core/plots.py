@@ -1,6 +1,6 @@
 """Plotly figure builders for the dashboard (importable and testable without Streamlit).
 
-They take the frames and dataclasses of :mod:`sslmri_core.queries` and return figures.
+They take the frames and dataclasses of :mod:`sslmri_core.store.queries` and return figures.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from sslmri_core.queries import ConfusionMatrix
+from sslmri_core.store.queries import ConfusionMatrix
 
 # Chart titles for families of metric keys; keys outside every family get a chart of their own.
 _FAMILIES = (
@@ -137,7 +137,7 @@ def label_efficiency_figure(curves: pd.DataFrame, metric_label: str, title: str 
     """Mean metric vs label fraction (log x) per arm, with the 95% interval as error bars (none where a
     row has no interval).
 
-    ``curves`` is one experiment's :func:`sslmri_core.queries.label_efficiency` frame.
+    ``curves`` is one experiment's :func:`sslmri_core.store.queries.label_efficiency` frame.
     """
     fig = go.Figure()
     for arm, rows in curves.groupby("arm", sort=False):
@@ -162,7 +162,7 @@ def label_efficiency_figure(curves: pd.DataFrame, metric_label: str, title: str 
 
 def paired_difference_figure(paired: pd.DataFrame, metric_label: str) -> go.Figure:
     """Each SSL arm minus each baseline per label fraction: mean paired difference and its 95% interval
-    (``paired``: one experiment's :func:`sslmri_core.queries.paired_differences` frame)."""
+    (``paired``: one experiment's :func:`sslmri_core.store.queries.paired_differences` frame)."""
     fig = go.Figure()
     for (arm, baseline), rows in paired.groupby(["arm", "baseline"], sort=False):
         rows = rows.sort_values("fraction")

@@ -29,7 +29,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 @pytest.fixture(scope="session")
 def synth_tumor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built-in tumour set, tiny: 4 classes x 5 subjects x 2 slices at 64 px."""
-    from sslmri_core.synth import generate
+    from sslmri_core.data.synth import generate
 
     out = tmp_path_factory.mktemp("synth")
     generate(out, SynthConfig(task="tumor", subjects=5, slices_per_subject=2, size=64, seed=0))

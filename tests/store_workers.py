@@ -11,7 +11,7 @@ from typing import Any
 
 def writer(url: str, run_id: int, key: str, seconds: float, start: Any, results: Any) -> None:
     """Log one metric point per transaction for ``seconds``; also start runs, log params and heartbeats."""
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     n, runs, errors = 0, 0, []
     try:
@@ -33,7 +33,7 @@ def writer(url: str, run_id: int, key: str, seconds: float, start: Any, results:
 
 def reader(url: str, run_id: int, seconds: float, start: Any, results: Any) -> None:
     """Read through the dashboard's read-only queries for ``seconds``."""
-    from sslmri_core import queries
+    from sslmri_core.store import queries
 
     n, errors = 0, []
     try:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslmri_core import audit
-from sslmri_core.audit import AuditReport, audit_dataset
-from sslmri_core.manifest import Manifest, ManifestRow
+from sslmri_core.data import audit
+from sslmri_core.data.audit import AuditReport, audit_dataset
+from sslmri_core.data.manifest import Manifest, ManifestRow
 
 SIZE = 64
 
@@ -323,7 +323,7 @@ def test_data_audit_cli_prints_and_stores_the_audit(tmp_path, monkeypatch) -> No
 
     from bad_files import png_bytes
     from cli import app
-    from sslmri_core.store import Audit, RunStore
+    from sslmri_core.store.writer import Audit, RunStore
 
     monkeypatch.setenv("SSLMRI_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "data"

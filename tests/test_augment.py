@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli import app
-from sslmri_core.augment import augment_batch
+from sslmri_core.train.augment import augment_batch
 from sslmri_core.config import AugmentConfig
 
 ZERO = AugmentConfig(crop_scale_min=1.0, crop_ratio=1.0, flip_p=0.0, rotate_deg=0.0, shear_deg=0.0, brightness=0.0,

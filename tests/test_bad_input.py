@@ -25,7 +25,7 @@ def _run(args: list[str]) -> tuple[int, dict, str]:
 def _params(db: str, run_id: int) -> dict[str, str]:
     from sqlalchemy import select
 
-    from sslmri_core.store import Param, RunStore
+    from sslmri_core.store.writer import Param, RunStore
 
     with RunStore(db).engine.connect() as conn:
         return dict(conn.execute(select(Param.key, Param.value).where(Param.run_id == run_id)).all())

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import sslmri_core.builtin as builtin
-import sslmri_core.synth as synth
-from sslmri_core.audit import pixel_correlation, thumbnails
+import sslmri_core.data.builtin as builtin
+import sslmri_core.data.synth as synth
+from sslmri_core.data.audit import pixel_correlation, thumbnails
 from sslmri_core.config import TASKS, SynthConfig
-from sslmri_core.sources import SUBJECT_PATTERNS, discover, parse_subject
-from sslmri_core.synth import generate
+from sslmri_core.data.sources import SUBJECT_PATTERNS, discover, parse_subject
+from sslmri_core.data.synth import generate
 
 TINY = {
     "labeled": SynthConfig(task="all", subjects=3, slices_per_subject=1, size=48, seed=0),
@@ -118,7 +118,7 @@ def test_finetune_without_data_uses_the_builtin_task(tiny_builtin: Path, tmp_pat
     assert result.exit_code == 0, result.stderr
     from sqlalchemy import select
 
-    from sslmri_core.store import Param, RunStore
+    from sslmri_core.store.writer import Param, RunStore
 
     with RunStore(f"sqlite:///{tmp_path / 'r.db'}").engine.connect() as conn:
         root = conn.execute(select(Param.value).where(Param.key == "data_root")).scalar_one()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sslmri_core.cam_stats import (
+from sslmri_core.explain.cam_stats import (
     area_pct,
     brain_mask,
     energy_share,

@@ -36,7 +36,7 @@ def test_pretrain_finetune_runs_end_to_end(synth_tumor: Path, tmp_path: Path, mo
                              "--epochs", "2", "--no-progress", "--db", db, "--out", out, "--json"])
     assert code == 0, err
     assert ft["kind"] == "finetune" and ft["status"] == "finished"
-    from sslmri_core.queries import predictions_frame
+    from sslmri_core.store.queries import predictions_frame
 
     test = predictions_frame(db, ft["run_id"], "test")  # what was printed is what the stored predictions say
     assert len(test) > 0 and ft["metrics"]["test_accuracy"] == pytest.approx(test["correct"].mean())
@@ -55,7 +55,7 @@ def _dashboard_reads_what_training_wrote(db: str, pre_id: int, ft_id: int, monke
     """The rows the dashboard shows exist, through its own read-only queries and pages."""
     from streamlit.testing.v1 import AppTest
 
-    from sslmri_core import queries
+    from sslmri_core.store import queries
 
     engine = queries.read_engine(db)
     runs = queries.runs_frame(engine)
@@ -81,7 +81,7 @@ def test_finetune_from_scratch_with_a_label_fraction(synth_tumor: Path, tmp_path
     code, ft, err = _invoke(["finetune", "--min-steps", "2", "--data", str(synth_tumor), "--init", "scratch", *TINY, "--epochs", "1",
                              "--label-fraction", "0.3", "--db", db, "--out", str(tmp_path / "r"), "--json"])
     assert code == 0, err
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     store = RunStore(db)
     params = {p: v for p, v in _params(store, ft["run_id"]).items()}
@@ -92,7 +92,7 @@ def test_finetune_from_scratch_with_a_label_fraction(synth_tumor: Path, tmp_path
 def _params(store: object, run_id: int) -> dict[str, str]:
     from sqlalchemy import select
 
-    from sslmri_core.store import Param
+    from sslmri_core.store.writer import Param
 
     with store.engine.connect() as conn:  # type: ignore[attr-defined]
         return dict(conn.execute(select(Param.key, Param.value).where(Param.run_id == run_id)).all())
@@ -138,13 +138,12 @@ def test_bad_options_give_one_clear_line_and_exit_2(args: list[str], needle: str
 
 def test_db_upgrade_reports_the_revision_before_and_after(db_url: str) -> None:
     from alembic import command
-    from alembic.config import Config
+    from sslmri_core.store.writer import alembic_config
 
-    from sslmri_core.store import head_revision, make_engine
+    from sslmri_core.store.writer import head_revision, make_engine
 
     engine = make_engine(db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(ROOT / "sslmri_core" / "migrations"))
+    cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
@@ -160,14 +159,14 @@ def test_db_upgrade_reports_the_revision_before_and_after(db_url: str) -> None:
 def test_a_crashing_run_is_marked_failed(synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import sslmri_core.pretrain as pretrain_module
+    import sslmri_core.train.pretrain as pretrain_module
 
     monkeypatch.setattr(pretrain_module, "nt_xent", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     code, _, err = _invoke(["pretrain", "--data", str(synth_tumor), *TINY, "--epochs", "1", "--db", db,
                             "--out", str(tmp_path / "r")])
     assert code == 1 and "loss became nan" in err
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     (run,) = RunStore(db).list_runs()
     assert run.status == "failed" and "loss became nan" in (run.error or "")
@@ -175,7 +174,7 @@ def test_a_crashing_run_is_marked_failed(synth_tumor: Path, tmp_path: Path, monk
 
 def test_pretraining_pool_leaves_out_the_test_subjects(synth_tumor: Path, tmp_path: Path) -> None:
     db, out = f"sqlite:///{tmp_path / 'runs.db'}", str(tmp_path / "runs")
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     store = RunStore(db)
     overlaps = {}

@@ -158,7 +158,7 @@ def test_store_without_runs_shows_empty_state(tmp_path: Path, monkeypatch: pytes
 
 
 def test_home_flags_leakage_prone_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     store = RunStore(url)

@@ -93,7 +93,7 @@ def test_ssl_page_lists_single_runs_without_averaging_them(store: dict[str, int]
 def _two_experiment_store(root: Path) -> tuple[str, dict[str, int]]:
     from dashboard_store import add_experiment
 
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     url = f"sqlite:///{root / 'runs.db'}"
     store = RunStore(url)
@@ -119,7 +119,7 @@ def test_ssl_page_shows_one_experiment_at_a_time(tmp_path: Path, monkeypatch: py
 def test_ssl_page_leaves_leakage_prone_runs_out_until_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dashboard_store import add_experiment
 
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     add_experiment(RunStore(url), leaky_arms=("ssl-full",), seeds=(0,))
@@ -137,7 +137,7 @@ def test_ssl_page_leaves_leakage_prone_runs_out_until_asked(tmp_path: Path, monk
 def test_home_shows_full_labels_not_the_best_fraction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from dashboard_store import add_experiment
 
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     best_at_half = {0.1: 0.4, 0.5: 0.9, 1.0: 0.6}
@@ -188,7 +188,7 @@ def test_scan_explorer_side_by_side_and_filters(store: dict[str, int]) -> None:
 def test_scan_explorer_refuses_scans_outside_the_data_folder(
     full_store: tuple[str, dict[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     store = RunStore(url)
@@ -242,7 +242,7 @@ def test_every_page_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("page", list(PAGES))
 def test_pages_on_an_empty_store_name_the_command(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     store = RunStore(url)
@@ -299,7 +299,7 @@ def test_upload_size_limit_and_nifti_slices(tmp_path: Path) -> None:
 
 def test_upload_on_the_page_predicts_with_a_real_model(store: dict[str, int]) -> None:
     """The upload on the page: a PNG is predicted by the chosen run's checkpoint; a broken file is one message."""
-    pytest.importorskip("sslmri_core.explain")
+    pytest.importorskip("sslmri_core.explain.cam")
     at = open_page("scans", {"run": str(store["scan_ssl"])})
     buf = io.BytesIO()
     Image.fromarray((np.random.default_rng(3).random((80, 60)) * 255).astype(np.uint8)).save(buf, "PNG")
@@ -330,7 +330,7 @@ def test_data_page_shows_the_leakage_demonstration(tmp_path: Path, monkeypatch: 
     """No leakage run: the Data page names the command. With one: its 2x2 as grouped bars with a chance line."""
     import streamlit as st
 
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     url, ids = populate_full_store(tmp_path)
     monkeypatch.setenv("SSLMRI_DB", url)

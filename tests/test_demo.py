@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import sslmri_core.builtin as builtin
+import sslmri_core.data.builtin as builtin
 from sslmri_core.config import DemoConfig, SynthConfig
-from sslmri_core.demo import ARMS, run_demo
-from sslmri_core.store import RunStore
+from sslmri_core.evaluation.demo import ARMS, run_demo
+from sslmri_core.store.writer import RunStore
 
 
 def test_demo_records_a_pretraining_run_and_every_arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,7 +32,7 @@ def test_demo_records_a_pretraining_run_and_every_arm(tmp_path: Path, monkeypatc
 
     from sqlalchemy import func, select
 
-    from sslmri_core.store import CamStat, Embedding
+    from sslmri_core.store.writer import CamStat, Embedding
 
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(CamStat)).scalar_one() > 0

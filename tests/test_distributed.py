@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sslmri_core.distributed import gather_with_grad
-from sslmri_core.losses import nt_xent
-from sslmri_core.optim import default_lr
-from sslmri_core.queries import run_detail
-from sslmri_core.store import RunStore
+from sslmri_core.train.distributed import gather_with_grad
+from sslmri_core.train.losses import nt_xent
+from sslmri_core.train.optim import default_lr
+from sslmri_core.store.queries import run_detail
+from sslmri_core.store.writer import RunStore
 from tests.conftest import ROOT
 
 N, D, T = 4, 8, 0.3  # images per rank, projection size, temperature

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cli_json import invoke as _invoke
-from sslmri_core import queries
+from sslmri_core.store import queries
 
 TINY = ["--model", "test_resnet", "--image-size", "64", "--no-progress"]
 

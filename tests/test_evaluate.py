@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from sslmri_core.evaluate import (
+from sslmri_core.evaluation.metrics import (
     aggregate_by_subject,
     bootstrap_intervals,
     evaluate_split,
@@ -181,7 +181,7 @@ def test_a_class_absent_from_the_split_gets_no_roc_auc() -> None:
 def test_evaluate_an_external_folder_with_bad_files(synth_tumor, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
     from tests.bad_files import write_corpus
 
     db, out = f"sqlite:///{tmp_path / 'runs.db'}", str(tmp_path / "runs")
@@ -209,7 +209,7 @@ def test_evaluate_an_external_folder_with_bad_files(synth_tumor, tmp_path, monke
     m = store.final_metrics(run.id)
     assert "test_balanced_accuracy" in m and "test_subject_balanced_accuracy" in m
     assert "test_intervals" in store.results(run.id)
-    from sslmri_core.queries import predictions_frame
+    from sslmri_core.store.queries import predictions_frame
 
     preds = predictions_frame(db, run.id)
     # the NaN NIfTI volume (one file) gives 6 slices; copies of the model's own training images are left out

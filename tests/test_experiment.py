@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sslmri_core.store import RunStore
+from sslmri_core.store.writer import RunStore
 from cli_json import invoke as _invoke
 
 TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--min-steps", "4",
@@ -22,7 +22,7 @@ def _children(store: RunStore, experiment_id: int, kind: str = "finetune") -> li
 def _labelled(store: RunStore, run_id: int) -> frozenset[str]:
     from sqlalchemy import select
 
-    from sslmri_core.store import SplitAssignment
+    from sslmri_core.store.writer import SplitAssignment
 
     stmt = select(SplitAssignment.key).where(SplitAssignment.run_id == run_id, SplitAssignment.labeled)
     with store.engine.connect() as conn:
@@ -164,7 +164,7 @@ def test_changed_data_is_another_experiment(synth_tumor: Path, tmp_path: Path) -
 def test_an_interrupted_grid_resumes_where_it_stopped(
     synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sslmri_core.finetune as ft
+    import sslmri_core.train.finetune as ft
 
     db = f"sqlite:///{tmp_path / 'runs.db'}"
     args = ["experiment", "--data", str(synth_tumor), "--fractions", "1.0", "--seeds", "2",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslmri_core.explain import (
+from sslmri_core.explain.cam import (
     METHOD_NAMES,
     LoadedModel,
     count_hooks,
@@ -17,7 +17,7 @@ from sslmri_core.explain import (
     render_overlay,
     resolve_target_layer,
 )
-from sslmri_core.models import Classifier, create_encoder
+from sslmri_core.train.models import Classifier, create_encoder
 
 CLASSES = ["a", "b", "c"]
 
@@ -46,7 +46,7 @@ def _tensor_count() -> int:
 def _reference_gradcam(loaded: LoadedModel, image_u8: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM by hand (Selvaraju et al. 2017) for one prepared image: the softmax ``(K,)`` and the raw map
     ``relu(sum_k mean(dy/dA_k) A_k)`` at the target layer's resolution."""
-    from sslmri_core.explain import to_input
+    from sslmri_core.explain.cam import to_input
 
     acts: list[torch.Tensor] = []
     handle = loaded.model.get_submodule(loaded.target_layer).register_forward_hook(lambda m, i, o: acts.append(o))

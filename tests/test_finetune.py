@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from sslmri_core import finetune as ft
+from sslmri_core.train import finetune as ft
 from sslmri_core.config import FinetuneConfig, to_dict
-from sslmri_core.store import RunStore
+from sslmri_core.store.writer import RunStore
 from cli_json import invoke as _invoke
 
 TINY = dict(model="test_resnet", image_size=64, batch_size=8, precision="fp32", bootstrap=50, min_steps=0)
@@ -46,7 +46,7 @@ def test_selection_epoch_depends_only_on_val(synth_tumor: Path, tmp_path: Path, 
     assert corrupted.metrics["best_epoch"] == clean.metrics["best_epoch"]
     for key in ("val_balanced_accuracy", "train_loss"):
         assert store.metric_series(corrupted.run_id, key) == store.metric_series(clean.run_id, key)
-    from sslmri_core.queries import predictions_frame
+    from sslmri_core.store.queries import predictions_frame
 
     # the test split really did change (noise images, other labels): its predictions differ
     before, after = (predictions_frame(store.url, r.run_id, "test").sort_values("scan") for r in (clean, corrupted))
@@ -66,12 +66,12 @@ def test_a_run_stores_slice_and_subject_evaluation(synth_tumor: Path, tmp_path: 
     intervals = store.results(result.run_id)["test_intervals"]
     assert intervals["n_boot"] == 50 and set(intervals) >= {"slice", "subject"}
     # 4-5 test subjects, 1-2 per class: too few for a bootstrap, so subject accuracy gets the exact interval
-    from sslmri_core.stats import clopper_pearson
+    from sslmri_core.evaluation.stats import clopper_pearson
 
     n = intervals["n_subjects"]
     assert n == int(store.params(result.run_id)["n_test_groups"]) < 10 and intervals["few_subjects"] is True
     assert intervals["subject"]["accuracy"] == pytest.approx(clopper_pearson(round(m["test_subject_accuracy"] * n), n))
-    from sslmri_core.queries import confusion
+    from sslmri_core.store.queries import confusion
 
     assert confusion(store.url, result.run_id, "test", "subject") is not None
     params = dict(_params(store, result.run_id))
@@ -83,7 +83,7 @@ def test_a_run_stores_slice_and_subject_evaluation(synth_tumor: Path, tmp_path: 
 def _params(store: RunStore, run_id: int) -> list[tuple[str, str]]:
     from sqlalchemy import select
 
-    from sslmri_core.store import Param
+    from sslmri_core.store.writer import Param
 
     with store.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(select(Param.key, Param.value).where(Param.run_id == run_id))]
@@ -111,8 +111,8 @@ def _imagenet_like_file(path: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_imagenet_weights_load_into_one_channel_encoder(tmp_path: Path, suffix: str) -> None:
-    from sslmri_core.models import create_encoder
-    from sslmri_core.weights import load_into_encoder
+    from sslmri_core.train.models import create_encoder
+    from sslmri_core.train.weights import load_into_encoder
 
     state = _imagenet_like_file(tmp_path / f"w{suffix}")
     encoder = create_encoder("test_resnet")

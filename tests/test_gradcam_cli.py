@@ -65,8 +65,8 @@ def _stored(trained: dict[str, str], run_id: int) -> tuple[dict[str, str], list[
     """The gradcam run's parameters and its cam_stats rows, scan by scan."""
     from sqlalchemy import select
 
-    from sslmri_core.queries import run_detail
-    from sslmri_core.store import CamStat, RunStore
+    from sslmri_core.store.queries import run_detail
+    from sslmri_core.store.writer import CamStat, RunStore
 
     with RunStore(trained["db"]).engine.connect() as conn:
         rows = conn.execute(select(CamStat).where(CamStat.run_id == run_id).order_by(CamStat.scan)).mappings().all()
@@ -75,10 +75,10 @@ def _stored(trained: dict[str, str], run_id: int) -> tuple[dict[str, str], list[
 
 def test_gradcam_run_stores_maps_and_statistics(trained: dict[str, str]) -> None:
     """The default target layer (no --target-layer): the maps and statistics users see."""
-    from sslmri_core.cam_stats import area_pct, brain_mask, energy_share
-    from sslmri_core.decode import decode_image
-    from sslmri_core.explain import load_model_for_run
-    from sslmri_core.store import RunStore
+    from sslmri_core.explain.cam_stats import area_pct, brain_mask, energy_share
+    from sslmri_core.data.decode import decode_image
+    from sslmri_core.explain.cam import load_model_for_run
+    from sslmri_core.store.writer import RunStore
 
     summary = _gradcam(trained)
     assert list(summary) == SUMMARY_KEYS
@@ -133,8 +133,8 @@ def test_on_demand_map_matches_the_stored_one(trained: dict[str, str]) -> None:
     """What the dashboard computes for a scan is what `gradcam` stored for it (up to 8-bit rounding)."""
     from sqlalchemy import select
 
-    from sslmri_core.explain import explain_image, load_model_for_run
-    from sslmri_core.store import CamStat, RunStore
+    from sslmri_core.explain.cam import explain_image, load_model_for_run
+    from sslmri_core.store.writer import CamStat, RunStore
 
     code, summary, err = _invoke(["gradcam", "--run", trained["run"], "--limit", "3", "--method", "gradcam++",
                                   "--no-progress", "--db", trained["db"], "--out", trained["out"], "--json"])
@@ -176,7 +176,7 @@ def test_unknown_class_or_layer_or_a_pretraining_run(trained: dict[str, str]) ->
     for args, needle in ((["--target-class", "glioma"], "--target-class"), (["--target-layer", "layer9"], "--target-layer")):
         code, _, err = _invoke(["gradcam", "--run", trained["run"], *args, "--db", trained["db"], "--out", trained["out"]])
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
-    from sslmri_core.store import RunStore
+    from sslmri_core.store.writer import RunStore
 
     store = RunStore(trained["db"])
     pretraining = store.start_run("pretrain", {"model": "test_resnet"})

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import sslmri_core.ingest as ingest
+import sslmri_core.data.ingest as ingest
 from bad_files import NIFTI_NAN_SLICES, png_bytes, write_corpus
 from cli import app
-from sslmri_core.decode import decode_image
-from sslmri_core.ingest import build_manifest
-from sslmri_core.sources import DataError
+from sslmri_core.data.decode import decode_image
+from sslmri_core.data.ingest import build_manifest
+from sslmri_core.data.sources import DataError
 
 
 @pytest.fixture()

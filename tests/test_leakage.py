@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from cli_json import invoke
-from sslmri_core import leakage as lk
+from sslmri_core.evaluation import leakage as lk
 from sslmri_core.config import LeakageConfig
-from sslmri_core.store import RunStore
+from sslmri_core.store.writer import RunStore
 
 CLASSES = ("a", "b", "c", "d")  # 4 classes: chance 0.25, far below a model that recognises subjects
 SUBJECTS = 10  # per class: the subject split tests ~8 subjects
@@ -57,7 +57,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], RunS
 
 
 def _load(root: Path) -> Any:
-    from sslmri_core.data import load_folder
+    from sslmri_core.data.loading import load_folder
 
     return load_folder(root, SIZE)
 
@@ -104,7 +104,7 @@ def test_json_shape_and_what_is_stored(demo: tuple[dict[str, Any], RunStore, Pat
 
 def test_shuffled_children_were_trained_on_per_subject_labels(demo: tuple[dict[str, Any], RunStore, Path]) -> None:
     """The shuffled children's stored test labels are one per subject and differ from the truth for some subjects."""
-    from sslmri_core.queries import predictions_frame
+    from sslmri_core.store.queries import predictions_frame
 
     out, store, _ = demo
     for unit in ("subject", "image"):
@@ -173,7 +173,7 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], op
 
 # -- the dashboard's loader -------------------------------------------------------------------------
 def test_latest_leakage_is_the_newest_finished_run_of_that_data_set(tmp_path: Path) -> None:
-    from sslmri_core.queries import latest_leakage
+    from sslmri_core.store.queries import latest_leakage
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     store = RunStore(url)

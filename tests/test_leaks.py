@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sslmri_core.store import RunStore
+from sslmri_core.store.writer import RunStore
 from cli_json import invoke as _invoke
 
 TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--precision", "fp32", "--no-progress"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslmri_core.losses import nt_xent
+from sslmri_core.train.losses import nt_xent
 
 
 def slow_nt_xent(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:

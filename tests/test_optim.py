@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from sslmri_core.optim import default_lr, make_optimizer, warmup_cosine
-from sslmri_core.runtime import resolve_precision
+from sslmri_core.train.optim import default_lr, make_optimizer, warmup_cosine
+from sslmri_core.train.runtime import resolve_precision
 
 
 def _model() -> nn.Module:

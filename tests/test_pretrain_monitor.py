@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sslmri_core.config import PretrainConfig
-from sslmri_core.monitor import knn_accuracy
-from sslmri_core.pretrain import pretrain
-from sslmri_core.store import RunStore
+from sslmri_core.train.monitor import knn_accuracy
+from sslmri_core.train.pretrain import pretrain
+from sslmri_core.store.writer import RunStore
 
 
 def test_knn_accuracy_on_separable_and_on_shuffled_labels() -> None:
@@ -50,10 +50,10 @@ def _reference_quality(cfg: PretrainConfig, checkpoint: str) -> dict[str, float]
     bank, the val images (never the train ones, never the left-out test ones) are scored."""
     import numpy as np
 
-    from sslmri_core.models import create_encoder
-    from sslmri_core.monitor import OnlineProbe, encode
-    from sslmri_core.pretrain import load_pretrain_pool
-    from sslmri_core.runtime import load_checkpoint
+    from sslmri_core.train.models import create_encoder
+    from sslmri_core.train.monitor import OnlineProbe, encode
+    from sslmri_core.train.pretrain import load_pretrain_pool
+    from sslmri_core.train.runtime import load_checkpoint
 
     data, roles, splits = load_pretrain_pool(cfg)
     names, roles = np.array(splits), np.array(roles)

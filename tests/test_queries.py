@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import OperationalError
 
-from sslmri_core import plots, queries
-from sslmri_core.store import Run, RunStore
+from sslmri_core import plots
+from sslmri_core.store import queries
+from sslmri_core.store.writer import Run, RunStore
 
 LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
 MATRIX = [[5, 1, 0, 0], [0, 4, 2, 0], [0, 0, 6, 0], [1, 0, 0, 5]]
@@ -296,7 +297,7 @@ def _constant(value: float):  # type: ignore[no-untyped-def]
 def test_experiment_predictions_is_the_frame_stats_takes(tmp_path: Path) -> None:
     from dashboard_store import TEST_SUBJECTS_PER_CLASS
 
-    from sslmri_core import stats
+    from sslmri_core.evaluation import stats
 
     url, ids = _experiment_store(tmp_path, exp={"arms": ("ssl-full", "scratch"), "fractions": (1.0,), "seeds": (0, 1)})
     frame = queries.experiment_predictions(url, ids["exp"])
@@ -364,7 +365,7 @@ def test_the_cli_summary_and_the_dashboard_share_one_computation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from sslmri_core.config import ExperimentConfig
-    from sslmri_core.experiment import print_summary, summarise
+    from sslmri_core.evaluation.experiment import print_summary, summarise
 
     url, ids = _experiment_store(tmp_path, exp={"seeds": (0, 1)})
     result = summarise(RunStore(url), ids["exp"])

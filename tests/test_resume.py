@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from sslmri_core.config import PretrainConfig, SynthConfig
-from sslmri_core.pretrain import RunInterrupted, pretrain, resume_pretrain
-from sslmri_core.runtime import load_checkpoint
-from sslmri_core.store import RunStore
+from sslmri_core.train.pretrain import RunInterrupted, pretrain, resume_pretrain
+from sslmri_core.train.runtime import load_checkpoint
+from sslmri_core.store.writer import RunStore
 from tests.conftest import ROOT
 
 TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--precision", "fp32"]
@@ -28,7 +28,7 @@ TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--
 @pytest.fixture(scope="module")
 def bigger_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """96 slices: 12 steps per epoch at batch 8, time enough to kill a run in its second epoch."""
-    from sslmri_core.synth import generate
+    from sslmri_core.data.synth import generate
 
     out = tmp_path_factory.mktemp("synth_resume")
     generate(out, SynthConfig(task="tumor", subjects=6, slices_per_subject=4, size=64, seed=3))
@@ -42,7 +42,7 @@ def _steps(store: RunStore, run_id: int, key: str = "loss") -> list[int]:
 def _param(store: RunStore, run_id: int, key: str) -> str | None:
     from sqlalchemy import select
 
-    from sslmri_core.store import Param
+    from sslmri_core.store.writer import Param
 
     with store.engine.connect() as conn:
         return conn.execute(select(Param.value).where(Param.run_id == run_id, Param.key == key)).scalar_one_or_none()
@@ -157,8 +157,8 @@ def test_sigterm_checkpoints_mid_epoch_and_resuming_reproduces_the_run(synth_tum
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
     synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sslmri_core.pretrain as pretrain_module
-    from sslmri_core.losses import nt_xent
+    import sslmri_core.train.pretrain as pretrain_module
+    from sslmri_core.train.losses import nt_xent
 
     cfg = PretrainConfig(data=[str(synth_tumor)], model="test_resnet", image_size=64, batch_size=8, epochs=3,
                          precision="fp32", monitor=False, out=str(tmp_path / "runs"))

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from sslmri_core.config import PretrainConfig, to_dict
-from sslmri_core.runtime import (
+from sslmri_core.train.runtime import (
     CheckpointError,
     UnsafePathError,
     atomic_save,
@@ -21,7 +21,7 @@ from sslmri_core.runtime import (
     run_file,
     scan_file,
 )
-from sslmri_core.store import RunStore
+from sslmri_core.store.writer import RunStore
 
 
 class _Payload:

@@ -3,8 +3,8 @@
 import torch
 
 from sslmri_core.config import PretrainConfig
-from sslmri_core.losses import nt_xent
-from sslmri_core.models import SimCLRModel, create_encoder
+from sslmri_core.train.losses import nt_xent
+from sslmri_core.train.models import SimCLRModel, create_encoder
 
 
 def test_resnet50_simclr_step() -> None:

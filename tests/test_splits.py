@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from sslmri_core.groups import Grouping, content_grouping
-from sslmri_core.splits import LeakySplitError, check_folds, label_subset, make_split, split_fold, split_grouped
+from sslmri_core.data.groups import Grouping, content_grouping
+from sslmri_core.data.splits import LeakySplitError, check_folds, label_subset, make_split, split_fold, split_grouped
 
 
 def _dataset(n_subjects_per_class: int = 10, slices: int = 5, classes: int = 3) -> tuple[list[int], list[str]]:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from sslmri_core import stats
+from sslmri_core.evaluation import stats
 
 CLASSES = ["a", "b"]
 

@@ -18,7 +18,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.exc import OperationalError
 
 import store_workers
-from sslmri_core.store import (
+from sslmri_core.store.writer import (
     WRITE_ATTEMPTS,
     Base,
     RunRecord,
@@ -40,11 +40,10 @@ def store(db_url: str) -> RunStore:
 def _upgrade_to(url: str, revision: str) -> None:
     """A store as an older version of sslmri left it."""
     from alembic import command
-    from alembic.config import Config
+    from sslmri_core.store.writer import alembic_config
 
     engine = make_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__import__("sslmri_core").__file__).parent / "migrations"))
+    cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
@@ -104,7 +103,7 @@ def test_records_are_plain_dataclasses_with_provenance(store: RunStore) -> None:
 def test_confusion_and_predictions_round_trip(store: RunStore) -> None:
     from sqlalchemy import select
 
-    from sslmri_core.store import Confusion, Prediction
+    from sslmri_core.store.writer import Confusion, Prediction
 
     run = store.start_run("finetune", {})
     store.log_confusion(run, "test", "slice", ["a", "b"], [[3, 1], [0, 4]])
@@ -119,7 +118,7 @@ def test_confusion_and_predictions_round_trip(store: RunStore) -> None:
 def test_results_replace_by_name_and_embeddings_replace_by_method(store: RunStore) -> None:
     from sqlalchemy import func, select
 
-    from sslmri_core.store import Embedding
+    from sslmri_core.store.writer import Embedding
 
     run = store.start_run("finetune", {})
     store.log_result(run, "intervals", {"test_accuracy": [0.5, 0.9]})
@@ -208,7 +207,7 @@ def test_a_store_at_0002_with_rows_is_upgraded_to_head(db_url: str) -> None:
 
 def test_silent_running_runs_read_as_interrupted(store: RunStore, db_url: str) -> None:
     """Heartbeat semantics for writers (RunStore) and readers (the dashboard's queries) alike."""
-    from sslmri_core import queries
+    from sslmri_core.store import queries
 
     alive, dead, done = (store.start_run("pretrain", {}) for _ in range(3))
     store.end_run(done, "finished")
@@ -264,8 +263,8 @@ def test_truncate_metrics_drops_points_after_a_step(store: RunStore) -> None:
 def test_dashboard_queries_read_and_cannot_write(store: RunStore, db_url: str) -> None:
     from sqlalchemy import insert
 
-    from sslmri_core import queries
-    from sslmri_core.store import Run
+    from sslmri_core.store import queries
+    from sslmri_core.store.writer import Run
 
     run = store.start_run("finetune", {"model": "m", "init": "scratch", "mode": "full", "label_fraction": 0.5},
                           task="tumor")
@@ -284,7 +283,7 @@ def test_dashboard_queries_read_and_cannot_write(store: RunStore, db_url: str) -
 def test_writes_are_retried_while_the_database_is_locked(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     sleeps: list[float] = []
-    monkeypatch.setattr("sslmri_core.store.time.sleep", sleeps.append)
+    monkeypatch.setattr("sslmri_core.store.writer.time.sleep", sleeps.append)
 
     @retrying
     def flaky() -> str:
@@ -331,7 +330,7 @@ def test_two_writer_processes_and_a_reader_lose_no_row(
 
     from sqlalchemy import func, select
 
-    from sslmri_core.store import Metric, Run
+    from sslmri_core.store.writer import Metric, Run
 
     run = store.start_run("pretrain", {})
     # spawn: no forked copy of the test process (torch threads, open engines). A bare __main__ keeps
@@ -369,7 +368,7 @@ def test_two_writer_processes_and_a_reader_lose_no_row(
 
 
 def test_manifest_is_stored_once_per_fingerprint(store: RunStore) -> None:
-    from sslmri_core.manifest import Manifest, ManifestRow
+    from sslmri_core.data.manifest import Manifest, ManifestRow
 
     row = ManifestRow(path="/d/a/x.png", rel_path="a/x.png", label="a", folder_label="a", subject="sub-1",
                       given_split=None, content_hash="abc", file_size=10, width=8, height=8, mode="L", bit_depth=8)

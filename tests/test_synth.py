@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sslmri_core.config import TASKS, SynthConfig
-from sslmri_core.synth import SynthSummary, generate
+from sslmri_core.data.synth import SynthSummary, generate
 
 SIZE = 64
 HEALTHY = {
@@ -126,7 +126,7 @@ def test_same_seed_same_bytes_new_seed_new_images(tmp_path: Path) -> None:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.*"))}
 
     assert files(tmp_path / "a") == files(tmp_path / "b") and len(files(tmp_path / "a")) == 4 * 2 * 2 + 1
-    from sslmri_core.audit import pixel_correlation
+    from sslmri_core.data.audit import pixel_correlation
 
     for cls in TASKS["tumor"]:
         first = [np.asarray(Image.open(p)) for p in _images(tmp_path / "a" / "tumor" / cls)]

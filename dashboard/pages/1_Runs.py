@@ -9,7 +9,7 @@ import streamlit as st
 
 import common
 from sslmri_core import plots
-from sslmri_core.queries import RunDetail, params_frame
+from sslmri_core.store.queries import RunDetail, params_frame
 
 RUN_KEY = "selected_run"
 ALL = "(all)"

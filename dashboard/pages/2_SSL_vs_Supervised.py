@@ -1,6 +1,6 @@
 """SSL vs supervised: label-efficiency curves, paired differences and the results table, per experiment.
 
-The statistics come from one experiment's test predictions (sslmri_core.stats via queries); runs of
+The statistics come from one experiment's test predictions (sslmri_core.evaluation.stats via queries); runs of
 different experiments, and single runs outside any, are never averaged together.
 """
 
@@ -10,7 +10,8 @@ import pandas as pd
 import streamlit as st
 
 import common
-from sslmri_core import plots, queries
+from sslmri_core import plots
+from sslmri_core.store import queries
 
 url = common.setup_page("SSL vs Supervised", "📈")
 st.title("SSL vs supervised")

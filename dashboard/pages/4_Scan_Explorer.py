@@ -89,9 +89,9 @@ def cam_for(url: str, run_id: int, scan: str, method: str, size: int) -> tuple[n
 
 
 def on_demand(url: str, run_id: int, image: np.ndarray, method: str) -> tuple[Any | None, str]:
-    """Compute prediction + CAM now with ``sslmri_core.explain``; (None, why) when that is not possible."""
+    """Compute prediction + CAM now with ``sslmri_core.explain.cam``; (None, why) when that is not possible."""
     if scan_tools.explain_module() is None:
-        return None, "on-demand Grad-CAM needs sslmri_core/explain.py (not in this version)"
+        return None, "on-demand Grad-CAM needs sslmri_core/explain/cam.py (not in this version)"
     try:
         return scan_tools.predict_with_cam(loaded_model(url, run_id), image, method), ""
     except Exception as exc:

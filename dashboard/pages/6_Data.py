@@ -7,7 +7,8 @@ import streamlit as st
 
 import common
 import scan_tools
-from sslmri_core import plots, queries
+from sslmri_core import plots
+from sslmri_core.store import queries
 
 THUMBS_PER_GROUP = 6
 GROUPS_SHOWN = 10

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslmri_core.runtime import CheckpointError, load_checkpoint
+from sslmri_core.train.runtime import CheckpointError, load_checkpoint
 
 
 class WeightsError(ValueError):

@@ -3,7 +3,7 @@
 Every run, its config, parameters, metric series, confusion matrices and per-scan predictions
 go here, and so do data-set manifests, each run's split assignment and data audits. The schema is owned by the Alembic migrations in ``sslmri_core/migrations``; opening a
 store upgrades it to the newest revision. ORM objects never leave this module: readers get plain
-dataclasses (here) or DataFrames (``sslmri_core.queries``).
+dataclasses (here) or DataFrames (``sslmri_core.store.queries``).
 
 Concurrency and crashes: every write is one transaction, retried with backoff when SQLite says
 the database is locked (or PostgreSQL reports a serialization failure or deadlock). A running
@@ -55,7 +55,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
-from sslmri_core.manifest import Manifest
+from sslmri_core.data.manifest import Manifest
 
 DEFAULT_DB_URL = "sqlite:///runs.db"
 RUN_KINDS = ("pretrain", "finetune", "evaluate", "gradcam", "experiment", "leakage")
@@ -460,7 +460,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _alembic_config() -> Any:
+def alembic_config() -> Any:
     from alembic.config import Config
 
     cfg = Config()
@@ -472,7 +472,7 @@ def head_revision() -> str:
     """The newest schema revision this code knows."""
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
@@ -495,7 +495,7 @@ def migrate(engine: Engine) -> None:
 
     if current_revision(engine) == head_revision():
         return
-    cfg = _alembic_config()
+    cfg = alembic_config()
     with engine.connect() as connection:
         sqlite = engine.dialect.name == "sqlite"
         if sqlite:

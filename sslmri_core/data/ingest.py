@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from sslmri_core.cache import ImageCache, default_root, stat_file
-from sslmri_core.decode import DecodeError, decode_image_bytes, nifti_slices
-from sslmri_core.manifest import OK, UNUSABLE, Manifest, ManifestRow
-from sslmri_core.sources import DataError, SourceFile, discover, parse_subject, subject_regex
+from sslmri_core.data.cache import ImageCache, default_root, stat_file
+from sslmri_core.data.decode import DecodeError, decode_image_bytes, nifti_slices
+from sslmri_core.data.manifest import OK, UNUSABLE, Manifest, ManifestRow
+from sslmri_core.data.sources import DataError, SourceFile, discover, parse_subject, subject_regex
 
 INLINE_BELOW = 64  # fewer files than this are decoded in-process: starting workers costs more
 

@@ -1023,7 +1023,7 @@ def _record(subject: _Subject, label: int, files: list[str]) -> dict[str, Any]:
 def _write_meta(task_dir: Path, task: str, config: SynthConfig,
                 records: list[dict[str, Any]]) -> None:
     meta = {
-        "generator": "sslmri_core.synth",
+        "generator": "sslmri_core.data.synth",
         "sslmri_version": _version(),
         "format_version": FORMAT_VERSION,
         "task": task,

@@ -1,6 +1,6 @@
 """Train/val/test splits and k folds over groups, given splits checked for leaks, nested label budgets.
 
-The unit is the *group* of :mod:`sslmri_core.groups` (a subject, else a component of exact and
+The unit is the *group* of :mod:`sslmri_core.data.groups` (a subject, else a component of exact and
 near copies), so nothing a model could memorise sits on two sides.
 
 **Assignment by hash.** Each group's side is decided by a hash of ``(seed, group key)`` against the
@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sslmri_core.groups import Grouping
+from sslmri_core.data.groups import Grouping
 
 if TYPE_CHECKING:
-    from sslmri_core.data import ImageSet
+    from sslmri_core.data.loading import ImageSet
 
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
@@ -225,7 +225,7 @@ def make_split(
 
 def split_for(data: ImageSet, seed: int, *, use_given: bool = False, allow_leaky: bool = False,
               unit: str = "group", folds: int | None = None, fold: int | None = None) -> Split:
-    """The split of a folder loaded with :func:`sslmri_core.data.load_folder` that every command draws
+    """The split of a folder loaded with :func:`sslmri_core.data.loading.load_folder` that every command draws
     with these settings (fine-tuning, the SSL pool's exclusions, the audit)."""
     if data.grouping is None:
         raise ValueError("the image set has no groups: load it with load_folder")

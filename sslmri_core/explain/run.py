@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sslmri_core.cam_stats import brain_mask, map_stats
+from sslmri_core.explain.cam_stats import brain_mask, map_stats
 from sslmri_core.config import FinetuneConfig, GradcamConfig, from_dict, to_dict
-from sslmri_core.explain import LoadedModel, check_method, compute_cams, model_from_checkpoint, to_input
-from sslmri_core.faithfulness import deletion_drops, road_scores
+from sslmri_core.explain.cam import LoadedModel, check_method, compute_cams, model_from_checkpoint, to_input
+from sslmri_core.explain.faithfulness import deletion_drops, road_scores
 from sslmri_core.progress import console, make_progress
-from sslmri_core.runtime import PRECISIONS, load_checkpoint, run_file, seed_everything
-from sslmri_core.store import Heartbeat, RunStore
+from sslmri_core.train.runtime import PRECISIONS, load_checkpoint, run_file, seed_everything
+from sslmri_core.store.writer import Heartbeat, RunStore
 
 SPLIT_NAMES = ("train", "val", "test")
 SUMMARY_KEYS = ("run_id", "scans", "method", "mean_confidence", "mean_area_pct", "mean_in_brain", "deletion_drop",
@@ -70,7 +70,7 @@ def _load_run_model(cfg: GradcamConfig, store: RunStore) -> tuple[Any, LoadedMod
 
 def _read_mask(path: str | None, size: int) -> np.ndarray | None:
     """A lesion mask saved beside its image, at the model's size (resized like the image); None if absent or empty."""
-    from sslmri_core.decode import decode_image
+    from sslmri_core.data.decode import decode_image
 
     if not path or not Path(path).is_file():
         return None
@@ -91,7 +91,7 @@ def _heatmap_name(n: int, key: str) -> str:
 
 def run_gradcam(cfg: GradcamConfig, store: RunStore, *, show_progress: bool = True) -> GradcamResult:
     """Explain the scans of a fine-tuning run's split; store maps and statistics as a ``gradcam`` run."""
-    from sslmri_core.finetune import load_finetune_data
+    from sslmri_core.train.finetune import load_finetune_data
 
     validate_gradcam(cfg)
     record, loaded, ft_cfg, checkpoint = _load_run_model(cfg, store)

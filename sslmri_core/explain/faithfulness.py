@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sslmri_core.cam_stats import random_blob_mask, top_fraction_mask
+from sslmri_core.explain.cam_stats import random_blob_mask, top_fraction_mask
 
 
 class _Scored(nn.Module):
@@ -24,7 +24,7 @@ class _Scored(nn.Module):
         self.model, self.precision = model, precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from sslmri_core.runtime import autocast
+        from sslmri_core.train.runtime import autocast
 
         with autocast(x.device, self.precision):
             return self.model(x.contiguous(memory_format=torch.channels_last)).float()

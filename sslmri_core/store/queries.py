@@ -1,6 +1,6 @@
 """Read-only queries over the run store: the only way the dashboard reads data.
 
-Every function takes a store URL (resolved with :func:`sslmri_core.store.resolve_db_url`) or an
+Every function takes a store URL (resolved with :func:`sslmri_core.store.writer.resolve_db_url`) or an
 engine from :func:`read_engine`, and returns pandas DataFrames, plain dicts or frozen dataclasses;
 ORM objects never leave here. Reading never writes: SQLite files are opened with ``mode=ro`` (a
 missing file is never created) and migrations are never run. A store that does not exist yet, or
@@ -27,8 +27,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from sslmri_core import stats
-from sslmri_core.store import (
+from sslmri_core.evaluation import stats
+from sslmri_core.store.writer import (
     RUN_STATUSES,
     STALE_ERROR,
     Audit,
@@ -550,7 +550,7 @@ def task_experiments(results: pd.DataFrame, task: str) -> list[int]:
 
 def experiment_predictions(store: Store, experiment_id: int, include_leaky: bool = True) -> pd.DataFrame:
     """Per-scan test predictions of an experiment's finished children (the latest run per arm, fraction,
-    seed and fold): the frame :func:`sslmri_core.stats.summarise_predictions` takes.
+    seed and fold): the frame :func:`sslmri_core.evaluation.stats.summarise_predictions` takes.
 
     Columns :data:`EXPERIMENT_FRAME_COLUMNS`; ``attrs["classes"]`` is the class order of ``probs``.
     ``include_leaky=False`` leaves out leakage-prone children.
@@ -589,7 +589,7 @@ def _classes(values: pd.Series) -> list[str] | None:
 
 @dataclass(frozen=True)
 class ExperimentStatistics:
-    """One experiment's curves and paired differences from :mod:`sslmri_core.stats` (never mixed with other runs)."""
+    """One experiment's curves and paired differences from :mod:`sslmri_core.evaluation.stats` (never mixed with other runs)."""
 
     experiment_id: int
     curves: pd.DataFrame  # CURVE_COLUMNS: per arm x fraction x metric

@@ -6,7 +6,7 @@ split is a *group*:
 * images with a subject id are grouped by subject;
 * images are also linked by content: pixel-identical decodes, and near duplicates by the audit's
   rule (64-bit pHash within 4 bits *and* pixel correlation >= 0.96 of 64 px thumbnails, see
-  :mod:`sslmri_core.audit`). A group is a connected component of both kinds of link, so an image
+  :mod:`sslmri_core.data.audit`). A group is a connected component of both kinds of link, so an image
   without a subject id joins the subject whose image it copies, and a copy never straddles a split.
 * constant (blank) images carry nothing to memorise and are never linked by content (otherwise
   every blank slice would tie unrelated subjects together).
@@ -31,7 +31,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from sslmri_core.audit import _popcount, near_links, phash64, pixel_correlation
+from sslmri_core.data.audit import _popcount, near_links, phash64, pixel_correlation
 
 GROUP_SIZE = 64  # px: content groups and content comparisons use this decode, whatever the training size
 NEAR_THRESHOLD = 4  # pHash bits (of 64)

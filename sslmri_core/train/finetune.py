@@ -21,15 +21,15 @@ import torch.nn.functional as F
 
 from rich.markup import escape
 
-from sslmri_core.augment import augment_batch, normalize, to_float
+from sslmri_core.train.augment import augment_batch, normalize, to_float
 from sslmri_core.config import FinetuneConfig, PretrainConfig, from_dict, to_dict, with_overrides
-from sslmri_core.data import ImageSet, load_folder
-from sslmri_core.evaluate import evaluate_probs, evaluate_split
-from sslmri_core.models import Classifier, check_model_name, create_encoder
-from sslmri_core.optim import param_groups, warmup_cosine
-from sslmri_core.pretrain import TrainResult, write_unusable
+from sslmri_core.data.loading import ImageSet, load_folder
+from sslmri_core.evaluation.metrics import evaluate_probs, evaluate_split
+from sslmri_core.train.models import Classifier, check_model_name, create_encoder
+from sslmri_core.train.optim import param_groups, warmup_cosine
+from sslmri_core.train.pretrain import TrainResult, write_unusable
 from sslmri_core.progress import console, make_progress
-from sslmri_core.runtime import (
+from sslmri_core.train.runtime import (
     PRECISIONS,
     CheckpointError,
     atomic_save,
@@ -41,8 +41,8 @@ from sslmri_core.runtime import (
     run_file,
     seed_everything,
 )
-from sslmri_core.splits import SPLIT_UNITS, Split, label_subset, split_for
-from sslmri_core.store import Heartbeat, RunStore
+from sslmri_core.data.splits import SPLIT_UNITS, Split, label_subset, split_for
+from sslmri_core.store.writer import Heartbeat, RunStore
 
 INITS = ("ssl", "scratch", "imagenet")
 MODES = ("linear", "full")
@@ -102,7 +102,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
 
 def load_finetune_data(cfg: FinetuneConfig) -> ImageSet:
     """The ``--data`` folder, or the built-in labelled set of ``--task``."""
-    from sslmri_core.builtin import builtin_task_root
+    from sslmri_core.data.builtin import builtin_task_root
 
     root = cfg.data or str(builtin_task_root(cfg.task))
     data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map)
@@ -153,7 +153,7 @@ def _parent_encoder(cfg: FinetuneConfig, store: RunStore) -> dict[str, Any] | No
     """The SSL run's (or the ``--weights`` file's) encoder weights, checked before a run is recorded;
     None when training from scratch."""
     if cfg.init == "imagenet" and cfg.weights is not None:
-        from sslmri_core.weights import load_into_encoder
+        from sslmri_core.train.weights import load_into_encoder
 
         encoder = create_encoder(cfg.model)
         load_into_encoder(encoder, cfg.weights)
@@ -202,7 +202,7 @@ def split_rows(data: ImageSet, split: Split, labeled: np.ndarray | None = None,
 def pool_overlap(store: RunStore, from_run: int, data: ImageSet, idx: np.ndarray, groups: list[str]) -> tuple[int, int]:
     """``(groups, images)`` of ``data[idx]`` that the SSL run ``from_run`` pretrained on, compared by
     content (exact or near copy), whatever their paths."""
-    from sslmri_core.pretrain import pool_index
+    from sslmri_core.train.pretrain import pool_index
 
     index = pool_index(store, from_run)
     assert data.thumbs is not None

@@ -11,10 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sslmri_core.augment import augment_batch, normalize, to_float
+from sslmri_core.train.augment import augment_batch, normalize, to_float
 from sslmri_core.config import AugmentConfig
-from sslmri_core.losses import Gather, nt_xent
-from sslmri_core.runtime import autocast
+from sslmri_core.train.losses import Gather, nt_xent
+from sslmri_core.train.runtime import autocast
 
 
 def two_views(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -34,7 +34,7 @@ def forward_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NT-Xent of one batch: both views in ONE forward pass (BN sees both, half the kernel launches).
 
-    ``net``: a :class:`~sslmri_core.models.SimCLRModel` (possibly inside DistributedDataParallel).
+    ``net``: a :class:`~sslmri_core.train.models.SimCLRModel` (possibly inside DistributedDataParallel).
     Returns the loss (float32 scalar) and the first view's detached encoder features ``(B, F)``.
     """
     b = images.shape[0]

@@ -13,9 +13,9 @@ import numpy as np
 from rich.markup import escape
 
 from sslmri_core.config import FinetuneConfig, from_dict
-from sslmri_core.data import load_folder
-from sslmri_core.groups import GROUP_SIZE, ContentIndex
-from sslmri_core.store import RunStore
+from sslmri_core.data.loading import load_folder
+from sslmri_core.data.groups import GROUP_SIZE, ContentIndex
+from sslmri_core.store.writer import RunStore
 
 SPLIT = "test"  # the external folder is all test: metrics are test_*, like a finetune run's
 
@@ -52,7 +52,7 @@ def match_classes(found: list[str], model_classes: list[str], root: str) -> dict
 
 
 def _model_run(store: RunStore, run_id: int) -> tuple[Any, dict[str, Any]]:
-    from sslmri_core.runtime import load_checkpoint, run_file
+    from sslmri_core.train.runtime import load_checkpoint, run_file
 
     record = store.get_run_for("--run", run_id)
     if record.kind != "finetune":
@@ -69,8 +69,8 @@ def _model_run(store: RunStore, run_id: int) -> tuple[Any, dict[str, Any]]:
 def seen_index(store: RunStore, record: Any, cfg: FinetuneConfig) -> ContentIndex:
     """What the model of ``record`` has seen, by content: its train and val images (thumbnails from
     its data folder; file hashes alone when that folder is gone) and its SSL encoder's pool."""
-    from sslmri_core.ingest import build_manifest
-    from sslmri_core.pretrain import pool_index
+    from sslmri_core.data.ingest import build_manifest
+    from sslmri_core.train.pretrain import pool_index
 
     seen = {key: h for key, split, h, _ in store.split_content(record.id) if split in ("train", "val")}
     parts = []
@@ -95,12 +95,12 @@ def evaluate_external(
     store an ``evaluate`` run (parent: the model's run) with metrics, intervals, confusions and predictions."""
     import torch
 
-    from sslmri_core.evaluate import evaluate_split
-    from sslmri_core.finetune import _Trainer, log_evaluation, units
-    from sslmri_core.models import Classifier, create_encoder
-    from sslmri_core.pretrain import write_unusable
+    from sslmri_core.evaluation.metrics import evaluate_split
+    from sslmri_core.train.finetune import _Trainer, log_evaluation, units
+    from sslmri_core.train.models import Classifier, create_encoder
+    from sslmri_core.train.pretrain import write_unusable
     from sslmri_core.progress import console
-    from sslmri_core.runtime import device_name, pick_device, resolve_precision
+    from sslmri_core.train.runtime import device_name, pick_device, resolve_precision
 
     record, checkpoint = _model_run(store, run_id)
     cfg = from_dict(FinetuneConfig, checkpoint.get("config") or record.config)

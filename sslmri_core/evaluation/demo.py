@@ -5,10 +5,10 @@ from __future__ import annotations
 from rich.table import Table
 
 from sslmri_core.config import DemoConfig, PretrainConfig, with_overrides
-from sslmri_core.finetune import finetune, resolve_finetune_config
-from sslmri_core.pretrain import TrainResult, pretrain
+from sslmri_core.train.finetune import finetune, resolve_finetune_config
+from sslmri_core.train.pretrain import TrainResult, pretrain
 from sslmri_core.progress import console
-from sslmri_core.store import RunStore
+from sslmri_core.store.writer import RunStore
 
 ARMS = (("ssl", "linear"), ("ssl", "full"), ("scratch", "full"))
 
@@ -34,7 +34,7 @@ def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = N
 def _explain_all(store: RunStore, results: list[TrainResult], out: str | None) -> None:
     """Grad-CAM maps and statistics of every fine-tuned run's test scans, for the Scan Explorer."""
     from sslmri_core.config import GradcamConfig
-    from sslmri_core.gradcam_run import run_gradcam
+    from sslmri_core.explain.run import run_gradcam
 
     for r in results:
         done = run_gradcam(with_overrides(GradcamConfig(), run=r.run_id, out=out), store)
@@ -43,7 +43,7 @@ def _explain_all(store: RunStore, results: list[TrainResult], out: str | None) -
 
 def _embed_all(store: RunStore, results: list[TrainResult]) -> None:
     """UMAP maps of every run's encoder features for the dashboard's Embeddings page."""
-    from sslmri_core.embed import embed_run
+    from sslmri_core.evaluation.embed import embed_run
 
     for r in results:
         done = embed_run(store, r.run_id, "umap")

@@ -28,17 +28,17 @@ from sslmri_core.config import (
     to_dict,
     with_overrides,
 )
-from sslmri_core.data import ImageSet
-from sslmri_core.store import RunRecord, RunStore, heartbeat_interval_s
+from sslmri_core.data.loading import ImageSet
+from sslmri_core.store.writer import RunRecord, RunStore, heartbeat_interval_s
 
 # arm -> (init, mode)
 ARM_SETTINGS = {"ssl-linear": ("ssl", "linear"), "ssl-full": ("ssl", "full"),
                 "scratch": ("scratch", "full"), "imagenet": ("imagenet", "full")}
-# The summary's statistics live in sslmri_core.stats, shared with the dashboard (no torch there).
-from sslmri_core.stats import EXACT_METHOD, INTERVAL, PRETRAINING  # noqa: E402
-from sslmri_core.stats import SLICE_METRIC as PRIMARY_METRIC  # noqa: E402
-from sslmri_core.stats import SUBJECT_ACCURACY  # noqa: E402
-from sslmri_core.stats import SUBJECT_BALANCED as SUBJECT_METRIC  # noqa: E402
+# The summary's statistics live in sslmri_core.evaluation.stats, shared with the dashboard (no torch there).
+from sslmri_core.evaluation.stats import EXACT_METHOD, INTERVAL, PRETRAINING  # noqa: E402
+from sslmri_core.evaluation.stats import SLICE_METRIC as PRIMARY_METRIC  # noqa: E402
+from sslmri_core.evaluation.stats import SUBJECT_ACCURACY  # noqa: E402
+from sslmri_core.evaluation.stats import SUBJECT_BALANCED as SUBJECT_METRIC  # noqa: E402
 
 
 @dataclass
@@ -90,7 +90,7 @@ def resolve_experiment_config(store: RunStore, preset: str | None = None, **over
 
 def validate_experiment(cfg: ExperimentConfig) -> None:
     """Reject impossible settings with a message naming the option."""
-    from sslmri_core.models import check_model_name
+    from sslmri_core.train.models import check_model_name
 
     unknown = [a for a in cfg.arms if a not in EXPERIMENT_ARMS]
     checks = [
@@ -153,7 +153,7 @@ def fold_list(cfg: ExperimentConfig) -> list[int | None]:
 def step_budgets(cfg: ExperimentConfig, data: ImageSet) -> dict[float, int]:
     """Optimiser steps per label fraction, shared by every arm, seed and fold: ``max(min_steps, epochs
     x batches of the labelled set)``, the labelled set being seed 0's draw on the first fold."""
-    from sslmri_core.finetune import plan_steps, split_data
+    from sslmri_core.train.finetune import plan_steps, split_data
 
     budgets = {}
     for fraction in cfg.fractions:
@@ -229,7 +229,7 @@ def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, s
     one, or a new one on exactly the children's training groups (the split drawn with the children's
     class map, given split and fold; their val and test groups are left out). The built-in data
     pretrain on their own pool of other subjects, once for every fold."""
-    from sslmri_core.pretrain import pretrain
+    from sslmri_core.train.pretrain import pretrain
 
     if not any(ARM_SETTINGS[a][0] == "ssl" for a in cfg.arms):
         return None
@@ -254,7 +254,7 @@ def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, s
 
 def _pool_test_overlap(store: RunStore, pretrain_run: int | None, data: ImageSet, child: FinetuneConfig) -> int:
     """Test groups of ``child``'s split found (by content) in the SSL pool of ``pretrain_run``."""
-    from sslmri_core.finetune import pool_overlap, split_data
+    from sslmri_core.train.finetune import pool_overlap, split_data
 
     if pretrain_run is None:
         return 0
@@ -265,7 +265,7 @@ def _pool_test_overlap(store: RunStore, pretrain_run: int | None, data: ImageSet
 def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: bool = True) -> ExperimentResult:
     """Run (or resume) the whole grid; store and return the summary. Failed children do not stop the
     grid: the experiment then ends ``failed`` (re-run the same command to retry just those)."""
-    from sslmri_core.finetune import finetune, load_finetune_data, split_data
+    from sslmri_core.train.finetune import finetune, load_finetune_data, split_data
     from sslmri_core.progress import console
 
     validate_experiment(cfg)
@@ -328,9 +328,9 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
 def summarise(store: RunStore, experiment_id: int) -> ExperimentResult:
     """Per arm x fraction the mean over seeds with a stratified subject-bootstrap interval, and each SSL arm
     minus each baseline paired (one resample for both), from the finished children's test predictions
-    (the latest run per arm, fraction, seed and fold; folds pooled). See :mod:`sslmri_core.stats`."""
-    from sslmri_core.queries import experiment_predictions
-    from sslmri_core.stats import summarise_predictions
+    (the latest run per arm, fraction, seed and fold; folds pooled). See :mod:`sslmri_core.evaluation.stats`."""
+    from sslmri_core.store.queries import experiment_predictions
+    from sslmri_core.evaluation.stats import summarise_predictions
 
     frame = experiment_predictions(store.engine, experiment_id)
     n_boot = int(store.get_run(experiment_id).config.get("bootstrap", 1000))

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from sslmri_core.config import FinetuneConfig, LeakageConfig, to_dict, with_overrides
-from sslmri_core.data import ImageSet
-from sslmri_core.store import RunStore
+from sslmri_core.data.loading import ImageSet
+from sslmri_core.store.writer import RunStore
 
 UNITS = ("subject", "image")  # how the split groups images; the JSON's outer keys
 LABELINGS = ("true", "shuffled")
@@ -64,8 +64,8 @@ def resolve_leakage_config(**overrides: Any) -> LeakageConfig:
 
 def validate_leakage(cfg: LeakageConfig) -> None:
     """Reject impossible settings with a message naming the option."""
-    from sslmri_core.models import check_model_name
-    from sslmri_core.runtime import PRECISIONS
+    from sslmri_core.train.models import check_model_name
+    from sslmri_core.train.runtime import PRECISIONS
 
     checks = [
         (cfg.data is not None, "--data DIR is required: a labelled folder whose file names carry subject ids"),
@@ -117,7 +117,7 @@ def require_subjects(data: ImageSet) -> None:
 
 def subject_labels(data: ImageSet) -> dict[str, str]:
     """Each subject's label: its majority class (a subject normally has one); sorted by subject."""
-    from sslmri_core.splits import group_labels
+    from sslmri_core.data.splits import group_labels
 
     majority = group_labels(data.labels, [str(s) for s in data.subjects])
     return {s: data.classes[c] for s, c in majority.items()}
@@ -161,7 +161,7 @@ def _check_split(unit: str, crossing: int, run_id: int) -> None:
 def _load(base: FinetuneConfig) -> ImageSet:
     """The folder, with subject ids for every image; both splits drawn once, so a folder too small to
     split is refused before anything is recorded."""
-    from sslmri_core.finetune import load_finetune_data, split_data
+    from sslmri_core.train.finetune import load_finetune_data, split_data
 
     data = load_finetune_data(base)
     require_subjects(data)
@@ -184,7 +184,7 @@ def _train_cell(cfg: LeakageConfig, store: RunStore, run_id: int, unit: str, lab
                 subjects_of: ImageSet, steps: int, show_progress: bool) -> tuple[int, float, int]:
     """One child on ``data`` (true or shuffled labels); returns its run id, test balanced accuracy and how
     many subjects its split put in train and test (checked against what ``unit`` promises)."""
-    from sslmri_core.finetune import finetune
+    from sslmri_core.train.finetune import finetune
 
     child = finetune(child_config(cfg, unit, labels, steps), store, data=data, parent_run_id=run_id,
                      show_progress=show_progress)
@@ -206,7 +206,7 @@ def _open_run(cfg: LeakageConfig, store: RunStore, data: ImageSet, steps: int) -
 
 def run_leakage(cfg: LeakageConfig, store: RunStore, *, show_progress: bool = True) -> LeakageResult:
     """Train the four children and store the 2x2 result under a ``leakage`` run."""
-    from sslmri_core.experiment import keep_alive
+    from sslmri_core.evaluation.experiment import keep_alive
     from sslmri_core.progress import console
 
     validate_leakage(cfg)

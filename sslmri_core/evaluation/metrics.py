@@ -1,6 +1,6 @@
 """Classification metrics at slice and subject level, with subject-bootstrap 95% intervals.
 
-Point estimates come from scikit-learn. The intervals (:mod:`sslmri_core.stats`) resample *subjects*
+Point estimates come from scikit-learn. The intervals (:mod:`sslmri_core.evaluation.stats`) resample *subjects*
 with replacement within each class (slices of one subject are not independent, and a resample must
 keep every class of the split) and score every resample at once over a ``(B, N)`` weight matrix.
 Macro scores average over the classes present in the split (``..._all_classes``: over every class).
@@ -24,7 +24,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from sslmri_core.stats import (  # re-exported: the resampling and weighted scores live in stats
+from sslmri_core.evaluation.stats import (  # re-exported: the resampling and weighted scores live in stats
     INTERVAL_METRICS,
     LEVEL,
     MIN_SUBJECTS_PER_CLASS,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sslmri_core.groups import GROUP_SIZE, Grouping, content_grouping
-from sslmri_core.manifest import Manifest, ManifestRow
-from sslmri_core.sources import DataError
+from sslmri_core.data.groups import GROUP_SIZE, Grouping, content_grouping
+from sslmri_core.data.manifest import Manifest, ManifestRow
+from sslmri_core.data.sources import DataError
 
 __all__ = ["DataError", "ImageSet", "concat_sets", "from_manifest", "load_folder"]
 
@@ -57,7 +57,7 @@ def load_folder(
     class_map: dict[str, str] | None = None,
 ) -> ImageSet:
     """Every usable image under ``root`` at ``size`` px (decoded once, then from the cache)."""
-    from sslmri_core.ingest import build_manifest
+    from sslmri_core.data.ingest import build_manifest
 
     root = Path(root).expanduser().resolve()  # stored and compared as one absolute path, however it was typed
     manifest, images = build_manifest(root, size, subject_pattern, class_map)
@@ -76,7 +76,7 @@ def load_folder(
 def _group_decode(root: Path, items: list[ManifestRow], subject_pattern: str | None,
                   class_map: dict[str, str] | None) -> np.ndarray:
     """The images of ``items`` decoded at GROUP_SIZE (through the cache), uint8 ``(N, 64, 64)``."""
-    from sslmri_core.ingest import build_manifest
+    from sslmri_core.data.ingest import build_manifest
 
     manifest, small = build_manifest(root, GROUP_SIZE, subject_pattern, class_map)
     where = {r.key: i for i, r in enumerate(manifest.usable)}

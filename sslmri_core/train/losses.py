@@ -15,7 +15,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, gather
 
     ``z1``, ``z2``: projections ``(N, D)`` of two views of the same ``N`` images. For each of the
     ``2N`` views the positive is its partner and every other view is a negative. With ``gather``
-    (e.g. :func:`sslmri_core.distributed.gather_with_grad`, returning all ranks' ``(W * 2N, D)``
+    (e.g. :func:`sslmri_core.train.distributed.gather_with_grad`, returning all ranks' ``(W * 2N, D)``
     rows and this rank's offset) the negatives are the views of all ``W`` ranks: ``2WN - 2`` per
     anchor; the loss is the mean over this rank's anchors, so the mean over ranks is the loss of
     the global batch. Returns a scalar, computed in float32 whatever the input dtype.

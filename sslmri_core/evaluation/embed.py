@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sslmri_core.store import RunStore
+from sslmri_core.store.writer import RunStore
 
 METHODS = ("umap", "tsne")
 MIN_IMAGES = 5  # fewer points than this make neither UMAP nor t-SNE meaningful
@@ -33,7 +33,7 @@ class EmbedResult:
 
 def _encoder_state(run: Any) -> dict[str, Any]:
     """The encoder weights of a pretrain (``encoder``) or finetune (``model``'s ``encoder.*``) checkpoint."""
-    from sslmri_core.runtime import CheckpointError, load_checkpoint, run_file
+    from sslmri_core.train.runtime import CheckpointError, load_checkpoint, run_file
 
     if not run.checkpoint_path:
         raise ValueError(f"--run {run.id} has no checkpoint (status {run.status}); embed a finished run")
@@ -53,12 +53,12 @@ def _run_data(run: Any, store: RunStore) -> tuple[Any, list[str], str]:
     from sslmri_core.config import FinetuneConfig, PretrainConfig, from_dict
 
     if run.kind == "pretrain":
-        from sslmri_core.pretrain import load_pretrain_data
+        from sslmri_core.train.pretrain import load_pretrain_data
 
         cfg = from_dict(PretrainConfig, run.config)
         data, roles = load_pretrain_data(cfg)
         return data, roles, cfg.model
-    from sslmri_core.finetune import load_finetune_data
+    from sslmri_core.train.finetune import load_finetune_data
 
     cfg = from_dict(FinetuneConfig, run.config)
     data = load_finetune_data(cfg)
@@ -70,7 +70,7 @@ def encode_images(encoder: Any, images: np.ndarray, batch: int = 64) -> np.ndarr
     """Encoder features of uint8 images ``(N, S, S)``: float32 ``(N, D)``, eval mode, no augmentation."""
     import torch
 
-    from sslmri_core.augment import normalize, to_float
+    from sslmri_core.train.augment import normalize, to_float
 
     encoder.eval()
     out = []
@@ -115,7 +115,7 @@ def embed_run(
     max_images: int = DEFAULT_MAX_IMAGES, seed: int = 0,
 ) -> EmbedResult:
     """Encode a run's images with its checkpoint, project to 2-D and store the map (replacing an older one)."""
-    from sslmri_core.models import create_encoder
+    from sslmri_core.train.models import create_encoder
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")

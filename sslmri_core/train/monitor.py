@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslmri_core.augment import normalize, to_float
-from sslmri_core.runtime import autocast
+from sslmri_core.train.augment import normalize, to_float
+from sslmri_core.train.runtime import autocast
 
 KNN_TEMPERATURE = 0.07
 

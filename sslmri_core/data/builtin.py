@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sslmri_core.config import BUILTIN_SETS, TASKS, SynthConfig, to_dict
 
 if TYPE_CHECKING:
-    from sslmri_core.synth import SynthSummary
+    from sslmri_core.data.synth import SynthSummary
 
 BUILTIN_VERSION = "v2"  # v2: subject ids carry the set's seed (the pool and the labelled set never share one)
 
@@ -56,7 +56,7 @@ def builtin_root(purpose: str = "labeled") -> Path:
 def generate_with_progress(out: Path, cfg: SynthConfig) -> SynthSummary:
     """Write a synthetic set with a progress bar over subjects."""
     from sslmri_core.progress import make_progress
-    from sslmri_core.synth import generate
+    from sslmri_core.data.synth import generate
 
     with make_progress() as progress:
         bar = progress.add_task("synth", total=None, info="subjects", ips=0.0)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from sslmri_core.config import PretrainConfig, from_dict, to_dict
-from sslmri_core.data import ImageSet, concat_sets, load_folder
-from sslmri_core.distributed import (
+from sslmri_core.data.loading import ImageSet, concat_sets, load_folder
+from sslmri_core.train.distributed import (
     FollowerStore,
     World,
     all_mean,
@@ -33,11 +33,11 @@ from sslmri_core.distributed import (
     gather_objects,
     gather_with_grad,
 )
-from sslmri_core.models import SimCLRModel, check_model_name, create_encoder
-from sslmri_core.monitor import MonitorSet, OnlineProbe, evaluate
-from sslmri_core.optim import OPTIMIZERS, default_lr, make_optimizer, warmup_cosine
+from sslmri_core.train.models import SimCLRModel, check_model_name, create_encoder
+from sslmri_core.train.monitor import MonitorSet, OnlineProbe, evaluate
+from sslmri_core.train.optim import OPTIMIZERS, default_lr, make_optimizer, warmup_cosine
 from sslmri_core.progress import console, make_progress
-from sslmri_core.runtime import (
+from sslmri_core.train.runtime import (
     PRECISIONS,
     CheckpointError,
     atomic_save,
@@ -51,13 +51,13 @@ from sslmri_core.runtime import (
     seed_everything,
     set_rng_state,
 )
-from sslmri_core.simclr import forward_loss, optimizer_step
-from sslmri_core.groups import ContentIndex
-from sslmri_core.splits import split_for
-from sslmri_core.store import Heartbeat, RunStore
+from sslmri_core.train.simclr import forward_loss, optimizer_step
+from sslmri_core.data.groups import ContentIndex
+from sslmri_core.data.splits import split_for
+from sslmri_core.store.writer import Heartbeat, RunStore
 
-# Kept importable from here (tests patch ``sslmri_core.pretrain.nt_xent`` to force a NaN loss).
-from sslmri_core.losses import nt_xent  # noqa: E402,F401  isort: skip
+# Kept importable from here (tests patch ``sslmri_core.train.pretrain.nt_xent`` to force a NaN loss).
+from sslmri_core.train.losses import nt_xent  # noqa: E402,F401  isort: skip
 
 
 POOL_CONTENT = "pool_content.npz"  # in the run folder: the SSL pool by content (see groups.ContentIndex)
@@ -132,7 +132,7 @@ def load_pretrain_data(cfg: PretrainConfig) -> tuple[ImageSet, list[str]]:
 
 def load_pretrain_pool(cfg: PretrainConfig) -> tuple[ImageSet, list[str], list[str]]:
     """As :func:`load_pretrain_data`, plus each image's split (``train``/``val``/``test``) for monitoring."""
-    from sslmri_core.builtin import builtin_root
+    from sslmri_core.data.builtin import builtin_root
 
     roots = cfg.data or [str(builtin_root("pretrain"))]
     sets, roles, splits = [], [], []
@@ -267,7 +267,7 @@ def resolve_optimizer(cfg: PretrainConfig, world: World | None = None) -> str:
 
 
 def peak_lr(cfg: PretrainConfig, world: World | None = None) -> float:
-    """``--lr``, or the optimiser's default for the global batch (see :func:`sslmri_core.optim.default_lr`)."""
+    """``--lr``, or the optimiser's default for the global batch (see :func:`sslmri_core.train.optim.default_lr`)."""
     if cfg.lr is not None:
         return cfg.lr
     return default_lr(resolve_optimizer(cfg, world), cfg.batch_size * (world or World()).size)

@@ -61,7 +61,7 @@ MIN_CAM_SIDE = 8  # the default layer's map has at least this many cells a side 
 
 
 def default_target_layer(model: nn.Module, image_size: int | None = None) -> str:
-    """Name of the deepest encoder stage inside a :class:`~sslmri_core.models.Classifier` whose map is at
+    """Name of the deepest encoder stage inside a :class:`~sslmri_core.train.models.Classifier` whose map is at
     least MIN_CAM_SIDE cells a side at ``image_size`` (ResNets: ``layer2`` at 64-96 px, ``layer3`` at
     128-255, ``layer4`` from 256); the last stage when the size is unknown.
 
@@ -96,7 +96,7 @@ def resolve_target_layer(model: nn.Module, name: str | None, image_size: int | N
 # -- tensors ------------------------------------------------------------------------------------
 def to_input(images_u8: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 ``(B, S, S)`` -> normalised float ``(B, 1, S, S)``, channels-last, as fine-tuning feeds the model."""
-    from sslmri_core.augment import normalize, to_float
+    from sslmri_core.train.augment import normalize, to_float
 
     t = torch.from_numpy(np.require(images_u8, np.uint8, ['C', 'W'])) if isinstance(images_u8, np.ndarray) else images_u8
     return normalize(to_float(t)).to(device).contiguous(memory_format=torch.channels_last)
@@ -151,7 +151,7 @@ def compute_cams(
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from sslmri_core.runtime import autocast
+    from sslmri_core.train.runtime import autocast
 
     for p in model.parameters():
         if p.requires_grad:
@@ -200,8 +200,8 @@ def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, pr
                           target_layer: str | None = None) -> LoadedModel:
     """Rebuild the classifier a fine-tuning checkpoint holds (config, classes and weights inside it)."""
     from sslmri_core.config import FinetuneConfig, from_dict
-    from sslmri_core.models import Classifier, create_encoder
-    from sslmri_core.runtime import CheckpointError, pick_device, resolve_precision
+    from sslmri_core.train.models import Classifier, create_encoder
+    from sslmri_core.train.runtime import CheckpointError, pick_device, resolve_precision
 
     if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("classes"), list):
         raise CheckpointError(f"run {run_id}: the checkpoint holds no classifier (not a fine-tuning checkpoint)")
@@ -223,8 +223,8 @@ def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None
     Reads the store without upgrading or writing it, so the read-only dashboard may call it.
     """
     from sslmri_core.config import GradcamConfig
-    from sslmri_core.runtime import load_checkpoint, run_file
-    from sslmri_core.store import RunStore
+    from sslmri_core.train.runtime import load_checkpoint, run_file
+    from sslmri_core.store.writer import RunStore
 
     record = RunStore(db_url, upgrade=False).get_run(run_id)
     if record.kind != "finetune":
@@ -256,7 +256,7 @@ def prepare_image(image: np.ndarray, size: int) -> np.ndarray:
     padded to a square and resized exactly as training images are."""
     from PIL import Image
 
-    from sslmri_core.decode import square_resize
+    from sslmri_core.data.decode import square_resize
 
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] in (3, 4):

@@ -23,7 +23,7 @@ NO_SLICE = -1
 
 
 def default_root() -> Path:
-    from sslmri_core.builtin import cache_dir
+    from sslmri_core.data.builtin import cache_dir
 
     return cache_dir() / "images"
 
