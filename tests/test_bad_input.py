@@ -1,4 +1,4 @@
-"""The broken-file corpus (tests/bad_files.py) through every command that reads data: each file
+"""The broken-file corpus (tests/helpers/bad_files.py) through every command that reads data: each file
 is used or reported with its reason, nothing crashes, and the counts add up."""
 
 from __future__ import annotations

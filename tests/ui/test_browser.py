@@ -20,7 +20,7 @@ import pytest
 
 from dashboard_store import populate_full_store
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("SSLMRI_CHROMIUM", "/usr/bin/chromium"))
 START_TIMEOUT_S = 90
 PAGE_TIMEOUT_MS = 60_000

@@ -17,73 +17,8 @@ from sslmri_core import plots
 from sslmri_core.store import queries
 from sslmri_core.store.writer import Run, RunStore
 
-LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
-MATRIX = [[5, 1, 0, 0], [0, 4, 2, 0], [0, 0, 6, 0], [1, 0, 0, 5]]
+from dashboard_store import LABELS, MATRIX, finetune_config, populate_store
 
-
-def _pretrain_config() -> dict:
-    return {"data": [], "model": "resnet18", "image_size": 96, "batch_size": 32, "epochs": 2,
-            "max_steps": None, "lr": 0.001, "temperature": 0.2, "seed": 0}
-
-
-def _finetune_config(init: str, mode: str, from_run: int | None, fraction: float = 1.0) -> dict:
-    return {"task": "tumor", "data": None, "from_run": from_run, "init": init, "model": "resnet18",
-            "image_size": 96, "mode": mode, "label_fraction": fraction, "epochs": 3, "seed": 0}
-
-
-def _log_finetune(store: RunStore, run_id: int, accuracy: float, f1: float) -> None:
-    store.log_params(run_id, {"split_level": "subject", "n_train": 42, "n_val": 9, "n_test": 24,
-                              "classes": '["glioma", "meningioma", "notumor", "pituitary"]'})
-    for epoch in range(3):
-        store.log_metrics(run_id, {"train_loss": 1.2 - 0.3 * epoch, "val_accuracy": 0.5 + 0.1 * epoch,
-                                   "val_balanced_accuracy": 0.45 + 0.1 * epoch, "val_macro_f1": 0.4 + 0.1 * epoch},
-                          epoch=epoch)
-    store.log_metrics(run_id, {"test_accuracy": accuracy, "test_balanced_accuracy": accuracy - 0.02,
-                               "test_macro_precision": f1 + 0.01, "test_macro_recall": f1 - 0.01,
-                               "test_macro_f1": f1, "val_accuracy": 0.7, "best_epoch": 2, "test_ece": math.nan})
-    store.log_confusion(run_id, "test", "slice", LABELS, MATRIX)
-    store.log_confusion(run_id, "val", "slice", LABELS, [[2, 0, 0, 0], [0, 2, 0, 0], [0, 1, 1, 0], [0, 0, 0, 3]])
-    store.log_predictions(run_id, [
-        {"split": "test", "scan": f"/data/tumor/{label}/s{i}.png", "subject": f"S{i}", "true_label": label,
-         "pred_label": LABELS[(j + i) % 4], "confidence": 0.5 + 0.1 * i, "probs": [0.25, 0.25, 0.25, 0.25]}
-        for j, label in enumerate(LABELS) for i in range(2)
-    ])
-
-
-def populate_store(url: str) -> dict[str, int]:
-    """A pretrain run, finetune runs from scratch and from SSL (an older and a newer), a failed run."""
-    store = RunStore(url)
-    ids: dict[str, int] = {}
-    ids["pretrain"] = store.start_run("pretrain", _pretrain_config(), device="cpu")
-    for step in range(10):
-        loss = math.nan if step == 3 else 5.0 - 0.3 * step
-        store.log_metrics(ids["pretrain"], {"loss": loss, "lr": 1e-3 * (step + 1) / 10, "images_per_s": 30.0 + step},
-                          step=step, epoch=step // 5)
-    store.log_metrics(ids["pretrain"], {"epoch_loss": 4.4}, epoch=0)
-    store.log_metrics(ids["pretrain"], {"epoch_loss": 3.1}, epoch=1)
-    store.update_run(ids["pretrain"], checkpoint_path="/runs/1/encoder.pt")
-    store.end_run(ids["pretrain"])
-
-    for name, init, mode, parent, acc, f1 in [
-        ("scratch", "scratch", "full", None, 0.812, 0.804),
-        ("ssl_old", "ssl", "linear", ids["pretrain"], 0.700, 0.690),
-    ]:
-        ids[name] = store.start_run("finetune", _finetune_config(init, mode, parent), task="tumor",
-                                    parent_run_id=parent, device="cpu")
-        _log_finetune(store, ids[name], acc, f1)
-        store.end_run(ids[name])
-
-    ids["failed"] = store.start_run("finetune", {**_finetune_config("ssl", "full", 1), "task": "alzheimer"},
-                                    task="alzheimer", parent_run_id=ids["pretrain"])
-    with pytest.raises(RuntimeError), store.track(ids["failed"]):
-        raise RuntimeError("boom: out of memory")
-
-    ids["ssl_new"] = store.start_run("finetune", _finetune_config("ssl", "linear", ids["pretrain"]), task="tumor",
-                                     parent_run_id=ids["pretrain"], device="cpu")
-    _log_finetune(store, ids["ssl_new"], 0.853, 0.847)
-    store.end_run(ids["ssl_new"])
-    store.engine.dispose()
-    return ids
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +120,7 @@ def test_run_detail(populated: tuple[str, dict[str, int]]) -> None:
     url, ids = populated
     detail = queries.run_detail(url, ids["scratch"])
     assert detail is not None
-    assert detail.run.config == _finetune_config("scratch", "full", None)
+    assert detail.run.config == finetune_config("scratch", "full", None)
     assert detail.params["split_level"] == "subject" and detail.params["n_test"] == "24"
     assert queries.params_frame(detail)["key"].tolist()[0] == "classes"
     assert queries.run_detail(url, 999) is None

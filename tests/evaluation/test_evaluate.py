@@ -182,7 +182,7 @@ def test_evaluate_an_external_folder_with_bad_files(synth_tumor, tmp_path, monke
     import shutil
 
     from sslmri_core.store.writer import RunStore
-    from tests.bad_files import write_corpus
+    from bad_files import write_corpus
 
     db, out = f"sqlite:///{tmp_path / 'runs.db'}", str(tmp_path / "runs")
     code, ft, err = _invoke(["finetune", "--data", str(synth_tumor), "--init", "scratch", "--model", "test_resnet",

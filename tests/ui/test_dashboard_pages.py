@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard_store import ARMS, FRACTIONS, SEEDS, populate_full_store
 from test_dashboard import assert_no_exception, page_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOME = ROOT / "dashboard" / "Home.py"
 PAGES = {
     "ssl": "pages/2_SSL_vs_Supervised.py",

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from test_queries import populate_store
 
-HOME = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
+HOME = Path(__file__).resolve().parents[2] / "dashboard" / "Home.py"
 RUNS_PAGE = "pages/1_Runs.py"
 TIMEOUT_S = 30
 
