@@ -55,9 +55,10 @@ def builtin_root(purpose: str = "labeled") -> Path:
 
 def generate_with_progress(out: Path, cfg: SynthConfig) -> SynthSummary:
     """Write a synthetic set with a progress bar over subjects."""
+    from sslmri_core.data.synth import check_out, generate
     from sslmri_core.progress import make_progress
-    from sslmri_core.data.synth import generate
 
+    check_out(out, cfg)  # a refusal is one line, before the progress bar
     with make_progress() as progress:
         bar = progress.add_task("synth", total=None, info="subjects", ips=0.0)
         return generate(out, cfg, lambda done, total: progress.update(bar, completed=done, total=total))

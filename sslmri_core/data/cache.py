@@ -1,11 +1,12 @@
 """Decoded-image cache: arrays keyed by content hash, and a stat index so unchanged files are not re-read.
 
-One SQLite file, ``$SSLMRI_CACHE/images/cache.db``, holds two tables: ``arrays`` maps
-``(content hash, slice, size)`` to the raw uint8 ``(size, size)`` array (slice -1 for a plain
-image), and ``files`` maps ``(path, size)`` plus the file's byte count and mtime to the facts found
-when it was last decoded. The same content is decoded once whatever its path, and a file is
-decoded again only when it changes. (One file per array was tried first: creating 5,700 small
-files cost more than decoding the images.)
+One SQLite file, ``$SSLMRI_CACHE/images/cache.db``, holds two tables: ``arrays`` maps ``(content
+hash, slice, size)`` to the raw uint8 ``(size, size)`` array (slice -1 for a plain image), and
+``files`` maps ``(path, size)`` plus the file's byte count, mtime, ctime and inode to the facts
+found when it was last decoded (as git's index does: a file replaced with ``cp -p`` or ``rsync -a``
+keeps its size and mtime, but not its ctime). The same content is decoded once whatever its path,
+and a file is decoded again only when it changes. (One file per array was tried first: creating
+5,700 small files cost more than decoding the images.)
 """
 
 from __future__ import annotations
@@ -33,15 +34,21 @@ class FileStat:
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
+    inode: int = 0
+
+    def signature(self) -> tuple[int, int, int, int]:
+        """What must be unchanged for the cached decode of this file to stand."""
+        return (self.size, self.mtime_ns, self.ctime_ns, self.inode)
 
 
 def stat_file(path: str) -> FileStat | None:
-    """Size and modification time, or None when the file cannot be stat'ed."""
+    """Size, modification and change times and inode, or None when the file cannot be stat'ed."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return FileStat(path, st.st_size, st.st_mtime_ns)
+    return FileStat(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 class ImageCache:
@@ -54,8 +61,9 @@ class ImageCache:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         with self.conn:
             self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS files (path TEXT, img_size INTEGER, bytes INTEGER, mtime_ns INTEGER, "
-                "facts TEXT, PRIMARY KEY (path, img_size))"
+                # files_v2: the stat signature gained ctime and inode (a cache from before decodes once more)
+                "CREATE TABLE IF NOT EXISTS files_v2 (path TEXT, img_size INTEGER, bytes INTEGER, mtime_ns INTEGER, "
+                "ctime_ns INTEGER, inode INTEGER, facts TEXT, PRIMARY KEY (path, img_size))"
             )
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS arrays (hash TEXT, slice INTEGER, img_size INTEGER, data BLOB, "
@@ -63,20 +71,20 @@ class ImageCache:
             )
 
     def known_files(self, stats: list[FileStat], img_size: int) -> dict[str, list[dict[str, Any]]]:
-        """Facts of every file whose byte count and mtime still match, and whose arrays are all present."""
+        """Facts of every file whose stat signature still matches, and whose arrays are all present."""
         known = {
-            path: (nbytes, mtime, facts)
-            for path, nbytes, mtime, facts in self.conn.execute(
-                "SELECT path, bytes, mtime_ns, facts FROM files WHERE img_size = ?", (img_size,)
+            path: ((nbytes, mtime, ctime, inode), facts)
+            for path, nbytes, mtime, ctime, inode, facts in self.conn.execute(
+                "SELECT path, bytes, mtime_ns, ctime_ns, inode, facts FROM files_v2 WHERE img_size = ?", (img_size,)
             )
         }
         present = set(self.conn.execute("SELECT hash, slice FROM arrays WHERE img_size = ?", (img_size,)))
         out: dict[str, list[dict[str, Any]]] = {}
         for st in stats:
             hit = known.get(st.path)
-            if not hit or hit[0] != st.size or hit[1] != st.mtime_ns:
+            if not hit or hit[0] != st.signature():
                 continue
-            facts = json.loads(hit[2])
+            facts = json.loads(hit[1])
             if all(f["status"] != "ok" or (f["content_hash"], _slice(f["slice_index"])) in present for f in facts):
                 out[st.path] = facts
         return out
@@ -90,8 +98,8 @@ class ImageCache:
                 [(h, _slice(z), img_size, data) for h, z, data in arrays],
             )
             self.conn.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
-                [(st.path, img_size, st.size, st.mtime_ns, json.dumps(facts)) for st, facts in files],
+                "INSERT OR REPLACE INTO files_v2 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(st.path, img_size, *st.signature(), json.dumps(facts)) for st, facts in files],
             )
 
     def read(self, img_size: int, keys: list[tuple[str, int | None]]) -> np.ndarray:

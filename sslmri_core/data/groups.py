@@ -6,7 +6,7 @@ split is a *group*:
 * images with a subject id are grouped by subject;
 * images are also linked by content: pixel-identical decodes, and near duplicates by the audit's
   rule (64-bit pHash within 4 bits *and* pixel correlation >= 0.96 of 64 px thumbnails, see
-  :mod:`sslmri_core.data.audit`). A group is a connected component of both kinds of link, so an image
+  :mod:`sslmri_core.data.audit.near`). A group is a connected component of both kinds of link, so an image
   without a subject id joins the subject whose image it copies, and a copy never straddles a split.
 * constant (blank) images carry nothing to memorise and are never linked by content (otherwise
   every blank slice would tie unrelated subjects together).
@@ -31,7 +31,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from sslmri_core.data.audit import _popcount, near_links, phash64, pixel_correlation
+from sslmri_core.data.audit.hashing import phash64, popcount
+from sslmri_core.data.audit.near import near_links, pixel_correlation
 
 GROUP_SIZE = 64  # px: content groups and content comparisons use this decode, whatever the training size
 NEAR_THRESHOLD = 4  # pHash bits (of 64)
@@ -177,8 +178,8 @@ class ContentIndex:
         query = ContentIndex.build(content_hashes, thumbs)
         own_hashes = set(self.content_hashes.tolist()) - {""}
         own_digests = set(self.digests.tolist())
-        found = np.array([(h in own_hashes) or (d in own_digests)
-                          for h, d in zip(query.content_hashes.tolist(), query.digests.tolist())], dtype=bool)
+        pairs = zip(query.content_hashes.tolist(), query.digests.tolist(), strict=True)
+        found = np.array([(h in own_hashes) or (d in own_digests) for h, d in pairs], dtype=bool)
         if len(self) == 0 or len(query) == 0:
             return found
         linkable_q = np.flatnonzero(~found & ~_constant(thumbs))
@@ -198,7 +199,7 @@ def _cross_pairs(left: np.ndarray, right: np.ndarray, threshold: int) -> tuple[n
     found_j: list[np.ndarray] = [np.zeros(0, dtype=np.intp)]
     for start in range(0, len(left), _BLOCK):
         block = left[start : start + _BLOCK]
-        i, j = np.nonzero(_popcount(block[:, None] ^ right[None, :]) <= threshold)
+        i, j = np.nonzero(popcount(block[:, None] ^ right[None, :]) <= threshold)
         found_i.append(i + start)
         found_j.append(j)
     return np.concatenate(found_i), np.concatenate(found_j)

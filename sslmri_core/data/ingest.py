@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def _facts(content_hash: str | None, nbytes: int | None, **values: Any) -> dict[
 
 
 Decoded = tuple[list[dict[str, Any]], list[tuple[str, int | None, bytes]]]
+WORKER_DIED = "the decoder process died on this file (out of memory or a crash)"
 
 
 def process_file(job: tuple[str, str, int]) -> Decoded:
@@ -57,11 +59,12 @@ def process_file(job: tuple[str, str, int]) -> Decoded:
             rows = [_facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode,
                            bit_depth=facts.bit_depth, slice_index=z) for z, _ in slices]
             return rows, [(digest, z, array.tobytes()) for z, array in slices]
-        array, facts = decode_image_bytes(data, size)
+        array, facts = decode_image_bytes(data, size, suffix=Path(path).suffix)
     except DecodeError as exc:
         return [_facts(digest, len(data), status=UNUSABLE, reason=str(exc))], []
     except Exception as exc:  # a decoder bug must still become a reported reason, not a crash
-        return [_facts(digest, len(data), status=UNUSABLE, reason=f"cannot decode: {exc.__class__.__name__}: {exc}")], []
+        reason = f"cannot decode: {exc.__class__.__name__}: {exc}"
+        return [_facts(digest, len(data), status=UNUSABLE, reason=reason)], []
     row = _facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode, bit_depth=facts.bit_depth)
     return [row], [(digest, None, array.tobytes())]
 
@@ -77,20 +80,36 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 
 def _decode_all(jobs: list[tuple[str, str, int]], workers: int,
                 progress: Callable[[int, int], None] | None) -> list[Decoded]:
+    results: list[Decoded] = []
     if len(jobs) < INLINE_BELOW or workers <= 1:
-        results = []
         for i, job in enumerate(jobs):
             results.append(process_file(job))
             if progress:
                 progress(i + 1, len(jobs))
         return results
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-        results = []
-        for result in pool.map(process_file, jobs, chunksize=32):
-            results.append(result)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+            for result in pool.map(process_file, jobs, chunksize=32):
+                results.append(result)
+                if progress:
+                    progress(len(results), len(jobs))
+    except BrokenProcessPool:
+        # A worker died (killed for memory, a decoder crash): the command goes on. The files not yet
+        # decoded are decoded again one process each, so only the one that kills its process is lost.
+        for job in jobs[len(results):]:
+            results.append(_isolated(job))
             if progress:
                 progress(len(results), len(jobs))
-        return results
+    return results
+
+
+def _isolated(job: tuple[str, str, int]) -> Decoded:
+    """:func:`process_file` in a process of its own: its death makes this one file unusable."""
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=_mp_context()) as pool:
+            return pool.submit(process_file, job).result()
+    except BrokenProcessPool:
+        return [_facts(None, None, status=UNUSABLE, reason=WORKER_DIED)], []
 
 
 def _row(src: SourceFile, facts: dict[str, Any], label: str, subject: str | None) -> ManifestRow:
@@ -133,8 +152,10 @@ def build_manifest(
         facts_of = cache.known_files([s for s in stats.values() if s is not None], size)
         todo = [f for f in found.files if stats[f.path] is not None and f.path not in facts_of]
         results = _decode_all([(f.path, f.kind, size) for f in todo], workers or min(os.cpu_count() or 2, 8), progress)
-        facts_of.update({src.path: facts for src, (facts, _) in zip(todo, results)})
-        cache.store(size, [(stats[src.path], facts) for src, (facts, _) in zip(todo, results)],  # type: ignore[misc]
+        facts_of.update({src.path: facts for src, (facts, _) in zip(todo, results, strict=False)})
+        # A file whose decoder died is not cached as unusable: next time it is tried again.
+        cache.store(size, [(stats[src.path], facts) for src, (facts, _) in zip(todo, results, strict=False)  # type: ignore[misc]
+                           if facts[0]["reason"] != WORKER_DIED],
                     [a for _, arrays in results for a in arrays])
 
         rows: list[ManifestRow] = []

@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslmri_core.errors import UsageError
+
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MASK_SUFFIX = "_mask"
@@ -37,7 +39,7 @@ SUBJECT_PATTERNS: dict[str, str] = {
 }
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A data folder cannot be used (missing, empty, or nothing usable in it)."""
 
 
@@ -74,8 +76,12 @@ def _given_split(rel_parts: tuple[str, ...]) -> str | None:
     return None
 
 
-def _link_problem(path: Path) -> str | None:
-    """Why a symbolic link cannot be used, or None for a working link to a regular file."""
+def _link_problem(path: Path, root: Path) -> str | None:
+    """Why a symbolic link cannot be used, or None for a working link to a file inside ``root``.
+
+    One rule for training and the dashboard: a file is read only where it really lies inside the
+    data folder, so a link in a data folder cannot pull in a file from elsewhere on the host.
+    """
     try:
         target = path.resolve(strict=True)
     except RuntimeError:
@@ -84,6 +90,8 @@ def _link_problem(path: Path) -> str | None:
         return "symbolic link loop" if "loop" in str(exc).lower() else "broken symbolic link"
     if target.is_dir():
         return "symbolic link to a folder (not followed, to avoid loops)"
+    if not target.is_relative_to(root.resolve()):
+        return "symbolic link to a file outside the data folder (not followed)"
     return None
 
 
@@ -116,7 +124,7 @@ def _sort_file(
     if name in OWN_METADATA:
         return
     if path.is_symlink():
-        problem = _link_problem(path)
+        problem = _link_problem(path, root)
         if problem:
             unusable.append((str(path), problem))
             return

@@ -6,9 +6,10 @@ near copies), so nothing a model could memorise sits on two sides.
 **Assignment by hash.** Each group's side is decided by a hash of ``(seed, group key)`` against the
 70/15/15 thresholds, separately per class (a group's class is its majority label). Adding or
 removing a file therefore moves at most that file's group; the price is that proportions are
-stratified in expectation (a binomial draw per group: an SD of 1.5 points per class for a thousand groups), not to the image. Small
-classes are guarded: a class with fewer than three groups trains only, and a class with three or
-more whose draw left val or test empty moves the highest-hash group of its fullest side there.
+stratified in expectation (a binomial draw per group: an SD of 1.5 points per class for a thousand
+groups), not to the image. Small classes are guarded: a class with fewer than three groups trains
+only, and a class with three or more whose draw left val or test empty moves the highest-hash group
+of its fullest side there.
 
 **Given splits** (``Training/`` + ``Testing/`` folders) are used only when asked, and refused when a
 group sits on two sides of them (exit 2 with counts), unless ``allow_leaky`` records the run as
@@ -24,11 +25,12 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
 from sslmri_core.data.groups import Grouping
+from sslmri_core.errors import UsageError
 
 if TYPE_CHECKING:
     from sslmri_core.data.loading import ImageSet
@@ -38,8 +40,11 @@ DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 VAL_FRACTION = 0.15  # of the training part, when a given split or a fold has no validation of its own
 SPLIT_UNITS = ("group", "image")
 
+# Class indices per image: a list, or the int64 ``(N,)`` array ``ImageSet.labels`` gives.
+Labels: TypeAlias = "Sequence[int] | np.ndarray"
 
-class LeakySplitError(ValueError):
+
+class LeakySplitError(UsageError):
     """A given split puts one group (subject or copy) on two sides; refused unless allowed."""
 
 
@@ -72,10 +77,10 @@ def _unit(seed: int, key: str) -> float:
     return int(hashlib.sha256(f"{seed}\0{key}".encode()).hexdigest()[:13], 16) / 16**13
 
 
-def group_labels(labels: Sequence[int], groups: Sequence[str]) -> dict[str, int]:
+def group_labels(labels: Labels, groups: Sequence[str]) -> dict[str, int]:
     """Each group's majority class (ties: the smallest class index); a subject normally has one."""
     per_group: dict[str, Counter[int]] = defaultdict(Counter)
-    for label, group in zip(labels, groups):
+    for label, group in zip(labels, groups, strict=False):
         per_group[group][int(label)] += 1
     return {g: min(c, key=lambda k: (-c[k], k)) for g, c in sorted(per_group.items())}
 
@@ -110,7 +115,7 @@ def _image_groups(n: int) -> list[str]:
 
 
 def split_grouped(
-    labels: Sequence[int], grouping: Grouping, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+    labels: Labels, grouping: Grouping, seed: int = 0, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
     unit: str = "group",
 ) -> Split:
     """70/15/15 by group, per class, by hash (``unit="image"``: every image its own group, leaky on purpose)."""
@@ -119,24 +124,26 @@ def split_grouped(
     groups = grouping.keys if unit == "group" else _image_groups(len(labels))
     idx = _indices(groups, assign_groups(group_labels(labels, groups), seed, fractions))
     if unit == "image":
-        reason = "split by image on purpose (split_unit=image): slices of one subject and copies of one image sit on two sides"
+        reason = ("split by image on purpose (split_unit=image): slices of one subject and copies of one image "
+                  "sit on two sides")
         return Split(idx["train"], idx["val"], idx["test"], "image", groups, "grouped", [reason])
     return Split(idx["train"], idx["val"], idx["test"], grouping.level, groups, "grouped", grouping.reasons())
 
 
-def _inner_val(labels: Sequence[int], groups: Sequence[str], rest: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _inner_val(labels: Labels, groups: Sequence[str], rest: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train and val indices drawn by group from ``rest`` (VAL_FRACTION of its groups, per class)."""
     rest_groups = [groups[int(i)] for i in rest]
-    side = assign_groups(group_labels([labels[int(i)] for i in rest], rest_groups), seed, (1 - VAL_FRACTION, VAL_FRACTION, 0.0))
-    train = np.array([i for i, g in zip(rest, rest_groups) if side[g] == "train"], dtype=np.int64)
-    val = np.array([i for i, g in zip(rest, rest_groups) if side[g] == "val"], dtype=np.int64)
+    rest_labels = group_labels([labels[int(i)] for i in rest], rest_groups)
+    side = assign_groups(rest_labels, seed, (1 - VAL_FRACTION, VAL_FRACTION, 0.0))
+    train = np.array([i for i, g in zip(rest, rest_groups, strict=False) if side[g] == "train"], dtype=np.int64)
+    val = np.array([i for i, g in zip(rest, rest_groups, strict=False) if side[g] == "val"], dtype=np.int64)
     return train, val
 
 
 def given_leaks(groups: Sequence[str], given: Sequence[str | None]) -> dict[str, list[str]]:
     """Groups whose images sit on more than one side of a given split: ``group -> sides``."""
     sides: dict[str, set[str]] = defaultdict(set)
-    for g, s in zip(groups, given):
+    for g, s in zip(groups, given, strict=False):
         sides[g].add(s or "train")
     return {g: sorted(s) for g, s in sides.items() if len(s) > 1}
 
@@ -152,7 +159,7 @@ def _leak_message(leaks: dict[str, list[str]], groups: Sequence[str]) -> str:
 
 
 def split_given(
-    labels: Sequence[int], grouping: Grouping, given: Sequence[str | None], seed: int = 0, allow_leaky: bool = False,
+    labels: Labels, grouping: Grouping, given: Sequence[str | None], seed: int = 0, allow_leaky: bool = False,
 ) -> Split:
     """Honour the folder's split folders: its test stays test, its val (else 15% of its training
     groups) is val. A group on two sides is refused (:class:`LeakySplitError`) unless ``allow_leaky``."""
@@ -179,10 +186,11 @@ def check_folds(folds: int, n_groups: int) -> None:
     if folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
     if folds > n_groups:
-        raise ValueError(f"--folds {folds} is more than the {n_groups} groups (subjects or duplicate groups) of the data")
+        raise ValueError(f"--folds {folds} is more than the {n_groups} groups (subjects or duplicate groups) "
+                         "of the data")
 
 
-def split_fold(labels: Sequence[int], grouping: Grouping, folds: int, fold: int, seed: int = 0) -> Split:
+def split_fold(labels: Labels, grouping: Grouping, folds: int, fold: int, seed: int = 0) -> Split:
     """Fold ``fold`` of ``folds`` over groups, stratified by class as far as the groups allow; every
     group is tested in exactly one fold, and validation is drawn from the fold's training part."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -201,7 +209,7 @@ def split_fold(labels: Sequence[int], grouping: Grouping, folds: int, fold: int,
 
 
 def make_split(
-    labels: Sequence[int],
+    labels: Labels,
     grouping: Grouping,
     given: Sequence[str | None],
     seed: int = 0,
@@ -237,7 +245,7 @@ def split_for(data: ImageSet, seed: int, *, use_given: bool = False, allow_leaky
 
 def label_subset(
     train: np.ndarray,
-    labels: Sequence[int],
+    labels: Labels,
     groups: Sequence[str],
     fraction: float = 1.0,
     seed: int = 0,
@@ -271,4 +279,4 @@ def label_subset(
                 break
             keep.add(g)
             total += size[g]
-    return np.array([i for i, g in zip(train, train_groups) if g in keep], dtype=np.int64)
+    return np.array([i for i, g in zip(train, train_groups, strict=False) if g in keep], dtype=np.int64)

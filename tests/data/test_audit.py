@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sslmri_core.data import audit
 from sslmri_core.data.audit import AuditReport, audit_dataset
+from sslmri_core.data.audit.hashing import hamming_pairs, phash64, popcount
+from sslmri_core.data.audit.near import pixel_correlation
 from sslmri_core.data.manifest import Manifest, ManifestRow
 
 SIZE = 64
@@ -153,7 +154,7 @@ def test_pixel_correlation_ignores_brightness_and_contrast() -> None:
     brighter = (x[0] // 2 + 60).astype(np.uint8)
     blank = np.full_like(x[0], 7)
     images = np.stack([x[0], brighter, x[1], blank, np.zeros_like(blank)])
-    corr = audit.pixel_correlation(images, np.array([0, 0, 3, 3]), np.array([1, 2, 4, 0]))
+    corr = pixel_correlation(images, np.array([0, 0, 3, 3]), np.array([1, 2, 4, 0]))
     assert corr[0] > 0.99
     assert corr[1] < 0.9
     assert corr[2] == 1.0  # two blank images
@@ -164,7 +165,7 @@ def test_hamming_pairs_match_a_slow_double_loop() -> None:
     rng = np.random.default_rng(4)
     # few distinct bits so that many pairs are close; > one 512-row block to cross a boundary
     hashes = rng.integers(0, 2**12, size=600, dtype=np.uint64) << np.uint64(20)
-    i, j = audit.hamming_pairs(hashes, 3)
+    i, j = hamming_pairs(hashes, 3)
     fast = set(zip(i.tolist(), j.tolist()))
     values = hashes.tolist()
     slow = {
@@ -179,16 +180,16 @@ def test_hamming_pairs_match_a_slow_double_loop() -> None:
 def test_popcount_fallback_matches_bin_count(monkeypatch: pytest.MonkeyPatch) -> None:
     words = np.random.default_rng(5).integers(0, 2**63, size=50, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     expected = [bin(w).count("1") for w in words.tolist()]
-    assert audit._popcount(words).tolist() == expected
+    assert popcount(words).tolist() == expected
     monkeypatch.delattr(np, "bitwise_count", raising=False)
-    assert audit._popcount(words).tolist() == expected
+    assert popcount(words).tolist() == expected
 
 
 def test_phash64_matches_imagehash() -> None:
     import imagehash
 
     images = _patterns(3, seed=6)
-    hashes = audit.phash64(images)
+    hashes = phash64(images)
     for img, value in zip(images, hashes.tolist()):
         assert f"{value:016x}" == str(imagehash.phash(Image.fromarray(img)))
 
@@ -323,7 +324,8 @@ def test_data_audit_cli_prints_and_stores_the_audit(tmp_path, monkeypatch) -> No
 
     from bad_files import png_bytes
     from cli import app
-    from sslmri_core.store.writer import Audit, RunStore
+    from sslmri_core.store.schema import Audit
+    from sslmri_core.store.writer import RunStore
 
     monkeypatch.setenv("SSLMRI_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "data"

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 import sslmri_core.data.builtin as builtin
-import sslmri_core.data.synth as synth
-from sslmri_core.data.audit import pixel_correlation, thumbnails
+from sslmri_core.data.audit.near import pixel_correlation, thumbnails
 from sslmri_core.config import TASKS, SynthConfig
 from sslmri_core.data.sources import SUBJECT_PATTERNS, discover, parse_subject
 from sslmri_core.data.synth import generate
+from sslmri_core.data.synth import subject as synth_subject
 
 TINY = {
     "labeled": SynthConfig(task="all", subjects=3, slices_per_subject=1, size=48, seed=0),
@@ -53,7 +53,7 @@ def _generator_identity(task: str, subjects: list[dict]) -> set[tuple[int, ...]]
     out = set()
     for record in subjects:
         index = [r["subject"] for r in subjects if r["class"] == record["class"]].index(record["subject"])
-        out.add(tuple(synth._seed(record["seed"], task, record["class"], index)))
+        out.add(tuple(synth_subject._seed(record["seed"], task, record["class"], index)))
     return out
 
 
@@ -118,7 +118,8 @@ def test_finetune_without_data_uses_the_builtin_task(tiny_builtin: Path, tmp_pat
     assert result.exit_code == 0, result.stderr
     from sqlalchemy import select
 
-    from sslmri_core.store.writer import Param, RunStore
+    from sslmri_core.store.schema import Param
+    from sslmri_core.store.writer import RunStore
 
     with RunStore(f"sqlite:///{tmp_path / 'r.db'}").engine.connect() as conn:
         root = conn.execute(select(Param.value).where(Param.key == "data_root")).scalar_one()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -12,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import sslmri_core.data.ingest as ingest
-from bad_files import NIFTI_NAN_SLICES, png_bytes, write_corpus
+from bad_files import NIFTI_NAN_SLICES, crash_on, nifti_bomb, png_bytes, write_corpus
 from cli import app
 from sslmri_core.data.decode import decode_image
 from sslmri_core.data.ingest import build_manifest
@@ -57,6 +58,9 @@ def test_every_file_is_used_or_reported_with_its_reason(tmp_path: Path, cache: P
         np.testing.assert_array_equal(decoded[rel], grey, err_msg=rel)
     assert decoded["glioma/sub-03_rgba.png"].max() == round(120 * 120 / 255)  # alpha 120 over black
     assert decoded["glioma/sub-08_wide.bmp"].max() == 120 and (decoded["glioma/sub-08_wide.bmp"] == 0).mean() > 0.5
+    # One NaN and one inf pixel do not black out a float TIFF: it is scaled over its finite values.
+    ramp = decoded["glioma/sub-20_float_nan.tif"]
+    assert ramp.max() >= 250 and len(np.unique(ramp)) > 20
     assert any("empty class folder" in note and "meningioma" in note for note in report["notes"])
 
 
@@ -140,6 +144,49 @@ def test_cache_is_reused_and_only_changed_files_are_decoded(tmp_path: Path, cach
     assert changed.fingerprint() != first.fingerprint() and not np.array_equal(images, images_changed)
 
 
+def test_a_file_replaced_with_its_old_size_and_mtime_is_decoded_again(tmp_path: Path, cache: Path) -> None:
+    """``cp -p`` / ``rsync -a`` keep size and mtime: the cache must notice the new ctime (and inode)."""
+    root = tmp_path / "d"
+    (root / "c").mkdir(parents=True)
+    for i in range(2):
+        (root / "c" / f"sub-{i}.png").write_bytes(png_bytes(value=40 * i + 10))
+    target = root / "c" / "sub-1.png"
+    _, before = build_manifest(root, 32, cache_root=cache)
+    old = target.stat()
+    replacement = png_bytes(value=200)
+    assert len(replacement) == old.st_size  # same byte count, other pixels
+    target.write_bytes(replacement)
+    os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns))  # what cp -p does
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    _, after = build_manifest(root, 32, cache_root=cache)
+    assert np.array_equal(before[0], after[0]) and not np.array_equal(before[1], after[1])
+
+
+def test_a_nifti_bomb_is_refused_from_its_header(tmp_path: Path, cache: Path) -> None:
+    """A few hundred compressed bytes claiming 120 M voxels: refused before any voxel is decompressed."""
+    (tmp_path / "ms" / "lesion").mkdir(parents=True)
+    nifti_bomb(tmp_path / "ms" / "lesion" / "sub-01_bomb.nii.gz")
+    (tmp_path / "ms" / "lesion" / "sub-02.png").write_bytes(png_bytes())
+    manifest, _ = build_manifest(tmp_path / "ms", 32, cache_root=cache)
+    reasons = {Path(u["path"]).name: u["reason"] for u in manifest.check_summary()["unusable"]}
+    assert "volume too large (2000x2000x30 voxels" in reasons["sub-01_bomb.nii.gz"]
+
+
+def test_a_decoder_process_that_dies_loses_one_file_not_the_command(
+        tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "d" / "c"
+    root.mkdir(parents=True)
+    for i in range(ingest.INLINE_BELOW + 6):
+        (root / f"sub-{i:03d}.png").write_bytes(png_bytes(value=i + 10))
+    (root / "sub-999_crash.png").write_bytes(png_bytes())
+    monkeypatch.setattr(ingest, "process_file", crash_on)
+    manifest, images = build_manifest(root.parent, 32, cache_root=cache, workers=2)
+    report = manifest.check_summary()
+    assert report["usable"] == ingest.INLINE_BELOW + 6 == len(images)
+    assert [(Path(u["path"]).name, u["reason"]) for u in report["unusable"]] == [
+        ("sub-999_crash.png", ingest.WORKER_DIED)]
+
+
 def test_missing_folder_and_nothing_usable(tmp_path: Path, cache: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         build_manifest(tmp_path / "missing", 32, cache_root=cache)
@@ -148,14 +195,14 @@ def test_missing_folder_and_nothing_usable(tmp_path: Path, cache: Path) -> None:
 def test_data_check_cli_reports_and_exits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSLMRI_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "data"
-    write_corpus(root)
+    usable = sum(reason is None for reason in write_corpus(root).values())
     export = tmp_path / "manifest.csv"
     result = CliRunner().invoke(app, ["data", "check", str(root), "--json", "--export", str(export),
                                       "--db", f"sqlite:///{tmp_path / 'r.db'}"])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["files"] == report["usable"] + len(report["unusable"]) and report["usable"] == 10
-    assert report["split_level"] == "subject" and report["subjects"] == 10
+    assert report["files"] == report["usable"] + len(report["unusable"]) and report["usable"] == usable
+    assert report["split_level"] == "subject" and report["subjects"] == usable  # one subject per usable file
     assert export.read_text().count("\n") >= report["files"]
 
     empty = tmp_path / "nothing"

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
+from cli import app
 from sslmri_core.config import TASKS, SynthConfig
 from sslmri_core.data.synth import SynthSummary, generate
+from sslmri_core.errors import UsageError
 
 SIZE = 64
 HEALTHY = {
@@ -126,7 +129,7 @@ def test_same_seed_same_bytes_new_seed_new_images(tmp_path: Path) -> None:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.*"))}
 
     assert files(tmp_path / "a") == files(tmp_path / "b") and len(files(tmp_path / "a")) == 4 * 2 * 2 + 1
-    from sslmri_core.data.audit import pixel_correlation
+    from sslmri_core.data.audit.near import pixel_correlation
 
     for cls in TASKS["tumor"]:
         first = [np.asarray(Image.open(p)) for p in _images(tmp_path / "a" / "tumor" / cls)]
@@ -150,16 +153,41 @@ def test_subjects_do_not_depend_on_other_tasks(full: tuple[Path, SynthSummary],
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(alone, within_all))
 
 
-def test_rewrite_replaces_task_folder_and_reports_progress(tmp_path: Path) -> None:
+def test_rewrite_replaces_its_own_task_folder_and_reports_progress(tmp_path: Path) -> None:
     config = SynthConfig(task="ms", subjects=1, slices_per_subject=2, size=SIZE, seed=1)
     generate(tmp_path, config)
-    stale = tmp_path / "ms" / "lesion" / "sub-ms9999_slice-000.png"
-    stale.write_bytes(b"old")
+    first = (tmp_path / "ms" / "synth.json").read_text()
     calls: list[tuple[int, int]] = []
-    summary = generate(tmp_path, config, progress=lambda done, total: calls.append((done, total)))
-    assert not stale.exists()
-    assert calls == [(1, 2), (2, 2)]
-    assert summary.images == 4
+    summary = generate(tmp_path, dataclasses.replace(config, seed=2),
+                       progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)] and summary.images == 4
+    assert (tmp_path / "ms" / "synth.json").read_text() != first  # the new set replaced the old one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ms"]  # no temporary folder left behind
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_synth_did_not_write_is_never_replaced(tmp_path: Path) -> None:
+    """``data synth ../shared/data --task tumor`` must not wipe the real tumour folder."""
+    real = tmp_path / "tumor"
+    (real / "glioma").mkdir(parents=True)
+    (real / "glioma" / "Tr-gl_0010.jpg").write_bytes(b"a real scan")
+    (real / "reviewed_labels.csv").write_text("file,label\nTr-gl_0010.jpg,glioma\n")
+    before = _tree(tmp_path)
+    result = CliRunner().invoke(app, ["data", "synth", str(tmp_path), "--task", "tumor", "--subjects", "1"])
+    assert result.exit_code == 2 and "refusing to replace" in result.stderr and str(real) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and _tree(tmp_path) == before
+
+    # Its own set with one file it does not list (a reviewer's notes) is refused the same way.
+    config = SynthConfig(task="ms", subjects=1, slices_per_subject=2, size=SIZE, seed=1)
+    generate(tmp_path / "own", config)
+    (tmp_path / "own" / "ms" / "lesion" / "notes.txt").write_text("reviewed by Dr. A")
+    kept = _tree(tmp_path / "own")
+    with pytest.raises(UsageError, match=r"1 file\(s\) `data synth` did not write \(e.g. lesion/notes.txt\)"):
+        generate(tmp_path / "own", config)
+    assert _tree(tmp_path / "own") == kept
 
 
 def test_unknown_task_is_rejected(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sslmri_core.data.ingest import process_file as _real_process_file  # before any test patches it
+
 
 def png_bytes(mode: str = "L", size: tuple[int, int] = (40, 30), value: int = 120) -> bytes:
     buf = io.BytesIO()
@@ -40,6 +42,28 @@ def jpeg_bytes(mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> bytes:
     fill = 128 if mode == "L" else tuple([128] * len(mode))
     Image.new(mode, size, fill).save(buf, "JPEG")
     return buf.getvalue()
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def float_tiff(values: np.ndarray) -> bytes:
+    """A 32-bit float TIFF (mode F) of ``values``."""
+    return encoded(Image.fromarray(values.astype(np.float32), mode="F"), "TIFF")
+
+
+def float_tiff_with_nan() -> bytes:
+    """A gradient with one NaN and one inf pixel: usable, scaled over its finite values."""
+    values = np.tile(np.linspace(0.0, 1000.0, 40, dtype=np.float32), (30, 1))
+    values[3, 4], values[10, 20] = np.nan, np.inf
+    return float_tiff(values)
+
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n%%EndComments\n"
+       b"newpath 0 0 moveto 40 30 lineto stroke\nshowpage\n%%EOF\n")  # Pillow would hand this to Ghostscript
 
 
 def truncated_jpeg() -> bytes:
@@ -84,8 +108,12 @@ def write_corpus(root: Path) -> dict[str, str | None]:
         "glioma/sub-05_palette.png": png_bytes("P"),
         "glioma/sub-06_cmyk.jpg": jpeg_bytes("CMYK"),
         "glioma/sub-07 ünïcode spaced.jpg": jpeg_bytes("L"),
-        "glioma/sub-08_wide.bmp": png_bytes("L", (80, 20)),  # PNG content behind a .bmp name decodes fine
-        "notumor/sub-09_tiff.tif": png_bytes("L"),
+        "glioma/sub-08_wide.bmp": encoded(Image.new("L", (80, 20), 120), "BMP"),
+        "notumor/sub-09_tiff.tif": encoded(Image.new("L", (40, 30), 120), "TIFF"),
+        "notumor/sub-18_png_named.bmp": png_bytes("L"),  # content and name disagree
+        "notumor/sub-19_eps.png": EPS,
+        "glioma/sub-20_float_nan.tif": float_tiff_with_nan(),
+        "notumor/sub-21_all_nan.tif": float_tiff(np.full((30, 40), np.nan)),
         "notumor/sub-10_truncated.jpg": truncated_jpeg(),
         "notumor/sub-11_zero.png": b"",
         "notumor/sub-12_text.png": b"this is not an image at all\n",
@@ -99,7 +127,11 @@ def write_corpus(root: Path) -> dict[str, str | None]:
         "glioma/sub-07 ünïcode spaced.jpg": None, "glioma/sub-08_wide.bmp": None, "notumor/sub-09_tiff.tif": None,
         "notumor/sub-10_truncated.jpg": "truncated",
         "notumor/sub-11_zero.png": "empty file",
-        "notumor/sub-12_text.png": "not an image",
+        "notumor/sub-12_text.png": "not a PNG image",
+        "notumor/sub-18_png_named.bmp": "named .bmp but the content is PNG",
+        "notumor/sub-19_eps.png": "not a PNG image",
+        "glioma/sub-20_float_nan.tif": None,
+        "notumor/sub-21_all_nan.tif": "no finite pixel",
         "notumor/sub-13_one_pixel.png": "too small",
         "notumor/sub-14_bomb.png": "too large",
         "glioma/sub-16_T1w_nan.nii.gz": None,
@@ -120,3 +152,34 @@ def write_corpus(root: Path) -> dict[str, str | None]:
     os.symlink(root / "notumor" / "gone.png", root / "notumor" / "dangling.png")
     (root / "meningioma").mkdir()  # an empty class folder
     return expected
+
+
+def nifti_bomb(path: Path, shape: tuple[int, int, int] = (2000, 2000, 30)) -> None:
+    """A .nii.gz of a few hundred bytes whose header claims ``shape`` float32 voxels (480 MB by default)."""
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    with gzip.open(path, "wb") as f:
+        f.write(header.binaryblock + b"\0" * 4 + b"\0" * 4096)
+
+
+def crash_on(job: tuple[str, str, int]) -> object:
+    """``ingest.process_file``, except that a file named ``*crash*`` kills its process (as the OOM killer would)."""
+    if "crash" in Path(job[0]).name:
+        os._exit(137)
+    return _real_process_file(job)
+
+
+def markup_chunk_png() -> bytes:
+    """A PNG whose second chunk type is ``[/]a``: Pillow quotes it in its error, as Rich markup would read it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 40, 30, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"[/]a", b"") + chunk(b"IEND", b"")
