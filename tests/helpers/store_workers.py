@@ -34,10 +34,11 @@ def writer(url: str, run_id: int, key: str, seconds: float, start: Any, results:
 def reader(url: str, run_id: int, seconds: float, start: Any, results: Any) -> None:
     """Read through the dashboard's read-only queries for ``seconds``."""
     from sslmri_core.store import queries
+    from sslmri_core.store.engine import read_engine
 
     n, errors = 0, []
     try:
-        engine = queries.read_engine(url)
+        engine = read_engine(url)
         start.wait(120)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

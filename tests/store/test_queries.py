@@ -15,7 +15,9 @@ from sqlalchemy.exc import OperationalError
 
 from sslmri_core import plots
 from sslmri_core.store import queries
-from sslmri_core.store.writer import Run, RunStore
+from sslmri_core.store.engine import read_engine
+from sslmri_core.store.schema import Run
+from sslmri_core.store.writer import RunStore
 
 from dashboard_store import LABELS, MATRIX, finetune_config, populate_store
 
@@ -43,7 +45,7 @@ def test_missing_store_reads_as_empty_and_is_not_created(tmp_path: Path) -> None
     assert queries.confusion_views(url, 1) == []
     assert queries.predictions_frame(url, 1).empty
     # Through a (cached) engine too: connecting read-only must not create the file either.
-    engine = queries.read_engine(url)
+    engine = read_engine(url)
     assert queries.runs_frame(engine).empty
     assert not path.exists() and not path.parent.exists()
 
@@ -66,7 +68,7 @@ def test_unreachable_server_is_reported_not_raised() -> None:
 # -- read-only ----------------------------------------------------------------------------------
 def test_read_engine_refuses_writes(populated: tuple[str, dict[str, int]]) -> None:
     url, _ = populated
-    engine = queries.read_engine(url)
+    engine = read_engine(url)
     row = {"kind": "pretrain", "status": "running", "created_at": datetime.now(timezone.utc), "config": {}}
     with pytest.raises(OperationalError, match="readonly"):
         with engine.begin() as conn:
@@ -319,3 +321,14 @@ def test_the_cli_summary_and_the_dashboard_share_one_computation(
     assert "test subjects" in printed and "0.700 [0.550, 0.825]" in printed  # ssl-linear at 100%: mean [lo, hi]
     assert "paired difference" in printed and "+0.100 [+0.024, +0.200]" in printed and "pretraining" in printed
     assert "…" not in printed  # nothing cut off on an 80-column terminal
+
+
+def test_store_text_in_figures_is_never_html() -> None:
+    """Plotly renders ``<a href>`` in labels: class names and tasks from the store are escaped."""
+    evil = '<a href="https://evil.example">re-login</a>'
+    cm = queries.ConfusionMatrix(split="test", level="slice", labels=[evil, "b"], matrix=[[1, 0], [0, 1]])
+    fig = plots.confusion_figure(cm)
+    shown = [*fig.data[0].x, *fig.data[0].y, fig.layout.title.text]
+    assert all("<a " not in str(s) for s in shown) and "&lt;a href" in fig.data[0].x[0]
+    balance = plots.class_balance_figure({evil: 3})
+    assert "<a " not in balance.data[0].x[0]

@@ -18,18 +18,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy.exc import OperationalError
 
 import store_workers
-from sslmri_core.store.writer import (
-    WRITE_ATTEMPTS,
-    Base,
-    RunRecord,
-    RunStore,
-    StoreError,
-    current_revision,
-    head_revision,
-    make_engine,
-    resolve_db_url,
-    retrying,
-)
+from sslmri_core.store.engine import WRITE_ATTEMPTS, make_engine, read_engine, resolve_db_url, retrying
+from sslmri_core.store.migrate import current_revision, head_revision
+from sslmri_core.store.schema import Base
+from sslmri_core.store.status import RunRecord
+from sslmri_core.store.writer import RunStore, StoreError
 
 
 @pytest.fixture()
@@ -40,7 +33,7 @@ def store(db_url: str) -> RunStore:
 def _upgrade_to(url: str, revision: str) -> None:
     """A store as an older version of sslmri left it."""
     from alembic import command
-    from sslmri_core.store.writer import alembic_config
+    from sslmri_core.store.migrate import alembic_config
 
     engine = make_engine(url)
     cfg = alembic_config()
@@ -103,7 +96,7 @@ def test_records_are_plain_dataclasses_with_provenance(store: RunStore) -> None:
 def test_confusion_and_predictions_round_trip(store: RunStore) -> None:
     from sqlalchemy import select
 
-    from sslmri_core.store.writer import Confusion, Prediction
+    from sslmri_core.store.schema import Confusion, Prediction
 
     run = store.start_run("finetune", {})
     store.log_confusion(run, "test", "slice", ["a", "b"], [[3, 1], [0, 4]])
@@ -118,7 +111,7 @@ def test_confusion_and_predictions_round_trip(store: RunStore) -> None:
 def test_results_replace_by_name_and_embeddings_replace_by_method(store: RunStore) -> None:
     from sqlalchemy import func, select
 
-    from sslmri_core.store.writer import Embedding
+    from sslmri_core.store.schema import Embedding
 
     run = store.start_run("finetune", {})
     store.log_result(run, "intervals", {"test_accuracy": [0.5, 0.9]})
@@ -217,7 +210,7 @@ def test_silent_running_runs_read_as_interrupted(store: RunStore, db_url: str) -
     assert status == {alive: "running", dead: "interrupted", done: "finished"}
     assert "no heartbeat since" in (store.get_run(dead).error or "")
 
-    engine = queries.read_engine(db_url)
+    engine = read_engine(db_url)
     frame = queries.runs_frame(engine).set_index("id")
     assert frame.loc[dead, "status"] == "interrupted" and "no heartbeat" in frame.loc[dead, "error"]
     assert frame.loc[alive, "status"] == "running"
@@ -264,13 +257,13 @@ def test_dashboard_queries_read_and_cannot_write(store: RunStore, db_url: str) -
     from sqlalchemy import insert
 
     from sslmri_core.store import queries
-    from sslmri_core.store.writer import Run
+    from sslmri_core.store.schema import Run
 
     run = store.start_run("finetune", {"model": "m", "init": "scratch", "mode": "full", "label_fraction": 0.5},
                           task="tumor")
     store.log_metrics(run, {"test_accuracy": 0.75, "test_macro_f1": 0.5})
     store.end_run(run, "finished")
-    engine = queries.read_engine(db_url)
+    engine = read_engine(db_url)
     frame = queries.runs_frame(engine)
     assert list(frame["id"]) == [run] and frame.loc[0, "test_accuracy"] == 0.75 and frame.loc[0, "model"] == "m"
     assert queries.store_status(db_url).n_runs == 1
@@ -283,7 +276,7 @@ def test_dashboard_queries_read_and_cannot_write(store: RunStore, db_url: str) -
 def test_writes_are_retried_while_the_database_is_locked(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     sleeps: list[float] = []
-    monkeypatch.setattr("sslmri_core.store.writer.time.sleep", sleeps.append)
+    monkeypatch.setattr("sslmri_core.store.engine.time.sleep", sleeps.append)
 
     @retrying
     def flaky() -> str:
@@ -330,7 +323,7 @@ def test_two_writer_processes_and_a_reader_lose_no_row(
 
     from sqlalchemy import func, select
 
-    from sslmri_core.store.writer import Metric, Run
+    from sslmri_core.store.schema import Metric, Run
 
     run = store.start_run("pretrain", {})
     # spawn: no forked copy of the test process (torch threads, open engines). A bare __main__ keeps

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from sslmri_core.store.writer import Base
+from sslmri_core.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata
