@@ -73,7 +73,9 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
     return y.reshape_as(x)
 
 
-def _bias_field(n: int, size: tuple[int, int], strength: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def _bias_field(
+    n: int, size: tuple[int, ...], strength: float, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """Smooth multiplicative fields ``(n, 1, H, W)``: exp of a random 4x4 grid upsampled (MRI coil inhomogeneity)."""
     coarse = _uniform(n * 16, -strength, strength, gen).view(n, 1, 4, 4).to(device)
     return torch.exp(F.interpolate(coarse, size=size, mode="bilinear", align_corners=True))
@@ -110,7 +112,7 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     blur_on = torch.rand(n, generator=gen) < cfg.blur_p
     sigma = _uniform(n, 0.1, max(cfg.blur_sigma, 0.1), gen)
     if bool(blur_on.any()):
-        radius = max(1, int(math.ceil(3 * float(sigma.max()))))  # from the CPU copy: no device sync
+        radius = max(1, math.ceil(3 * float(sigma.max())))  # from the CPU copy: no device sync
         blurred = _blur(x, sigma.to(device, x.dtype), radius)
         x = torch.where(blur_on.to(device).view(n, 1, 1, 1), blurred, x)
 

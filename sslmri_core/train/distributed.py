@@ -135,10 +135,10 @@ def barrier() -> None:
 class FollowerStore:
     """The run store as ranks other than 0 see it: reads go through, writes are dropped."""
 
-    _WRITES = {
+    _WRITES = frozenset({
         "start_run", "update_run", "log_params", "log_split", "save_manifest", "log_metrics", "heartbeat",
         "truncate_metrics", "reopen_run", "log_result",
-    }
+    })
 
     def __init__(self, store: Any) -> None:
         self._store = store

@@ -12,40 +12,38 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rich.markup import escape
-
-from sslmri_core.train.augment import augment_batch, normalize, to_float
-from sslmri_core.config import FinetuneConfig, PretrainConfig, from_dict, to_dict, with_overrides
+from sslmri_core.config import (
+    INITS,
+    MODES,
+    PRECISIONS,
+    FinetuneConfig,
+    PretrainConfig,
+    from_dict,
+    to_dict,
+    with_overrides,
+)
 from sslmri_core.data.loading import ImageSet, load_folder
+from sslmri_core.data.splits import SPLIT_UNITS, Split, label_subset, split_for
+from sslmri_core.data.unusable import write_unusable
 from sslmri_core.evaluation.metrics import evaluate_probs, evaluate_split
+from sslmri_core.progress import console, make_progress
+from sslmri_core.store.lifecycle import open_run
+from sslmri_core.store.writer import RunStore
+from sslmri_core.train.augment import augment_batch, normalize, to_float
+from sslmri_core.train.checkpoints import atomic_save, checkpoint_of, encoder_state
 from sslmri_core.train.models import Classifier, check_model_name, create_encoder
 from sslmri_core.train.optim import param_groups, warmup_cosine
-from sslmri_core.train.pretrain import TrainResult, write_unusable
-from sslmri_core.progress import console, make_progress
-from sslmri_core.train.runtime import (
-    PRECISIONS,
-    CheckpointError,
-    atomic_save,
-    autocast,
-    device_name,
-    load_checkpoint,
-    pick_device,
-    resolve_precision,
-    run_file,
-    seed_everything,
-)
-from sslmri_core.data.splits import SPLIT_UNITS, Split, label_subset, split_for
-from sslmri_core.store.writer import Heartbeat, RunStore
+from sslmri_core.train.pool import pool_index
+from sslmri_core.train.predict import encode, head_probabilities
+from sslmri_core.train.result import TrainResult
+from sslmri_core.train.runtime import autocast, device_name, pick_device, resolve_precision, seed_everything
 
-INITS = ("ssl", "scratch", "imagenet")
-MODES = ("linear", "full")
 EVAL_POINTS = 10  # validation passes per run (evenly spaced in steps); the best one's weights are kept
 
 
@@ -133,7 +131,8 @@ def plan_steps(cfg: FinetuneConfig, n_labeled: int) -> int:
 
 
 def arm_name(cfg: FinetuneConfig) -> str:
-    """The arm a run belongs to: ``ssl-linear``, ``ssl-full``, ``scratch``, ``imagenet`` (full) or ``imagenet-linear``."""
+    """The arm a run belongs to: ``ssl-linear``, ``ssl-full``, ``scratch``, ``imagenet`` (full) or
+    ``imagenet-linear``."""
     if cfg.arm:
         return cfg.arm
     if cfg.init == "ssl":
@@ -141,11 +140,11 @@ def arm_name(cfg: FinetuneConfig) -> str:
     return cfg.init if cfg.mode == "full" else f"{cfg.init}-{cfg.mode}"
 
 
-def _build_model(cfg: FinetuneConfig, n_classes: int, encoder_state: dict[str, Any] | None) -> Classifier:
+def _build_model(cfg: FinetuneConfig, n_classes: int, weights: dict[str, Any] | None) -> Classifier:
     """Classifier on a fresh encoder, loaded with the SSL (or ImageNet) encoder's weights when there are some."""
     encoder = create_encoder(cfg.model)
-    if encoder_state is not None:
-        encoder.load_state_dict(encoder_state)
+    if weights is not None:
+        encoder.load_state_dict(weights)
     return Classifier(encoder, n_classes)
 
 
@@ -160,15 +159,9 @@ def _parent_encoder(cfg: FinetuneConfig, store: RunStore) -> dict[str, Any] | No
         return encoder.state_dict()
     if cfg.from_run is None:
         return None
-    parent = store.get_run(cfg.from_run)
-    if not parent.checkpoint_path or not Path(parent.checkpoint_path).is_file():
-        raise ValueError(f"--from-run {cfg.from_run} has no checkpoint file (run status: {parent.status})")
-    # The path comes from the store: open it only inside that run's own output folder, weights only.
-    path = run_file(parent.checkpoint_path, parent.out_dir, f"--from-run {cfg.from_run} checkpoint")
-    state = load_checkpoint(path).get("encoder")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"--from-run {cfg.from_run}: {path} holds no encoder weights")
-    return state
+    parent = checkpoint_of(store, cfg.from_run, "--from-run", kinds=("pretrain",),
+                           use="fine-tuning starts from a pretraining run")
+    return encoder_state(parent, "--from-run")
 
 
 def _split_params(data: ImageSet, split: Split, labeled: np.ndarray) -> dict[str, Any]:
@@ -196,14 +189,12 @@ def split_rows(data: ImageSet, split: Split, labeled: np.ndarray | None = None,
     chosen = set(labeled.tolist()) if labeled is not None else set()
     return [{"key": it.key, "subject": it.subject, "split": name, "labeled": i in chosen,
              "content_hash": it.content_hash, "group_key": split.groups[i]}
-            for i, (it, name) in enumerate(zip(data.items, names))]
+            for i, (it, name) in enumerate(zip(data.items, names, strict=True))]
 
 
 def pool_overlap(store: RunStore, from_run: int, data: ImageSet, idx: np.ndarray, groups: list[str]) -> tuple[int, int]:
     """``(groups, images)`` of ``data[idx]`` that the SSL run ``from_run`` pretrained on, compared by
     content (exact or near copy), whatever their paths."""
-    from sslmri_core.train.pretrain import pool_index
-
     index = pool_index(store, from_run)
     assert data.thumbs is not None
     found = index.matches([data.items[int(i)].content_hash for i in idx], data.thumbs[idx])
@@ -212,12 +203,13 @@ def pool_overlap(store: RunStore, from_run: int, data: ImageSet, idx: np.ndarray
 
 def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, labeled: np.ndarray,
               device: torch.device, precision: str, steps: int) -> None:
-    console.print(escape(
+    console.print(
         f"finetune run {run_id}: {cfg.init}/{cfg.mode} {cfg.model} at {cfg.image_size}px, task {cfg.task}, "
-        f"{len(data.classes)} classes; split by {split.level} ({split.source}): train {len(labeled)}/{len(split.train)} "
-        f"labelled, val {len(split.val)}, test {len(split.test)} images in {split.n_groups('test')} groups "
+        f"{len(data.classes)} classes; split by {split.level} ({split.source}): "
+        f"train {len(labeled)}/{len(split.train)} labelled, val {len(split.val)}, "
+        f"test {len(split.test)} images in {split.n_groups('test')} groups "
         f"({len(data.unusable)} unusable); {steps} optimiser steps on {device_name(device)}, {precision}"
-    ))
+    )
     if "test" in data.given_splits and not cfg.use_given_split and cfg.folds is None:
         console.print("note: the folder's own Training/Testing split is not used: its images are pooled and split by "
                       "group (pass --use-given-split to keep it; it is checked for leaks)")
@@ -242,7 +234,7 @@ def finetune(
     ``data`` (the folder already loaded with this config's settings) so it is read once per grid.
     """
     validate_finetune(cfg)
-    encoder_state = _parent_encoder(cfg, store)
+    encoder_weights = _parent_encoder(cfg, store)
     data = data if data is not None else load_finetune_data(cfg)
     split, labeled = split_data(data, cfg)
     device = pick_device()
@@ -253,33 +245,29 @@ def finetune(
         reasons.append(f"{overlap[0]} test group(s) ({overlap[1]} images) were in the SSL pretraining pool of run "
                        f"{cfg.from_run} (compared by content)")
     steps = plan_steps(cfg, len(labeled))
-    run_id = store.start_run(
-        "finetune", to_dict(cfg), task=cfg.task, device=device_name(device),
-        parent_run_id=parent_run_id if parent_run_id is not None else cfg.from_run,
-    )
-    out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
-    store.update_run(run_id, out_dir=str(out_dir))
     class_weights = _class_weights(data.labels[labeled], len(data.classes)) if cfg.class_weighted else None
-    store.log_params(run_id, {
-        **_split_params(data, split, labeled), "precision": precision,
-        "ssl_pool_test_overlap": overlap[0], "ssl_pool_test_overlap_images": overlap[1],
-        "leakage_prone": bool(reasons), "leakage_reasons": json.dumps(reasons),
-        "dataset": store.save_manifest(data.manifests[0]), "optimizer_steps": steps,
-        "arm": arm_name(cfg), "fraction": cfg.label_fraction, "seed": cfg.seed, "label_count": len(labeled),
-        "labels_per_class": cfg.labels_per_class, "from_run": cfg.from_run, "experiment_run": cfg.experiment_run,
-        "fold": cfg.fold, "folds": cfg.folds,
-        "class_weights": json.dumps(None if class_weights is None else [round(float(w), 4) for w in class_weights]),
-    })
-    store.log_split(run_id, split_rows(data, split, labeled))
-    write_unusable(out_dir, data.unusable)
-    _announce(cfg, run_id, data, split, labeled, device, precision, steps)
-    for reason in reasons:
-        console.print(f"[bold red]leakage-prone: {escape(reason)}[/]")
-    with store.track(run_id):
+    parent = parent_run_id if parent_run_id is not None else cfg.from_run
+    with open_run(store, "finetune", to_dict(cfg), out=cfg.out, task=cfg.task, device=device_name(device),
+                  parent_run_id=parent) as run:
+        run_id, out_dir = run.run_id, run.folder
+        store.log_params(run_id, {
+            **_split_params(data, split, labeled), "precision": precision,
+            "ssl_pool_test_overlap": overlap[0], "ssl_pool_test_overlap_images": overlap[1],
+            "leakage_prone": bool(reasons), "leakage_reasons": json.dumps(reasons),
+            "dataset": store.save_manifest(data.manifests[0]), "optimizer_steps": steps,
+            "arm": arm_name(cfg), "fraction": cfg.label_fraction, "seed": cfg.seed, "label_count": len(labeled),
+            "labels_per_class": cfg.labels_per_class, "from_run": cfg.from_run, "experiment_run": cfg.experiment_run,
+            "fold": cfg.fold, "folds": cfg.folds,
+            "class_weights": json.dumps(None if class_weights is None else [round(float(w), 4) for w in class_weights]),
+        })
+        store.log_split(run_id, split_rows(data, split, labeled))
+        write_unusable(out_dir, data.unusable)
+        _announce(cfg, run_id, data, split, labeled, device, precision, steps)
+        for reason in reasons:
+            console.print(f"leakage-prone: {reason}", style="bold red")
         seed_everything(cfg.seed)  # the classifier head (and a scratch encoder) start from the run's seed
-        model = _build_model(cfg, len(data.classes), encoder_state).to(device)
+        model = _build_model(cfg, len(data.classes), encoder_weights).to(device)
         trainer = _Trainer(cfg, data, model, device, precision, class_weights)
-        trainer.beat = Heartbeat(store, run_id)
         best_step, best_epoch = trainer.fit(labeled, split.val, store, run_id, show_progress, steps)
         metrics = _final_evaluation(trainer, data, split, store, run_id)
         metrics.update(best_epoch=float(best_epoch), best_step=float(best_step))
@@ -302,7 +290,8 @@ class _Trainer:
         class_weights: np.ndarray | None = None,
     ) -> None:
         self.cfg, self.model, self.device, self.precision = cfg, model, device, precision
-        self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32, device=device)
+        self.class_weights = None if class_weights is None else \
+            torch.tensor(class_weights, dtype=torch.float32, device=device)
         self.images = torch.from_numpy(data.images)
         self.labels = torch.from_numpy(data.labels)
         self.classes = data.classes
@@ -313,22 +302,13 @@ class _Trainer:
                 p.requires_grad_(False)
         self._features: torch.Tensor | None = None
         self._cached: dict[str, torch.Tensor] = {}  # linear mode: frozen features of val, computed once
-        self.beat: Any = lambda: None  # the run's heartbeat (rate-limited), called every batch
 
     # -- prediction -----------------------------------------------------------------------------
-    @torch.no_grad()
     def encode(self, idx: np.ndarray) -> torch.Tensor:
-        """Encoder features ``(len(idx), D)`` in eval mode, without augmentation."""
+        """Encoder features ``(len(idx), D)``, without augmentation (leaves the model in eval mode)."""
         self.model.eval()
-        out = []
-        for b in range(0, len(idx), 64):
-            x = normalize(to_float(self.images[idx[b : b + 64]])).to(self.device)
-            with autocast(self.device, self.precision):
-                out.append(self.model.encoder(x.contiguous(memory_format=torch.channels_last)).float())
-            self.beat()
-        return torch.cat(out) if out else torch.zeros(0, int(self.model.encoder.num_features))
+        return encode(self.model.encoder, self.images, self.device, self.precision, idx)
 
-    @torch.no_grad()
     def predict(self, idx: np.ndarray, cache_as: str | None = None) -> np.ndarray:
         """Class probabilities ``(len(idx), K)``; with a frozen encoder, ``cache_as`` keeps the features."""
         if cache_as is not None and self.cfg.mode == "linear":
@@ -337,8 +317,7 @@ class _Trainer:
             feats = self._cached[cache_as]
         else:
             feats = self.encode(idx)
-        self.model.eval()
-        return F.softmax(self.model.fc(feats.to(self.device)), dim=1).cpu().numpy()
+        return head_probabilities(self.model, feats)
 
     # -- training -------------------------------------------------------------------------------
     def _epoch_losses(self, idx: np.ndarray) -> Iterator[torch.Tensor]:
@@ -369,14 +348,14 @@ class _Trainer:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        self.beat()
         return float(loss.item())
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The head at ``lr``, the encoder at ``lr x encoder_lr_scale`` (no weight decay on norms and biases)."""
         cfg = self.cfg
         groups = [{**g, "lr": cfg.lr} for g in param_groups(self.model.fc, cfg.weight_decay)]
-        groups += [{**g, "lr": cfg.lr * cfg.encoder_lr_scale} for g in param_groups(self.model.encoder, cfg.weight_decay)]
+        groups += [{**g, "lr": cfg.lr * cfg.encoder_lr_scale}
+                   for g in param_groups(self.model.encoder, cfg.weight_decay)]
         return [g for g in groups if g["params"]]
 
     def fit(self, train: np.ndarray, val: np.ndarray, store: RunStore, run_id: int, show_progress: bool,
@@ -405,23 +384,29 @@ class _Trainer:
                         continue
                     ips = len(losses) * cfg.batch_size / (time.perf_counter() - start)
                     val_eval = evaluate_probs(y_val, self.predict(val, cache_as="val"), self.classes, "val")
-                    headline = {k: val_eval.metrics[k] for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")}
-                    store.log_metrics(run_id, {"train_loss": float(np.mean(losses)), **headline}, step=step, epoch=epoch)
+                    headline = {k: val_eval.metrics[k]
+                                for k in ("val_accuracy", "val_balanced_accuracy", "val_macro_f1")}
+                    store.log_metrics(run_id, {"train_loss": float(np.mean(losses)), **headline},
+                                      step=step, epoch=epoch)
                     if headline["val_balanced_accuracy"] > best[0]:
-                        best = (headline["val_balanced_accuracy"], step, epoch, copy.deepcopy(self.model.state_dict()))
+                        best = (headline["val_balanced_accuracy"], step, epoch,
+                                copy.deepcopy(self.model.state_dict()))
                     progress.update(bar, completed=step, ips=ips, info=f"loss {np.mean(losses):.3f} "
                                     f"val bal.acc {headline['val_balanced_accuracy']:.3f}")
                     losses, start = [], time.perf_counter()
                     if step >= steps:
                         break
                 if step == before:
-                    raise ValueError("no batch of at least 2 images to train on: raise --batch-size or --label-fraction")
+                    raise ValueError("no batch of at least 2 images to train on: "
+                                     "raise --batch-size or --label-fraction")
                 epoch += 1
         self.model.load_state_dict(best[3])
         return best[1], best[2]
 
 
-def _final_evaluation(trainer: _Trainer, data: ImageSet, split: Split, store: RunStore, run_id: int) -> dict[str, float]:
+def _final_evaluation(
+    trainer: _Trainer, data: ImageSet, split: Split, store: RunStore, run_id: int
+) -> dict[str, float]:
     """Score the selected weights on val and (once) on test at slice and subject level; store metrics,
     intervals, reliability bins, ROC points, confusions and every prediction."""
     metrics: dict[str, float] = {}
@@ -453,5 +438,5 @@ def log_evaluation(store: RunStore, run_id: int, data: ImageSet, idx: np.ndarray
          "true_label": data.items[i].label, "pred_label": data.classes[int(p)],
          "confidence": float(probs[j].max()), "probs": [round(float(v), 6) for v in probs[j]],
          "group_key": groups[int(i)]}
-        for j, (i, p) in enumerate(zip(idx, result.predictions))
+        for j, (i, p) in enumerate(zip(idx, result.predictions, strict=True))
     ])

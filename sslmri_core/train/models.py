@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sslmri_core.errors import UsageError
 
-class ModelError(ValueError):
+
+class ModelError(UsageError):
     """A model name timm does not know, or a checkpoint that does not fit."""
 
 
@@ -31,6 +33,15 @@ def create_encoder(name: str) -> nn.Module:
     return timm.create_model(name, pretrained=False, in_chans=1, num_classes=0)
 
 
+def feature_dim(encoder: nn.Module) -> int:
+    """``D``, the width of an encoder's features ``(B, D)`` (timm's ``num_features``)."""
+    # torch's stubs type every module attribute as Tensor | Module; timm sets this one as a plain int.
+    dim = getattr(encoder, "num_features", None)
+    if not isinstance(dim, int):
+        raise ModelError(f"{type(encoder).__name__} has no num_features: not a timm encoder")
+    return dim
+
+
 class ProjectionHead(nn.Module):
     """SimCLR MLP head: Linear -> BN -> ReLU -> Linear, ``(B, in_dim) -> (B, out_dim)``."""
 
@@ -53,9 +64,11 @@ class SimCLRModel(nn.Module):
     def __init__(self, encoder: nn.Module, hidden_dim: int = 512, out_dim: int = 128) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = ProjectionHead(int(encoder.num_features), hidden_dim, out_dim)
+        self.head = ProjectionHead(feature_dim(encoder), hidden_dim, out_dim)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Projections ``(B, out_dim)``; with ``return_features`` also the encoder features ``(B, num_features)``
         (what fine-tuning and the online probe use); one call, so DistributedDataParallel sees one forward."""
         h = self.encoder(x)
@@ -69,7 +82,7 @@ class Classifier(nn.Module):
     def __init__(self, encoder: nn.Module, n_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
-        self.fc = nn.Linear(int(encoder.num_features), n_classes)
+        self.fc = nn.Linear(feature_dim(encoder), n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.encoder(x))

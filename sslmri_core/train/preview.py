@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslmri_core.train.augment import augment_batch, to_float
 from sslmri_core.config import PretrainConfig
+from sslmri_core.train.augment import augment_batch, to_float
 
 
 def preview_grid(images: np.ndarray, cfg: PretrainConfig, seed: int) -> np.ndarray:
@@ -32,7 +32,7 @@ def write_preview(cfg: PretrainConfig, out: Path, n: int, seed: int) -> dict[str
     """Take ``n`` images of the pretraining pool (evenly spread), write their pairs to ``out``."""
     from PIL import Image
 
-    from sslmri_core.train.pretrain import load_pretrain_data
+    from sslmri_core.train.pool import load_pretrain_data
 
     found, roles = load_pretrain_data(cfg)
     pool = np.array([i for i, r in enumerate(roles) if r == "pool"], dtype=np.int64)

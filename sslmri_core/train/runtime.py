@@ -1,22 +1,17 @@
-"""Device, precision, seeding, random states and safe checkpoint files."""
+"""Device, precision, seeding and random states (checkpoint files: :mod:`sslmri_core.train.checkpoints`)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import pickle
 import random
-import re
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from sslmri_core.config import PRECISIONS
 
 
 def pick_device() -> torch.device:
@@ -100,7 +95,11 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def rng_state(gen: torch.Generator) -> dict[str, Any]:
     """Every random state a training run draws from, as plain data a ``weights_only`` load accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = np.random.get_state()
+    # A tuple (MT19937's legacy form) unless someone swapped np.random's global generator's bit generator.
+    if not isinstance(numpy_state, tuple):
+        raise TypeError("np.random's global generator is not MT19937: its state cannot be checkpointed")
+    kind, keys, pos, has_gauss, cached = numpy_state
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
@@ -122,86 +121,3 @@ def set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
     gen.set_state(state["data"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint so that a crash never leaves a half-written file at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be trusted or read (a pickle payload, a damaged file)."""
-
-
-class UnsafePathError(ValueError):
-    """A path read from the run store that points outside the folders it may be opened from."""
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data, never arbitrary pickles.
-
-    A file that carries anything else (e.g. a pickled object whose ``__reduce__`` would run code)
-    is refused with a one-line :class:`CheckpointError`; nothing in it is executed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" (it references {found.group(1)})" if found else ""
-        raise CheckpointError(
-            f"refusing to load checkpoint {path}: it holds Python objects, not just tensors and plain data{what}; "
-            "it may run code when unpickled, so only weights_only loading is allowed"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = " ".join(str(exc).split()).split(". ")[0]
-        raise CheckpointError(f"cannot read checkpoint {path} (damaged or not a checkpoint): {first}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"cannot use checkpoint {path}: it holds a {type(obj).__name__}, not a checkpoint dict")
-    return obj
-
-
-DATA_ROOTS_ENV = "SSLMRI_DATA_ROOTS"
-
-
-def data_roots() -> list[Path]:
-    """Folders configured as data roots (``$SSLMRI_DATA_ROOTS``, separated by ``os.pathsep``)."""
-    raw = os.environ.get(DATA_ROOTS_ENV, "")
-    return [Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip()]
-
-
-def inside_roots(path: str | Path, roots: list[str | Path], what: str = "file") -> Path:
-    """``path`` resolved (symbolic links and ``..`` followed), if it lies under one of ``roots``; else an error.
-
-    Paths read from the run store are opened only through this, so a store row (edited, or from
-    another machine) cannot make sslmri read or unpickle a file elsewhere on disk.
-    """
-    resolved = Path(path).expanduser().resolve()
-    for root in roots:
-        if root and resolved.is_relative_to(Path(root).expanduser().resolve()):
-            return resolved
-    shown = ", ".join(str(r) for r in roots if r) or "none"
-    raise UnsafePathError(f"refusing to open {what} {path}: it is outside the allowed folders ({shown})")
-
-
-def run_file(path: str | Path, out_dir: str | None, what: str = "file") -> Path:
-    """A file named by a run's store row (its checkpoint): only under the run's own output folder."""
-    if not out_dir:
-        raise UnsafePathError(f"refusing to open {what} {path}: the run has no output folder recorded")
-    return inside_roots(path, [out_dir], what)
-
-
-def scan_file(path: str | Path, run_data: str | list[str] | None) -> Path:
-    """A scan named by a store row (a prediction's ``scan``): only under the run's data folder(s) or ``$SSLMRI_DATA_ROOTS``."""
-    roots: list[str | Path] = [run_data] if isinstance(run_data, str) else list(run_data or [])
-    return inside_roots(path, [*roots, *data_roots()], "scan")

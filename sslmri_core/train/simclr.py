@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from sslmri_core.train.augment import augment_batch, normalize, to_float
 from sslmri_core.config import AugmentConfig
+from sslmri_core.train.augment import augment_batch, normalize, to_float
 from sslmri_core.train.losses import Gather, nt_xent
 from sslmri_core.train.runtime import autocast
 

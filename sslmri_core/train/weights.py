@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslmri_core.train.runtime import CheckpointError, load_checkpoint
+from sslmri_core.errors import UsageError
+from sslmri_core.train.checkpoints import CheckpointError, load_checkpoint
 
 
-class WeightsError(ValueError):
+class WeightsError(UsageError):
     """A ``--weights`` file that is missing, unreadable or does not fit the model."""
 
 
@@ -31,7 +32,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except CheckpointError as exc:
         raise WeightsError(f"--weights: {exc}") from None
     except Exception as exc:  # a damaged safetensors file
-        raise WeightsError(f"--weights: cannot read {path}: {exc.__class__.__name__}: {' '.join(str(exc).split())}") from None
+        detail = " ".join(str(exc).split())
+        raise WeightsError(f"--weights: cannot read {path}: {exc.__class__.__name__}: {detail}") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -80,10 +80,27 @@ def test_a_run_stores_slice_and_subject_evaluation(synth_tumor: Path, tmp_path: 
     assert len(json.loads(params["class_weights"])) == 4
 
 
+def test_a_failure_while_setting_up_the_run_marks_it_failed(
+    synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything after the run row exists is inside its status tracking: a store write that fails
+    while the run is set up (here the data set's manifest) ends it ``failed``, never left ``running``."""
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+
+    def no_space(*_args: object, **_kwargs: object) -> int:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(store, "save_manifest", no_space)
+    with pytest.raises(OSError, match="no space left"):
+        ft.finetune(_cfg(synth_tumor, tmp_path, epochs=1), store, show_progress=False)
+    (run,) = store.list_runs()
+    assert run.status == "failed" and "no space left" in (run.error or "") and run.ended_at is not None
+
+
 def _params(store: RunStore, run_id: int) -> list[tuple[str, str]]:
     from sqlalchemy import select
 
-    from sslmri_core.store.writer import Param
+    from sslmri_core.store.schema import Param
 
     with store.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(select(Param.key, Param.value).where(Param.run_id == run_id))]

@@ -52,8 +52,8 @@ def _reference_quality(cfg: PretrainConfig, checkpoint: str) -> dict[str, float]
 
     from sslmri_core.train.models import create_encoder
     from sslmri_core.train.monitor import OnlineProbe, encode
-    from sslmri_core.train.pretrain import load_pretrain_pool
-    from sslmri_core.train.runtime import load_checkpoint
+    from sslmri_core.train.pool import load_pretrain_pool
+    from sslmri_core.train.checkpoints import load_checkpoint
 
     data, roles, splits = load_pretrain_pool(cfg)
     names, roles = np.array(splits), np.array(roles)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cli import app
 from sslmri_core.config import PretrainConfig, SynthConfig
 from sslmri_core.train.pretrain import RunInterrupted, pretrain, resume_pretrain
-from sslmri_core.train.runtime import load_checkpoint
+from sslmri_core.train.checkpoints import load_checkpoint
 from sslmri_core.store.writer import RunStore
 from tests.conftest import ROOT
 
@@ -42,7 +42,7 @@ def _steps(store: RunStore, run_id: int, key: str = "loss") -> list[int]:
 def _param(store: RunStore, run_id: int, key: str) -> str | None:
     from sqlalchemy import select
 
-    from sslmri_core.store.writer import Param
+    from sslmri_core.store.schema import Param
 
     with store.engine.connect() as conn:
         return conn.execute(select(Param.value).where(Param.run_id == run_id, Param.key == key)).scalar_one_or_none()
@@ -184,3 +184,21 @@ def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(pretrain_module, "nt_xent", nt_xent)
     assert resume_pretrain(run.id, store, show_progress=False).status == "finished"  # a failed run can go on
     assert _steps(store, run.id) == list(range(1, 3 * per_epoch + 1))
+
+
+def test_a_failure_while_setting_up_pretraining_marks_the_run_failed(
+    synth_tumor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing store write between the run's start and its first step (the split rows) ends it ``failed``."""
+    cfg = PretrainConfig(data=[str(synth_tumor)], model="test_resnet", image_size=64, batch_size=8, epochs=1,
+                         precision="fp32", out=str(tmp_path / "runs"))
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+
+    def lost_connection(*_args: object, **_kwargs: object) -> None:
+        raise ConnectionError("server closed the connection")
+
+    monkeypatch.setattr(store, "log_split", lost_connection)
+    with pytest.raises(ConnectionError):
+        pretrain(cfg, store, show_progress=False)
+    (run,) = store.list_runs()
+    assert run.status == "failed" and "server closed" in (run.error or "")
