@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from sslmri_core.config import DemoConfig, PretrainConfig, with_overrides
-from sslmri_core.train.finetune import finetune, resolve_finetune_config
-from sslmri_core.train.pretrain import TrainResult, pretrain
+from sslmri_core.config import ARM_SETTINGS, DemoConfig, PretrainConfig, with_overrides
 from sslmri_core.progress import console
 from sslmri_core.store.writer import RunStore
+from sslmri_core.train.finetune import finetune, resolve_finetune_config
+from sslmri_core.train.pretrain import pretrain
+from sslmri_core.train.result import TrainResult
 
-ARMS = (("ssl", "linear"), ("ssl", "full"), ("scratch", "full"))
+DEMO_ARMS = ("ssl-linear", "ssl-full", "scratch")
 
 
 def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = None) -> list[TrainResult]:
@@ -19,7 +20,8 @@ def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = N
     shared = {"model": cfg.model, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "out": out}
     pre = pretrain(with_overrides(PretrainConfig(), epochs=cfg.pretrain_epochs, **shared), store)
     results = [pre]
-    for init, mode in ARMS:
+    for arm in DEMO_ARMS:
+        init, mode = ARM_SETTINGS[arm]
         ft_cfg = resolve_finetune_config(
             store, task=cfg.task, init=init, mode=mode, epochs=cfg.finetune_epochs, min_steps=cfg.min_steps,
             from_run=pre.run_id if init == "ssl" else None, **shared,
@@ -54,9 +56,9 @@ def _print_table(results: list[TrainResult], cfg: DemoConfig) -> None:
     table = Table(title=f"demo: {cfg.task}, {cfg.model} at {cfg.image_size}px (test split, slice level)")
     for col in ("run", "arm", "accuracy", "balanced acc.", "macro F1"):
         table.add_column(col)
-    for (init, mode), r in zip(ARMS, results):
+    for arm, r in zip(DEMO_ARMS, results, strict=True):
         m = r.metrics
-        table.add_row(str(r.run_id), f"{init}-{mode}", f"{m['test_accuracy']:.3f}",
+        table.add_row(str(r.run_id), arm, f"{m['test_accuracy']:.3f}",
                       f"{m['test_balanced_accuracy']:.3f}", f"{m['test_macro_f1']:.3f}")
     console.print(table)
     console.print("Open the dashboard: streamlit run dashboard/Home.py")

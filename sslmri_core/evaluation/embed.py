@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sslmri_core.config import EMBED_METHODS as METHODS
+from sslmri_core.data.loading import ImageSet
+from sslmri_core.store.status import RunRecord
 from sslmri_core.store.writer import RunStore
 
-METHODS = ("umap", "tsne")
+if TYPE_CHECKING:
+    from torch import nn
+
 MIN_IMAGES = 5  # fewer points than this make neither UMAP nor t-SNE meaningful
 DEFAULT_MAX_IMAGES = 5000  # t-SNE and UMAP stay under a minute on 2 cores up to about here
 
@@ -31,33 +36,16 @@ class EmbedResult:
     splits: dict[str, int]
 
 
-def _encoder_state(run: Any) -> dict[str, Any]:
-    """The encoder weights of a pretrain (``encoder``) or finetune (``model``'s ``encoder.*``) checkpoint."""
-    from sslmri_core.train.runtime import CheckpointError, load_checkpoint, run_file
-
-    if not run.checkpoint_path:
-        raise ValueError(f"--run {run.id} has no checkpoint (status {run.status}); embed a finished run")
-    ckpt = load_checkpoint(run_file(run.checkpoint_path, run.out_dir, f"--run {run.id} checkpoint"))
-    if isinstance(ckpt.get("encoder"), dict):
-        return ckpt["encoder"]
-    model = ckpt.get("model")
-    if isinstance(model, dict):
-        state = {k.removeprefix("encoder."): v for k, v in model.items() if k.startswith("encoder.")}
-        if state:
-            return state
-    raise CheckpointError(f"--run {run.id}: {run.checkpoint_path} holds no encoder weights")
-
-
-def _run_data(run: Any, store: RunStore) -> tuple[Any, list[str], str]:
-    """The run's images (an ImageSet), each image's split, and the model name (from the stored config)."""
+def _run_data(run: RunRecord, store: RunStore) -> tuple[ImageSet, list[str], str]:
+    """The run's images, each image's split, and the model name (from the stored config)."""
     from sslmri_core.config import FinetuneConfig, PretrainConfig, from_dict
 
     if run.kind == "pretrain":
-        from sslmri_core.train.pretrain import load_pretrain_data
+        from sslmri_core.train.pool import load_pretrain_data
 
-        cfg = from_dict(PretrainConfig, run.config)
-        data, roles = load_pretrain_data(cfg)
-        return data, roles, cfg.model
+        pre = from_dict(PretrainConfig, run.config)
+        data, roles = load_pretrain_data(pre)
+        return data, roles, pre.model
     from sslmri_core.train.finetune import load_finetune_data
 
     cfg = from_dict(FinetuneConfig, run.config)
@@ -66,18 +54,13 @@ def _run_data(run: Any, store: RunStore) -> tuple[Any, list[str], str]:
     return data, [split_of.get(it.key, "unassigned") for it in data.items], cfg.model
 
 
-def encode_images(encoder: Any, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Encoder features of uint8 images ``(N, S, S)``: float32 ``(N, D)``, eval mode, no augmentation."""
+def encode_images(encoder: nn.Module, images: np.ndarray) -> np.ndarray:
+    """Encoder features of uint8 images ``(N, S, S)``: float32 ``(N, D)``, eval mode, no augmentation, on the CPU."""
     import torch
 
-    from sslmri_core.train.augment import normalize, to_float
+    from sslmri_core.train.predict import encode
 
-    encoder.eval()
-    out = []
-    with torch.inference_mode():
-        for b in range(0, len(images), batch):
-            out.append(encoder(normalize(to_float(torch.from_numpy(images[b : b + batch])))).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, int(encoder.num_features)), np.float32)
+    return encode(encoder, torch.from_numpy(images), torch.device("cpu"), "fp32").numpy()
 
 
 def project(features: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
@@ -115,16 +98,15 @@ def embed_run(
     max_images: int = DEFAULT_MAX_IMAGES, seed: int = 0,
 ) -> EmbedResult:
     """Encode a run's images with its checkpoint, project to 2-D and store the map (replacing an older one)."""
-    from sslmri_core.train.models import create_encoder
+    from sslmri_core.train.checkpoints import checkpoint_of, encoder_from, encoder_state
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if max_images < MIN_IMAGES:
         raise ValueError(f"--max-images must be at least {MIN_IMAGES}, got {max_images}")
-    run = store.get_run_for("--run", run_id)
-    if run.kind not in ("pretrain", "finetune"):
-        raise ValueError(f"--run {run_id} is a {run.kind} run; embed a pretrain or finetune run")
-    state = _encoder_state(run)
+    ckpt = checkpoint_of(store, run_id, kinds=("pretrain", "finetune"), use="embed a pretrain or finetune run")
+    encoder_state(ckpt)  # no encoder weights in it: say so before the data is read
+    run = ckpt.record
     data, splits, model_name = _run_data(run, store)
     keep = np.arange(len(data.items)) if split == "all" else np.array(
         [i for i, s in enumerate(splits) if s == split], dtype=np.int64)
@@ -133,14 +115,12 @@ def embed_run(
         raise ValueError(f"--split {split}: run {run_id} has no images in that split (it has: {found}, or all)")
     if len(keep) > max_images:  # a fixed, seeded subsample: the same points every time
         keep = np.sort(np.random.default_rng(seed).choice(keep, max_images, replace=False))
-    encoder = create_encoder(model_name)
-    encoder.load_state_dict(state)
-    features = encode_images(encoder, data.images[keep])
+    features = encode_images(encoder_from(ckpt, model_name), data.images[keep])
     xy = project(features, method, seed)
     rows = [
         {"scan": data.items[i].path, "subject": data.items[i].subject, "label": data.items[i].label,
          "split": splits[i], "source": _source(data.items[i]), "x": float(x), "y": float(y)}
-        for i, (x, y) in zip(keep.tolist(), xy)
+        for i, (x, y) in zip(keep.tolist(), xy, strict=True)
     ]
     store.log_embeddings(run_id, method, rows)
     counts: dict[str, int] = {}

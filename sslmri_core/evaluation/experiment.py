@@ -9,36 +9,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from sslmri_core.config import (
-    EXPERIMENT_ARMS,
+    ARM_SETTINGS,
+    ARMS,
     EXPERIMENT_PRESETS,
     ExperimentConfig,
     FinetuneConfig,
     PretrainConfig,
+    check_values,
     from_dict,
     to_dict,
     with_overrides,
 )
 from sslmri_core.data.loading import ImageSet
-from sslmri_core.store.writer import RunRecord, RunStore, heartbeat_interval_s
 
-# arm -> (init, mode)
-ARM_SETTINGS = {"ssl-linear": ("ssl", "linear"), "ssl-full": ("ssl", "full"),
-                "scratch": ("scratch", "full"), "imagenet": ("imagenet", "full")}
 # The summary's statistics live in sslmri_core.evaluation.stats, shared with the dashboard (no torch there).
-from sslmri_core.evaluation.stats import EXACT_METHOD, INTERVAL, PRETRAINING  # noqa: E402
-from sslmri_core.evaluation.stats import SLICE_METRIC as PRIMARY_METRIC  # noqa: E402
-from sslmri_core.evaluation.stats import SUBJECT_ACCURACY  # noqa: E402
-from sslmri_core.evaluation.stats import SUBJECT_BALANCED as SUBJECT_METRIC  # noqa: E402
+from sslmri_core.evaluation.stats import (
+    EXACT_METHOD,
+    INTERVAL,
+    PRETRAINING,
+    SUBJECT_ACCURACY,
+)
+from sslmri_core.evaluation.stats import SLICE_METRIC as PRIMARY_METRIC
+from sslmri_core.evaluation.stats import SUBJECT_BALANCED as SUBJECT_METRIC
+from sslmri_core.store.lifecycle import open_run
+from sslmri_core.store.status import RunRecord
+from sslmri_core.store.writer import RunStore
 
 
 @dataclass
@@ -61,7 +61,8 @@ class ExperimentResult:
 
 # -- configuration ------------------------------------------------------------------------------------
 def resolve_experiment_config(store: RunStore, preset: str | None = None, **overrides: Any) -> ExperimentConfig:
-    """Defaults, then the preset, then the pretraining run's model and size (``--pretrain-run``), then the user's options."""
+    """Defaults, then the preset, then the pretraining run's model and size (``--pretrain-run``), then the
+    user's options."""
     base = ExperimentConfig()
     if preset is not None:
         if preset not in EXPERIMENT_PRESETS:
@@ -92,9 +93,10 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     """Reject impossible settings with a message naming the option."""
     from sslmri_core.train.models import check_model_name
 
-    unknown = [a for a in cfg.arms if a not in EXPERIMENT_ARMS]
+    check_values(cfg)
+    unknown = [a for a in cfg.arms if a not in ARMS]
     checks = [
-        (bool(cfg.arms) and not unknown, f"--arms must be a comma-separated subset of {','.join(EXPERIMENT_ARMS)}, "
+        (bool(cfg.arms) and not unknown, f"--arms must be a comma-separated subset of {','.join(ARMS)}, "
                                          f"got {','.join(cfg.arms) or '(none)'}"),
         (len(set(cfg.arms)) == len(cfg.arms), "--arms lists an arm twice"),
         (bool(cfg.fractions) and all(0.0 < f <= 1.0 for f in cfg.fractions),
@@ -163,27 +165,6 @@ def step_budgets(cfg: ExperimentConfig, data: ImageSet) -> dict[float, int]:
 
 
 # -- the run ------------------------------------------------------------------------------------------
-@contextmanager
-def keep_alive(store: RunStore, run_id: int) -> Iterator[None]:
-    """Heartbeat the experiment run from a thread while its children train (they beat their own runs)."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(heartbeat_interval_s()):
-            try:
-                store.heartbeat(run_id)
-            except Exception:  # a missed beat is harmless; the next one retries
-                pass
-
-    thread = threading.Thread(target=beat, name=f"experiment-{run_id}-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
 def _find_experiment(store: RunStore, fp: str) -> RunRecord | None:
     matches = [r for r in store.list_runs("experiment") if r.config.get("fingerprint") == fp]
     return matches[-1] if matches else None
@@ -199,19 +180,13 @@ def _cell(record: RunRecord) -> tuple[str, float, int, int | None]:
             int(record.config.get("seed", 0)), None if fold is None else int(fold))
 
 
-def _open_experiment(store: RunStore, cfg: ExperimentConfig, data_fingerprint: str) -> tuple[int, bool]:
-    """The experiment run for ``cfg`` on this data: the stored one (reopened) or a new one. Returns (id, resumed)."""
+def _reopen_experiment(store: RunStore, fp: str) -> int | None:
+    """The stored experiment run with fingerprint ``fp``, reopened (``running`` again); None when there is none."""
     from sslmri_core.progress import console
 
-    fp = fingerprint(cfg, data_fingerprint)
     found = _find_experiment(store, fp)
     if found is None:
-        run_id = store.start_run("experiment", {**to_dict(cfg), "fingerprint": fp}, task=cfg.task)
-        store.log_params(run_id, {"fingerprint": fp, "data_fingerprint": data_fingerprint, "arms": ",".join(cfg.arms),
-                                  "fractions": ",".join(str(f) for f in cfg.fractions), "seeds": cfg.seeds,
-                                  "folds": cfg.folds, "preset": cfg.preset, "model": cfg.model,
-                                  "image_size": cfg.image_size})
-        return run_id, False
+        return None
     if found.status == "running":
         raise ValueError(f"experiment run {found.id} with these settings is still running (heartbeat alive); "
                          "wait for it, or stop it first")
@@ -220,7 +195,14 @@ def _open_experiment(store: RunStore, cfg: ExperimentConfig, data_fingerprint: s
     elif not store.reopen_run(found.id):
         raise ValueError(f"experiment run {found.id} could not be reopened (another process took it)")
     console.print(f"resuming experiment run {found.id} (same settings, fingerprint {fp})")
-    return found.id, True
+    return found.id
+
+
+def _log_experiment(store: RunStore, run_id: int, cfg: ExperimentConfig, fp: str, data_fingerprint: str) -> None:
+    store.log_params(run_id, {"fingerprint": fp, "data_fingerprint": data_fingerprint, "arms": ",".join(cfg.arms),
+                              "fractions": ",".join(str(f) for f in cfg.fractions), "seeds": cfg.seeds,
+                              "folds": cfg.folds, "preset": cfg.preset, "model": cfg.model,
+                              "image_size": cfg.image_size})
 
 
 def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, show_progress: bool,
@@ -265,8 +247,8 @@ def _pool_test_overlap(store: RunStore, pretrain_run: int | None, data: ImageSet
 def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: bool = True) -> ExperimentResult:
     """Run (or resume) the whole grid; store and return the summary. Failed children do not stop the
     grid: the experiment then ends ``failed`` (re-run the same command to retry just those)."""
-    from sslmri_core.train.finetune import finetune, load_finetune_data, split_data
     from sslmri_core.progress import console
+    from sslmri_core.train.finetune import finetune, load_finetune_data, split_data
 
     validate_experiment(cfg)
     # Read the folder and draw every split first: a bad --data, a leaky given split or too many
@@ -275,13 +257,19 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
     for fold in fold_list(cfg):
         split_data(data, child_config(cfg, cfg.arms[0], cfg.fractions[0], 0, None, 0, fold=fold))
     budgets = step_budgets(cfg, data)
-    experiment_id, _ = _open_experiment(store, cfg, data.manifests[0].fingerprint())
     counts = {"ran": 0, "skipped": 0, "failed": 0}
     failures: list[str] = []
     cells = [(arm, f, s, fold) for fold in fold_list(cfg) for f in cfg.fractions for s in range(cfg.seeds)
              for arm in cfg.arms]
-    with store.track(experiment_id), keep_alive(store, experiment_id):
-        pretrain_runs = {fold: _pretrain_once(store, cfg, experiment_id, show_progress, fold) for fold in fold_list(cfg)}
+    data_fp = data.manifests[0].fingerprint()
+    fp = fingerprint(cfg, data_fp)
+    resumed = _reopen_experiment(store, fp)
+    with open_run(store, "experiment", {**to_dict(cfg), "fingerprint": fp}, task=cfg.task, run_id=resumed) as run:
+        experiment_id = run.run_id
+        if resumed is None:
+            _log_experiment(store, experiment_id, cfg, fp, data_fp)
+        pretrain_runs = {fold: _pretrain_once(store, cfg, experiment_id, show_progress, fold)
+                         for fold in fold_list(cfg)}
         overlap = sum(_pool_test_overlap(store, run, data, child_config(cfg, cfg.arms[0], 1.0, 0, run, 0, fold=fold))
                       for fold, run in pretrain_runs.items())
         if any(r is not None for r in pretrain_runs.values()):
@@ -295,8 +283,8 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
                 counts["skipped"] += 1
                 continue
             where = f", fold {fold + 1}/{cfg.folds}" if fold is not None else ""
-            console.print(f"[bold]experiment {experiment_id}: {n}/{len(cells)} {arm}, fraction {fraction}, seed {seed}"
-                          f"{where}, {budgets[fraction]} steps[/]")
+            console.print(f"experiment {experiment_id}: {n}/{len(cells)} {arm}, fraction {fraction}, seed {seed}"
+                          f"{where}, {budgets[fraction]} steps", style="bold")
             child = child_config(cfg, arm, fraction, seed, pretrain_runs[fold], experiment_id, budgets[fraction], fold)
             try:
                 finetune(child, store, show_progress=show_progress, parent_run_id=experiment_id, data=data)
@@ -306,8 +294,7 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
             except Exception as exc:  # the child is stored as failed with its error; carry on with the grid
                 counts["failed"] += 1
                 failures.append(f"{arm}/{fraction}/seed {seed}{where}: {exc.__class__.__name__}: {exc}")
-                console.print(f"[bold red]child {arm}, fraction {fraction}, seed {seed}{where} failed: "
-                              f"{escape(str(exc))}[/]")
+                console.print(f"child {arm}, fraction {fraction}, seed {seed}{where} failed: {exc}", style="bold red")
         result = summarise(store, experiment_id)
         first = next(iter(pretrain_runs.values()))
         result.pretrain_run, result.children = first, counts
@@ -329,8 +316,8 @@ def summarise(store: RunStore, experiment_id: int) -> ExperimentResult:
     """Per arm x fraction the mean over seeds with a stratified subject-bootstrap interval, and each SSL arm
     minus each baseline paired (one resample for both), from the finished children's test predictions
     (the latest run per arm, fraction, seed and fold; folds pooled). See :mod:`sslmri_core.evaluation.stats`."""
-    from sslmri_core.store.queries import experiment_predictions
     from sslmri_core.evaluation.stats import summarise_predictions
+    from sslmri_core.store.queries import experiment_predictions
 
     frame = experiment_predictions(store.engine, experiment_id)
     n_boot = int(store.get_run(experiment_id).config.get("bootstrap", 1000))
@@ -396,5 +383,5 @@ def print_summary(result: ExperimentResult, cfg: ExperimentConfig) -> None:
             console.print(table)
     notes = dict.fromkeys(r["note"] for r in [*result.summary, *result.paired] if r.get("note"))
     for note in notes:
-        console.print(f"[yellow]note: {note}[/]")
+        console.print(f"note: {note}", style="yellow")
     console.print(f"intervals: {result.interval}. {result.pretraining[:1].upper()}{result.pretraining[1:]}.")

@@ -6,15 +6,14 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 
-from rich.markup import escape
-
-from sslmri_core.config import FinetuneConfig, from_dict
-from sslmri_core.data.loading import load_folder
+from sslmri_core.config import FinetuneConfig
 from sslmri_core.data.groups import GROUP_SIZE, ContentIndex
+from sslmri_core.data.loading import load_folder
+from sslmri_core.store.status import RunRecord
 from sslmri_core.store.writer import RunStore
 
 SPLIT = "test"  # the external folder is all test: metrics are test_*, like a finetune run's
@@ -22,6 +21,8 @@ SPLIT = "test"  # the external folder is all test: metrics are test_*, like a fi
 
 @dataclass
 class ExternalResult:
+    """What ``evaluate`` reports: its run, the model's run, the test metrics and what was (not) scored."""
+
     run_id: int
     model_run: int
     metrics: dict[str, float]
@@ -51,26 +52,11 @@ def match_classes(found: list[str], model_classes: list[str], root: str) -> dict
     return mapping
 
 
-def _model_run(store: RunStore, run_id: int) -> tuple[Any, dict[str, Any]]:
-    from sslmri_core.train.runtime import load_checkpoint, run_file
-
-    record = store.get_run_for("--run", run_id)
-    if record.kind != "finetune":
-        raise ValueError(f"--run {run_id} is a {record.kind} run; evaluate scores a fine-tuned (finetune) run")
-    if record.status != "finished" or not record.checkpoint_path:
-        raise ValueError(f"--run {run_id} is {record.status} and has no final checkpoint to score")
-    path = run_file(record.checkpoint_path, record.out_dir, f"--run {run_id} checkpoint")
-    checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint.get("model"), dict) or not checkpoint.get("classes"):
-        raise ValueError(f"--run {run_id}: {path} is not a fine-tuned model checkpoint")
-    return record, checkpoint
-
-
-def seen_index(store: RunStore, record: Any, cfg: FinetuneConfig) -> ContentIndex:
+def seen_index(store: RunStore, record: RunRecord, cfg: FinetuneConfig) -> ContentIndex:
     """What the model of ``record`` has seen, by content: its train and val images (thumbnails from
     its data folder; file hashes alone when that folder is gone) and its SSL encoder's pool."""
     from sslmri_core.data.ingest import build_manifest
-    from sslmri_core.train.pretrain import pool_index
+    from sslmri_core.train.pool import pool_index
 
     seen = {key: h for key, split, h, _ in store.split_content(record.id) if split in ("train", "val")}
     parts = []
@@ -95,26 +81,32 @@ def evaluate_external(
     store an ``evaluate`` run (parent: the model's run) with metrics, intervals, confusions and predictions."""
     import torch
 
+    from sslmri_core.data.unusable import write_unusable
     from sslmri_core.evaluation.metrics import evaluate_split
-    from sslmri_core.train.finetune import _Trainer, log_evaluation, units
-    from sslmri_core.train.models import Classifier, create_encoder
-    from sslmri_core.train.pretrain import write_unusable
     from sslmri_core.progress import console
+    from sslmri_core.store.lifecycle import open_run
+    from sslmri_core.train.checkpoints import checkpoint_of, classifier_from
+    from sslmri_core.train.finetune import log_evaluation, units
+    from sslmri_core.train.predict import predict
     from sslmri_core.train.runtime import device_name, pick_device, resolve_precision
 
-    record, checkpoint = _model_run(store, run_id)
-    cfg = from_dict(FinetuneConfig, checkpoint.get("config") or record.config)
-    classes = [str(c) for c in checkpoint["classes"]]
+    found = checkpoint_of(store, run_id, kinds=("finetune",), use="evaluate scores a fine-tuned (finetune) run",
+                          finished=True)
+    record = found.record
+    model = classifier_from(found.state, f"--run {run_id}", record.config)
+    cfg, classes = model.cfg, model.classes
     root = str(Path(data_dir).expanduser().resolve())
     data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map)
     mapping = match_classes(data.classes, classes, root)
     data = dataclasses.replace(
         data, classes=classes, items=[dataclasses.replace(it, label=mapping[it.label]) for it in data.items])
-    report = data.manifests[0].check_summary()
+    report = data.manifests[0].check_summary()  # the ``data check`` report: a dict of documented types
+    files, usable = cast(int, report["files"]), cast(int, report["usable"])
+    unusable = cast("list[dict[str, str]]", report["unusable"])
     n_boot = cfg.bootstrap if bootstrap is None else bootstrap
     if n_boot < 0:
         raise ValueError(f"--bootstrap must be 0 or more, got {n_boot}")
-    assert data.thumbs is not None
+    assert data.thumbs is not None and data.grouping is not None
     copies = seen_index(store, record, cfg).matches([it.content_hash for it in data.items], data.thumbs)
     overlap = [data.items[i].key for i in np.flatnonzero(copies)]
     scored = np.arange(len(data.items)) if keep_overlap else np.flatnonzero(~copies)
@@ -124,21 +116,18 @@ def evaluate_external(
     reasons = [f"{len(overlap)} scored image(s) copy the model's training or SSL images (--keep-overlap)"] \
         if keep_overlap and overlap else []
 
-    model = Classifier(create_encoder(cfg.model), len(classes))
-    model.load_state_dict(checkpoint["model"])
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
     config = {"model_run": run_id, "data": root, "bootstrap": n_boot, "model": cfg.model,
               "image_size": cfg.image_size, "classes": classes, "class_map": cfg.class_map,
               "subject_pattern": cfg.subject_pattern, "out": out or cfg.out, "keep_overlap": keep_overlap}
-    eval_id = store.start_run("evaluate", config, task=record.task, parent_run_id=run_id, device=device_name(device))
-    out_dir = Path(out or cfg.out).resolve() / f"run-{eval_id}"
-    store.update_run(eval_id, out_dir=str(out_dir))
-    with store.track(eval_id):
+    with open_run(store, "evaluate", config, out=out or cfg.out, task=record.task, parent_run_id=run_id,
+                  device=device_name(device)) as run:
+        eval_id, out_dir = run.run_id, run.folder
         store.log_params(eval_id, {
             "model_run": run_id, "data_root": root, "dataset": store.save_manifest(data.manifests[0]),
-            "n_files": report["files"], "n_test": len(scored), "n_unusable": len(report["unusable"]),
-            "split_level": data.grouping.level if data.grouping else None, "overlap": len(overlap),
+            "n_files": files, "n_test": len(scored), "n_unusable": len(unusable),
+            "split_level": data.grouping.level, "overlap": len(overlap),
             "overlap_excluded": 0 if keep_overlap else len(overlap),
             "leakage_prone": bool(reasons), "leakage_reasons": json.dumps(reasons),
             "classes": json.dumps(classes), "precision": precision,
@@ -146,19 +135,16 @@ def evaluate_external(
         write_unusable(out_dir, data.unusable)
         write_unusable(out_dir, [(key, "copies an image the model trained, selected or pretrained on")
                                  for key in overlap], "overlap.tsv")
-        console.print(escape(
+        console.print(
             f"evaluate run {eval_id}: model run {run_id} ({cfg.model} at {cfg.image_size}px) on {root}: "
             f"{len(scored)} images scored, {len(overlap)} overlapping the model's training or SSL images "
             f"({'kept' if keep_overlap else 'left out, listed in overlap.tsv'}), "
-            f"{len(report['unusable'])} of {report['files']} files unusable"))
-        trainer = _Trainer(cfg, data, model.to(device), device, precision)
-        idx = scored
-        with torch.no_grad():
-            probs = trainer.predict(idx)
-        assert data.grouping is not None
-        result = evaluate_split(data.labels[idx], probs, units(data, idx, data.grouping.keys), classes, SPLIT,
+            f"{len(unusable)} of {files} files unusable")
+        classifier = model.model.to(device).to(memory_format=torch.channels_last)
+        probs = predict(classifier, torch.from_numpy(data.images), scored, device, precision)
+        result = evaluate_split(data.labels[scored], probs, units(data, scored, data.grouping.keys), classes, SPLIT,
                                 n_boot=n_boot, seed=0, n_bins=cfg.ece_bins)
         store.log_metrics(eval_id, result.metrics)
-        log_evaluation(store, eval_id, data, idx, probs, result, SPLIT, data.grouping.keys)
-    return ExternalResult(eval_id, run_id, result.metrics, int(report["files"]), int(report["usable"]),
-                          list(report["unusable"]), str(out_dir), overlap, 0 if keep_overlap else len(overlap))
+        log_evaluation(store, eval_id, data, scored, probs, result, SPLIT, data.grouping.keys)
+    return ExternalResult(eval_id, run_id, result.metrics, files, usable, list(unusable), str(out_dir), overlap,
+                          0 if keep_overlap else len(overlap))

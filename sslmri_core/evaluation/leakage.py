@@ -64,9 +64,10 @@ def resolve_leakage_config(**overrides: Any) -> LeakageConfig:
 
 def validate_leakage(cfg: LeakageConfig) -> None:
     """Reject impossible settings with a message naming the option."""
+    from sslmri_core.config import PRECISIONS, check_values
     from sslmri_core.train.models import check_model_name
-    from sslmri_core.train.runtime import PRECISIONS
 
+    check_values(cfg)
     checks = [
         (cfg.data is not None, "--data DIR is required: a labelled folder whose file names carry subject ids"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
@@ -129,7 +130,7 @@ def shuffle_per_subject(data: ImageSet, seed: int) -> ImageSet:
     truth = subject_labels(data)
     subjects = list(truth)
     drawn = [truth[subjects[i]] for i in np.random.default_rng(seed).permutation(len(subjects))]
-    new = dict(zip(subjects, drawn))
+    new = dict(zip(subjects, drawn, strict=True))
     items = [dataclasses.replace(it, label=new[str(it.subject)]) for it in data.items]
     return dataclasses.replace(data, items=items)
 
@@ -174,7 +175,7 @@ def _announce(cfg: LeakageConfig, run_id: int, data: ImageSet, steps: int) -> No
     from sslmri_core.progress import console
 
     console.print(
-        f"[bold]leakage run {run_id}[/]: {cfg.model} at {cfg.image_size}px from scratch, {steps} steps x "
+        f"leakage run {run_id}: {cfg.model} at {cfg.image_size}px from scratch, {steps} steps x "
         f"{cfg.batch_size} images per child; {len(data.items)} images of {len(subject_labels(data))} subjects, "
         f"{len(data.classes)} classes. Four runs: split by subject / by image x true / per-subject shuffled labels."
     )
@@ -194,33 +195,32 @@ def _train_cell(cfg: LeakageConfig, store: RunStore, run_id: int, unit: str, lab
     return child.run_id, float(child.metrics[METRIC]), crossing
 
 
-def _open_run(cfg: LeakageConfig, store: RunStore, data: ImageSet, steps: int) -> int:
-    run_id = store.start_run(RESULT_NAME, to_dict(cfg), task=cfg.task)
+def _log_setup(cfg: LeakageConfig, store: RunStore, run_id: int, data: ImageSet, steps: int) -> None:
     store.log_params(run_id, {
         "data_root": data.root, "dataset": store.save_manifest(data.manifests[0]), "n_images": len(data.items),
         "n_subjects": len(subject_labels(data)), "n_classes": len(data.classes), "steps": steps,
         "model": cfg.model, "image_size": cfg.image_size,
     })
-    return run_id
 
 
 def run_leakage(cfg: LeakageConfig, store: RunStore, *, show_progress: bool = True) -> LeakageResult:
     """Train the four children and store the 2x2 result under a ``leakage`` run."""
-    from sslmri_core.evaluation.experiment import keep_alive
     from sslmri_core.progress import console
+    from sslmri_core.store.lifecycle import open_run
 
     validate_leakage(cfg)
     data = _load(child_config(cfg, "subject", "true", 1))  # a bad folder: one line, nothing recorded
     steps = budget_steps(cfg, len(data.items))
     sets = {"true": data, "shuffled": shuffle_per_subject(data, cfg.seed)}
-    run_id = _open_run(cfg, store, data, steps)
-    _announce(cfg, run_id, data, steps)
     cells: dict[str, dict[str, float]] = {u: {} for u in UNITS}
     children: dict[str, dict[str, int]] = {u: {} for u in UNITS}
     across: dict[str, int] = {}
-    with store.track(run_id), keep_alive(store, run_id):
+    with open_run(store, RESULT_NAME, to_dict(cfg), task=cfg.task) as run:
+        run_id = run.run_id
+        _log_setup(cfg, store, run_id, data, steps)
+        _announce(cfg, run_id, data, steps)
         for n, (unit, labels) in enumerate(((u, lab) for u in UNITS for lab in LABELINGS), 1):
-            console.print(f"[bold]leakage {run_id}: {n}/4 split by {unit}, {labels} labels[/]")
+            console.print(f"leakage {run_id}: {n}/4 split by {unit}, {labels} labels", style="bold")
             children[unit][labels], cells[unit][labels], crossing = _train_cell(
                 cfg, store, run_id, unit, labels, sets[labels], data, steps, show_progress)
             across.setdefault(unit, crossing)

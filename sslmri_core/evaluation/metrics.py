@@ -86,7 +86,9 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
-def _macro_scores(y_true: np.ndarray, y_pred: np.ndarray, labels: list[int], prefix: str, suffix: str) -> dict[str, float]:
+def _macro_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: list[int], prefix: str, suffix: str
+) -> dict[str, float]:
     """Macro precision, recall and F1 over ``labels`` (0 for a label never predicted)."""
     p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
     return {f"{prefix}_macro_precision{suffix}": float(p), f"{prefix}_macro_recall{suffix}": float(r),
@@ -200,7 +202,7 @@ def evaluate_split(
     note = few_subjects_note(per_class)
     intervals: dict[str, Any] = {
         "method": "percentile bootstrap over subjects, stratified by class", "n_boot": n_boot, "seed": seed,
-        "level": LEVEL, "n_subjects": len(names), "n_slices": int(len(y_true)), "n_subjects_per_class": per_class,
+        "level": LEVEL, "n_subjects": len(names), "n_slices": len(y_true), "n_subjects_per_class": per_class,
         "few_subjects": note is not None, "note": note,
         "slice": bootstrap_intervals(y_true, probs, group, n_boot, seed, n_bins, counts),
     }

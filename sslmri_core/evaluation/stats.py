@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sslmri_core.config import ARMS, BASELINE_ARMS, SSL_ARMS
+
 LEVEL = 0.95
 MIN_SUBJECTS_PER_CLASS = 10
 # Metrics with bootstrap intervals (names without the split prefix); macro scores over the classes present.
@@ -32,9 +34,7 @@ SLICE_METRIC = "test_balanced_accuracy"
 SUBJECT_BALANCED = "test_subject_balanced_accuracy"
 SUBJECT_ACCURACY = "test_subject_accuracy"
 SUMMARY_METRICS = (SLICE_METRIC, SUBJECT_BALANCED, SUBJECT_ACCURACY)
-ARM_ORDER = ("ssl-linear", "ssl-full", "scratch", "imagenet")
-SSL_ARMS = ("ssl-linear", "ssl-full")
-BASELINE_ARMS = ("scratch", "imagenet")
+ARM_ORDER = ARMS
 BOOTSTRAP_METHOD = "stratified subject bootstrap"
 EXACT_METHOD = "exact Clopper-Pearson"
 INTERVAL = (

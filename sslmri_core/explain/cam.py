@@ -1,8 +1,9 @@
 """Class activation maps (pytorch-grad-cam) of a fine-tuned classifier: batched maps with raw
-statistics, on-demand maps for one image, and overlays.
+statistics and on-demand maps for one image (drawing them: the torch-free :mod:`sslmri_core.explain.overlay`).
 
-The dashboard calls :func:`load_model_for_run` once per run (cached with ``st.cache_resource``),
-then :func:`explain_image` per scan and :func:`render_overlay` per slider move.
+The dashboard imports this module only when it computes a map: :func:`load_model_for_run` once per run
+(cached with ``st.cache_resource``), then :func:`explain_image` per scan; it redraws with
+:func:`sslmri_core.explain.overlay.render_overlay` per slider move.
 
 pytorch-grad-cam normalises every map to [0, 1] on its own, which makes maps incomparable across
 scans; the raw map (after ReLU, at the target layer's resolution) is captured before that scaling
@@ -12,7 +13,6 @@ so its max and mean can be stored too.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,23 +20,30 @@ import numpy as np
 import torch
 from torch import nn
 
-METHOD_NAMES = ("gradcam", "gradcam++", "hirescam", "eigencam", "layercam", "scorecam")
+from sslmri_core.config import CAM_METHODS
 
 
 def _library_class(method: str) -> type:
-    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
+    from pytorch_grad_cam import (
+        EigenCAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        HiResCAM,
+        LayerCAM,
+        ScoreCAM,
+    )
 
     classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "eigencam": EigenCAM,
                "layercam": LayerCAM, "scorecam": ScoreCAM}
     if method not in classes:
-        raise ValueError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {method!r}")
+        raise ValueError(f"--method must be one of {', '.join(CAM_METHODS)}, got {method!r}")
     return classes[method]
 
 
 def check_method(method: str) -> None:
     """Raise a one-line ValueError naming ``--method`` for an unknown method (before any work)."""
-    if method not in METHOD_NAMES:
-        raise ValueError(f"--method must be one of {', '.join(METHOD_NAMES)}, got {method!r}")
+    if method not in CAM_METHODS:
+        raise ValueError(f"--method must be one of {', '.join(CAM_METHODS)}, got {method!r}")
 
 
 @functools.cache
@@ -98,7 +105,8 @@ def to_input(images_u8: np.ndarray | torch.Tensor, device: torch.device | str = 
     """uint8 ``(B, S, S)`` -> normalised float ``(B, 1, S, S)``, channels-last, as fine-tuning feeds the model."""
     from sslmri_core.train.augment import normalize, to_float
 
-    t = torch.from_numpy(np.require(images_u8, np.uint8, ['C', 'W'])) if isinstance(images_u8, np.ndarray) else images_u8
+    t = (torch.from_numpy(np.require(images_u8, np.uint8, ["C", "W"])) if isinstance(images_u8, np.ndarray)
+         else images_u8)
     return normalize(to_float(t)).to(device).contiguous(memory_format=torch.channels_last)
 
 
@@ -198,22 +206,18 @@ class LoadedModel:
 
 def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, precision: str = "fp32",
                           target_layer: str | None = None) -> LoadedModel:
-    """Rebuild the classifier a fine-tuning checkpoint holds (config, classes and weights inside it)."""
-    from sslmri_core.config import FinetuneConfig, from_dict
-    from sslmri_core.train.models import Classifier, create_encoder
-    from sslmri_core.train.runtime import CheckpointError, pick_device, resolve_precision
+    """Rebuild the classifier a fine-tuning checkpoint holds (config, classes and weights inside it),
+    on this machine's device, in eval mode with frozen weights."""
+    from sslmri_core.train.checkpoints import classifier_from
+    from sslmri_core.train.runtime import pick_device, resolve_precision
 
-    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("classes"), list):
-        raise CheckpointError(f"run {run_id}: the checkpoint holds no classifier (not a fine-tuning checkpoint)")
-    cfg = from_dict(FinetuneConfig, ckpt.get("config") or {})
-    classes = [str(c) for c in ckpt["classes"]]
-    model = Classifier(create_encoder(cfg.model), len(classes))
-    model.load_state_dict(ckpt["model"])
+    found = classifier_from(ckpt, f"run {run_id}")
     device = pick_device()
-    model = model.to(device).eval().to(memory_format=torch.channels_last)
+    model = found.model.to(device).eval().to(memory_format=torch.channels_last)
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedModel(model, classes, int(cfg.image_size), resolve_target_layer(model, target_layer, int(cfg.image_size)), run_id,
+    size = int(found.cfg.image_size)
+    return LoadedModel(model, found.classes, size, resolve_target_layer(model, target_layer, size), run_id,
                        resolve_precision(precision, device), str(device))
 
 
@@ -223,16 +227,11 @@ def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None
     Reads the store without upgrading or writing it, so the read-only dashboard may call it.
     """
     from sslmri_core.config import GradcamConfig
-    from sslmri_core.train.runtime import load_checkpoint, run_file
     from sslmri_core.store.writer import RunStore
+    from sslmri_core.train.checkpoints import checkpoint_of
 
-    record = RunStore(db_url, upgrade=False).get_run(run_id)
-    if record.kind != "finetune":
-        raise ValueError(f"--run {run_id} is a {record.kind} run; Grad-CAM explains fine-tuning runs")
-    if not record.checkpoint_path:
-        raise ValueError(f"--run {run_id} has no checkpoint (status: {record.status})")
-    path = run_file(record.checkpoint_path, record.out_dir, f"--run {run_id} checkpoint")
-    return model_from_checkpoint(load_checkpoint(path), run_id, precision=precision or GradcamConfig().precision)
+    found = checkpoint_of(RunStore(db_url, upgrade=False), run_id, use="Grad-CAM explains fine-tuning runs")
+    return model_from_checkpoint(found.state, run_id, precision=precision or GradcamConfig().precision)
 
 
 # -- one image ----------------------------------------------------------------------------------
@@ -283,44 +282,10 @@ def explain_image(loaded: LoadedModel, image: np.ndarray, *, method: str = "grad
     out = compute_cams(loaded.model, loaded.target_layer, x, method=method, target=idx, precision=loaded.precision)
     pred = int(out.probs[0].argmax())
     return ImageExplanation(
-        image_u8=u8, cam=out.cams[0], probs={c: float(p) for c, p in zip(loaded.classes, out.probs[0])},
+        image_u8=u8, cam=out.cams[0], probs={c: float(p) for c, p in zip(loaded.classes, out.probs[0], strict=False)},
         pred_label=loaded.classes[pred], confidence=float(out.probs[0, pred]), raw_max=float(out.raw_max[0]),
         raw_mean=float(out.raw_mean[0]), method=method, target_label=loaded.classes[int(out.targets[0])],
     )
-
-
-# -- overlays -----------------------------------------------------------------------------------
-def render_overlay(
-    image_u8: np.ndarray,
-    cam: np.ndarray,
-    *,
-    opacity: float = 0.5,
-    colormap: str = "jet",
-    threshold: float = 0.0,
-    window: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)``: the grey image (window/level ``(low, high)`` in its 0-255 grey values)
-    under the map coloured by a matplotlib ``colormap``; map values below ``threshold`` stay transparent."""
-    import matplotlib
-
-    img = np.asarray(image_u8, dtype=np.float32)
-    cam = np.asarray(cam, dtype=np.float32)
-    if img.ndim != 2 or img.shape != cam.shape:
-        raise ValueError(f"image and cam must be 2-D of one shape, got {img.shape} and {cam.shape}")
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    try:
-        cmap: Callable[[np.ndarray], np.ndarray] = matplotlib.colormaps[colormap]
-    except KeyError:
-        raise ValueError(f"colormap: unknown matplotlib colormap {colormap!r} (e.g. jet, inferno, viridis)") from None
-    lo, hi = window if window is not None else (0.0, 255.0)
-    if hi <= lo:
-        raise ValueError(f"window must be (low, high) with high > low, got {window}")
-    grey = np.clip((img - lo) / (hi - lo), 0.0, 1.0)[..., None].repeat(3, axis=2)
-    cam = np.clip(np.nan_to_num(cam), 0.0, 1.0)
-    colour = cmap(cam)[..., :3].astype(np.float32)
-    alpha = (opacity * (cam >= threshold))[..., None].astype(np.float32)
-    return np.round((1.0 - alpha) * grey * 255.0 + alpha * colour * 255.0).astype(np.uint8)
 
 
 def count_hooks(model: nn.Module) -> int:

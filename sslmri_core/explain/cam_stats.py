@@ -64,7 +64,7 @@ def pointing_hit(cam: np.ndarray, mask: np.ndarray | None, dilate_px: int = 3) -
 
 def top_fraction_mask(cam: np.ndarray, pct: float) -> np.ndarray:
     """The ``pct`` % most activated pixels (exactly ``round(pct% * H*W)`` of them, ties broken by position)."""
-    k = int(round(cam.size * pct / 100.0))
+    k = round(float(cam.size * pct) / 100.0)  # an int, even for a numpy pct under numpy 1
     out = np.zeros(cam.size, dtype=bool)
     if k > 0:
         out[np.argsort(-cam.ravel(), kind="stable")[:k]] = True

@@ -40,7 +40,7 @@ def class_confidence(model: nn.Module, x: torch.Tensor, targets: np.ndarray, pre
 def blurred(x: torch.Tensor) -> torch.Tensor:
     """The removal baseline: a strong Gaussian blur (sigma = side / 16), so removed regions keep the
     local brightness but lose their structure (a constant fill would add sharp, out-of-distribution edges)."""
-    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms.v2 import functional as TF  # type: ignore[import-untyped]
 
     sigma = max(1.0, x.shape[-1] / 16)
     size = int(2 * round(3 * sigma) + 1)

@@ -16,13 +16,28 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sslmri_core.config import (
+    PRECISIONS,
+    FinetuneConfig,
+    GradcamConfig,
+    from_dict,
+    to_dict,
+)
+from sslmri_core.explain.cam import (
+    LoadedModel,
+    check_method,
+    compute_cams,
+    model_from_checkpoint,
+    to_input,
+)
 from sslmri_core.explain.cam_stats import brain_mask, map_stats
-from sslmri_core.config import FinetuneConfig, GradcamConfig, from_dict, to_dict
-from sslmri_core.explain.cam import LoadedModel, check_method, compute_cams, model_from_checkpoint, to_input
 from sslmri_core.explain.faithfulness import deletion_drops, road_scores
 from sslmri_core.progress import console, make_progress
-from sslmri_core.train.runtime import PRECISIONS, load_checkpoint, run_file, seed_everything
-from sslmri_core.store.writer import Heartbeat, RunStore
+from sslmri_core.store.lifecycle import open_run
+from sslmri_core.store.status import RunRecord
+from sslmri_core.store.writer import RunStore
+from sslmri_core.train.checkpoints import checkpoint_of
+from sslmri_core.train.runtime import seed_everything
 
 SPLIT_NAMES = ("train", "val", "test")
 SUMMARY_KEYS = ("run_id", "scans", "method", "mean_confidence", "mean_area_pct", "mean_in_brain", "deletion_drop",
@@ -49,23 +64,22 @@ def validate_gradcam(cfg: GradcamConfig) -> None:
         (cfg.limit is None or cfg.limit >= 1, f"--limit must be at least 1, got {cfg.limit}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
-        (all(0 < int(p) < 100 for p in cfg.road_percentiles), f"--road-percentiles must lie in (0, 100), got {cfg.road_percentiles}"),
+        (all(0 < int(p) < 100 for p in cfg.road_percentiles),
+         f"--road-percentiles must lie in (0, 100), got {cfg.road_percentiles}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
 
 
-def _load_run_model(cfg: GradcamConfig, store: RunStore) -> tuple[Any, LoadedModel, FinetuneConfig, str]:
-    record = store.get_run_for("--run", int(cfg.run))  # type: ignore[arg-type]
-    if record.kind != "finetune":
-        raise ValueError(f"--run {cfg.run} is a {record.kind} run; Grad-CAM explains fine-tuning runs")
-    if not record.checkpoint_path or not Path(record.checkpoint_path).is_file():
-        raise ValueError(f"--run {cfg.run} has no checkpoint file (run status: {record.status})")
-    path = run_file(record.checkpoint_path, record.out_dir, f"--run {cfg.run} checkpoint")
-    ckpt = load_checkpoint(path)
-    loaded = model_from_checkpoint(ckpt, cfg.run, precision=cfg.precision, target_layer=cfg.target_layer)
-    return record, loaded, from_dict(FinetuneConfig, ckpt.get("config") or record.config), str(path)
+def _load_run_model(
+    cfg: GradcamConfig, run_id: int, store: RunStore
+) -> tuple[RunRecord, LoadedModel, FinetuneConfig, str]:
+    """The fine-tuning run to explain, its classifier ready for CAMs, its config and its checkpoint file."""
+    found = checkpoint_of(store, run_id, use="Grad-CAM explains fine-tuning runs")
+    loaded = model_from_checkpoint(found.state, run_id, precision=cfg.precision, target_layer=cfg.target_layer)
+    return found.record, loaded, from_dict(FinetuneConfig, found.state.get("config") or found.record.config), \
+        str(found.path)
 
 
 def _read_mask(path: str | None, size: int) -> np.ndarray | None:
@@ -94,49 +108,49 @@ def run_gradcam(cfg: GradcamConfig, store: RunStore, *, show_progress: bool = Tr
     from sslmri_core.train.finetune import load_finetune_data
 
     validate_gradcam(cfg)
-    record, loaded, ft_cfg, checkpoint = _load_run_model(cfg, store)
+    assert cfg.run is not None  # validate_gradcam refuses a config without one
+    model_run = cfg.run
+    record, loaded, ft_cfg, checkpoint = _load_run_model(cfg, model_run, store)
     target = None
     if cfg.target_class is not None:
         if cfg.target_class not in loaded.classes:
-            raise ValueError(f"--target-class: run {cfg.run} has no class {cfg.target_class!r} "
+            raise ValueError(f"--target-class: run {model_run} has no class {cfg.target_class!r} "
                              f"(classes: {', '.join(loaded.classes)})")
         target = loaded.classes.index(cfg.target_class)
-    assignment = store.split_of(int(cfg.run))  # type: ignore[arg-type]
+    assignment = store.split_of(model_run)
     wanted = {k for k, s in assignment.items() if s == cfg.split}
     if not wanted:
-        raise ValueError(f"--split {cfg.split}: run {cfg.run} stored no {cfg.split} images")
+        raise ValueError(f"--split {cfg.split}: run {model_run} stored no {cfg.split} images")
     data = load_finetune_data(ft_cfg)
     idx = [i for i, it in enumerate(data.items) if it.key in wanted]
     missing = len(wanted) - len(idx)
     if not idx:
-        raise ValueError(f"none of run {cfg.run}'s {len(wanted)} {cfg.split} images are in {data.root} any more")
+        raise ValueError(f"none of run {model_run}'s {len(wanted)} {cfg.split} images are in {data.root} any more")
     if cfg.limit is not None:
         idx = idx[: cfg.limit]
 
-    run_id = store.start_run("gradcam", to_dict(cfg), task=record.task, parent_run_id=cfg.run, device=loaded.device)
-    out_dir = Path(cfg.out).resolve() / f"run-{run_id}"
-    (out_dir / "cams").mkdir(parents=True, exist_ok=True)
-    store.update_run(run_id, out_dir=str(out_dir), checkpoint_path=None)
-    store.log_params(run_id, {"model_run_id": cfg.run, "checkpoint": checkpoint, "target_layer": loaded.target_layer,
-                              "precision": loaded.precision, "data_root": data.root, "n_scans": len(idx),
-                              "n_missing": missing})
-    console.print(f"gradcam run {run_id}: {cfg.method} on {loaded.target_layer} of finetune run {cfg.run}, "
-                  f"{len(idx)} {cfg.split} scans of {data.root}")
-    if missing:
-        console.print(f"[yellow]{missing} of the run's {len(wanted)} {cfg.split} images are no longer in "
-                      f"{data.root} (moved, deleted or now unusable): not explained[/]")
-    rng = np.random.default_rng(cfg.seed)
-    seed_everything(cfg.seed)  # ROAD's imputation noise draws from torch
-    beat = Heartbeat(store, run_id)
     rows: list[dict[str, Any]] = []
-    with store.track(run_id), make_progress(show_progress) as progress:
-        bar = progress.add_task(f"gradcam ({cfg.method})", total=len(idx), info="", ips=0.0)
-        for start in range(0, len(idx), cfg.batch_size):
-            t0 = time.perf_counter()
-            sel = idx[start : start + cfg.batch_size]
-            rows += _explain_batch(cfg, loaded, data, sel, target, rng, out_dir, checkpoint, len(rows))
-            beat()
-            progress.update(bar, advance=len(sel), ips=len(sel) / (time.perf_counter() - t0))
+    with open_run(store, "gradcam", to_dict(cfg), out=cfg.out, task=record.task, parent_run_id=model_run,
+                  device=loaded.device) as run:
+        run_id, out_dir = run.run_id, run.folder
+        (out_dir / "cams").mkdir(parents=True, exist_ok=True)
+        store.log_params(run_id, {"model_run_id": model_run, "checkpoint": checkpoint,
+                                  "target_layer": loaded.target_layer, "precision": loaded.precision,
+                                  "data_root": data.root, "n_scans": len(idx), "n_missing": missing})
+        console.print(f"gradcam run {run_id}: {cfg.method} on {loaded.target_layer} of finetune run {model_run}, "
+                      f"{len(idx)} {cfg.split} scans of {data.root}")
+        if missing:
+            console.print(f"{missing} of the run's {len(wanted)} {cfg.split} images are no longer in "
+                          f"{data.root} (moved, deleted or now unusable): not explained", style="yellow")
+        rng = np.random.default_rng(cfg.seed)
+        seed_everything(cfg.seed)  # ROAD's imputation noise draws from torch
+        with make_progress(show_progress) as progress:
+            bar = progress.add_task(f"gradcam ({cfg.method})", total=len(idx), info="", ips=0.0)
+            for start in range(0, len(idx), cfg.batch_size):
+                t0 = time.perf_counter()
+                sel = idx[start : start + cfg.batch_size]
+                rows += _explain_batch(cfg, loaded, data, sel, target, rng, out_dir, checkpoint, len(rows))
+                progress.update(bar, advance=len(sel), ips=len(sel) / (time.perf_counter() - t0))
         store.log_cam_stats(run_id, rows)
         summary = _summary(run_id, cfg.method, rows)
         store.log_result(run_id, "summary", summary)

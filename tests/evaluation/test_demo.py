@@ -8,7 +8,8 @@ import pytest
 
 import sslmri_core.data.builtin as builtin
 from sslmri_core.config import DemoConfig, SynthConfig
-from sslmri_core.evaluation.demo import ARMS, run_demo
+from sslmri_core.config import ARM_SETTINGS
+from sslmri_core.evaluation.demo import DEMO_ARMS, run_demo
 from sslmri_core.store.writer import RunStore
 
 
@@ -23,8 +24,8 @@ def test_demo_records_a_pretraining_run_and_every_arm(tmp_path: Path, monkeypatc
     results = run_demo(store, out=str(tmp_path / "runs"), cfg=cfg)
     assert all(r.status == "finished" for r in store.list_runs())
     pre, tuned = store.list_runs("pretrain"), store.list_runs("finetune")
-    assert len(pre) == 1 and len(tuned) == len(ARMS)
-    assert [(r.config["init"], r.config["mode"]) for r in tuned] == list(ARMS)
+    assert len(pre) == 1 and len(tuned) == len(DEMO_ARMS)
+    assert [(r.config["init"], r.config["mode"]) for r in tuned] == [ARM_SETTINGS[a] for a in DEMO_ARMS]
     assert [r.parent_run_id for r in tuned] == [pre[0].id, pre[0].id, None]
     assert all("test_balanced_accuracy" in r.metrics for r in results[1:])
     # The dashboard's Scan Explorer and Embeddings pages have something to show for every model.
@@ -32,7 +33,7 @@ def test_demo_records_a_pretraining_run_and_every_arm(tmp_path: Path, monkeypatc
 
     from sqlalchemy import func, select
 
-    from sslmri_core.store.writer import CamStat, Embedding
+    from sslmri_core.store.schema import CamStat, Embedding
 
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(CamStat)).scalar_one() > 0

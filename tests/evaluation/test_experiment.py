@@ -22,7 +22,7 @@ def _children(store: RunStore, experiment_id: int, kind: str = "finetune") -> li
 def _labelled(store: RunStore, run_id: int) -> frozenset[str]:
     from sqlalchemy import select
 
-    from sslmri_core.store.writer import SplitAssignment
+    from sslmri_core.store.schema import SplitAssignment
 
     stmt = select(SplitAssignment.key).where(SplitAssignment.run_id == run_id, SplitAssignment.labeled)
     with store.engine.connect() as conn:

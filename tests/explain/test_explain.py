@@ -1,4 +1,4 @@
-"""On-demand CAMs (what the dashboard calls) and overlays, on a tiny random-weight classifier."""
+"""On-demand CAMs (what the dashboard calls) on a tiny random-weight classifier (overlays: test_overlay.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from sslmri_core.config import CAM_METHODS
 from sslmri_core.explain.cam import (
-    METHOD_NAMES,
     LoadedModel,
     count_hooks,
     explain_image,
-    render_overlay,
     resolve_target_layer,
 )
 from sslmri_core.train.models import Classifier, create_encoder
@@ -92,7 +91,7 @@ def test_one_image_of_any_size_gives_a_map_at_the_model_size(loaded: LoadedModel
         explain_image(loaded, _scan(), method="gradcam-9000")
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", CAM_METHODS)
 def test_every_method_gives_a_normalised_map(loaded: LoadedModel, method: str) -> None:
     out = explain_image(loaded, _scan(1), method=method)
     assert out.method == method and out.cam.shape == (64, 64)
@@ -126,23 +125,3 @@ def test_raw_statistics_keep_the_scale_that_normalisation_removes(loaded: Loaded
     assert doubled.raw_max == pytest.approx(2 * base.raw_max, rel=1e-3)
     assert doubled.raw_mean == pytest.approx(2 * base.raw_mean, rel=1e-3)
     np.testing.assert_allclose(doubled.cam, base.cam, atol=1e-4)
-
-
-def test_overlay_opacity_threshold_colormap_and_window() -> None:
-    image = np.tile(np.linspace(0, 255, 32, dtype=np.float32), (32, 1)).astype(np.uint8)
-    cam = np.tile(np.linspace(0, 1, 32, dtype=np.float32)[:, None], (1, 32))
-    grey = np.repeat(image[..., None], 3, axis=2)
-    out = render_overlay(image, cam, opacity=0.6, colormap="jet", threshold=0.0, window=None)
-    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
-    np.testing.assert_array_equal(render_overlay(image, cam, opacity=0.0, colormap="jet", threshold=0.0, window=None), grey)
-    assert not np.array_equal(out, render_overlay(image, cam, opacity=0.3, colormap="jet", threshold=0.0, window=None))
-    assert not np.array_equal(out, render_overlay(image, cam, opacity=0.6, colormap="gray", threshold=0.0, window=None))
-    half = render_overlay(image, cam, opacity=0.6, colormap="jet", threshold=0.5, window=None)
-    np.testing.assert_array_equal(half[:15], grey[:15])  # below the threshold: transparent
-    assert not np.array_equal(half[20:], grey[20:])
-    windowed = render_overlay(image, cam, opacity=0.0, colormap="jet", threshold=0.0, window=(64.0, 128.0))
-    assert windowed[0, 0, 0] == 0 and windowed[0, -1, 0] == 255  # values outside the window saturate
-    with pytest.raises(ValueError, match="colormap"):
-        render_overlay(image, cam, opacity=0.5, colormap="no-such-map", threshold=0.0, window=None)
-    with pytest.raises(ValueError, match="opacity"):
-        render_overlay(image, cam, opacity=1.5, colormap="jet", threshold=0.0, window=None)

@@ -66,7 +66,8 @@ def _stored(trained: dict[str, str], run_id: int) -> tuple[dict[str, str], list[
     from sqlalchemy import select
 
     from sslmri_core.store.queries import run_detail
-    from sslmri_core.store.writer import CamStat, RunStore
+    from sslmri_core.store.schema import CamStat
+    from sslmri_core.store.writer import RunStore
 
     with RunStore(trained["db"]).engine.connect() as conn:
         rows = conn.execute(select(CamStat).where(CamStat.run_id == run_id).order_by(CamStat.scan)).mappings().all()
@@ -134,7 +135,8 @@ def test_on_demand_map_matches_the_stored_one(trained: dict[str, str]) -> None:
     from sqlalchemy import select
 
     from sslmri_core.explain.cam import explain_image, load_model_for_run
-    from sslmri_core.store.writer import CamStat, RunStore
+    from sslmri_core.store.schema import CamStat
+    from sslmri_core.store.writer import RunStore
 
     code, summary, err = _invoke(["gradcam", "--run", trained["run"], "--limit", "3", "--method", "gradcam++",
                                   "--no-progress", "--db", trained["db"], "--out", trained["out"], "--json"])
