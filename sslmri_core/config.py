@@ -8,10 +8,37 @@ checkpoint keep.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# -- name sets: every command validates against these, and nothing else spells them ------------------
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("lars", "adamw", "sgd")  # pretraining also takes "auto" (LARS for large batches)
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "eigencam", "layercam", "scorecam")
+EMBED_METHODS = ("umap", "tsne")
+INITS = ("ssl", "scratch", "imagenet")  # where a fine-tuned encoder starts
+MODES = ("linear", "full")  # linear: frozen encoder, a trained head; full: everything trains
+# An experiment arm is one (init, mode) pair; the order is the display order everywhere.
+ARM_SETTINGS: dict[str, tuple[str, str]] = {
+    "ssl-linear": ("ssl", "linear"),
+    "ssl-full": ("ssl", "full"),
+    "scratch": ("scratch", "full"),
+    "imagenet": ("imagenet", "full"),
+}
+ARMS = tuple(ARM_SETTINGS)
+SSL_ARMS = tuple(a for a, (init, _) in ARM_SETTINGS.items() if init == "ssl")
+BASELINE_ARMS = tuple(a for a in ARMS if a not in SSL_ARMS)
+
+
+def arm_name(init: str | None, mode: str | None) -> str:
+    """The arm of a fine-tuning run's ``init``/``mode`` (``ssl-full`` when an SSL mode is missing)."""
+    if init == "ssl":
+        return f"ssl-{mode or 'full'}"
+    return init or "?"
+
 
 TASKS: dict[str, list[str]] = {
     "tumor": ["glioma", "meningioma", "notumor", "pituitary"],
@@ -133,7 +160,8 @@ class FinetuneConfig:
     label_fraction: float = 1.0
     labels_per_class: int | None = None  # instead of a fraction: whole subjects until N images per class
     use_given_split: bool = False  # honour the data set's Training/Testing folders (refused when groups cross them)
-    allow_leaky_split: bool = False  # keep a given split whose subjects / duplicates cross it (run flagged leakage-prone)
+    # keep a given split whose subjects / duplicates cross it (the run is flagged leakage-prone)
+    allow_leaky_split: bool = False
     split_unit: str = "group"  # group (subject, else duplicate component) | image (leaky on purpose: `leakage` demo)
     split_seed: int = 0  # the split is fixed by this; ``seed`` varies training and the label draw
     folds: int | None = None  # k-fold cross-validation over groups: this run tests fold ``fold`` of ``folds``
@@ -156,9 +184,6 @@ class FinetuneConfig:
     experiment_run: int | None = None  # the experiment run this run belongs to
 
 
-EXPERIMENT_ARMS = ("ssl-linear", "ssl-full", "scratch", "imagenet")
-
-
 @dataclass
 class ExperimentConfig:
     """The SSL-vs-supervised grid (``cli.py experiment``): every arm x label fraction x seed."""
@@ -167,7 +192,7 @@ class ExperimentConfig:
     data: str | None = None  # None: the built-in synthetic set for ``task``
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: int = 3  # training/label-draw seeds 0..seeds-1; the split seed stays fixed
-    arms: list[str] = field(default_factory=lambda: ["ssl-linear", "ssl-full", "scratch"])
+    arms: list[str] = field(default_factory=lambda: [a for a in ARMS if a != "imagenet"])
     pretrain_run: int | None = None  # reuse this SSL run instead of pretraining
     pretrain_epochs: int = 10
     model: str = "resnet50"
@@ -253,6 +278,46 @@ class DemoConfig:
     finetune_epochs: int = 8
     min_steps: int | None = None  # None: fine-tuning's own floor (FinetuneConfig.min_steps)
     batch_size: int = 32
+
+
+# Ranges of numeric settings, by field name (a name means the same in every config). Every float
+# must also be finite. ``check_values`` applies both; each command's validation calls it first.
+MAX_RUN_ID = 2**63 - 1  # the store's BIGINT
+BOUNDS: dict[str, tuple[float, float]] = {
+    "lr": (1e-12, 100.0), "probe_lr": (1e-12, 100.0), "weight_decay": (0.0, 10.0),
+    "warmup_epochs": (0.0, 1e6), "warmup_share": (0.0, 1.0), "temperature": (1e-3, 100.0),
+    "encoder_lr_scale": (0.0, 100.0), "label_fraction": (1e-9, 1.0), "checkpoint_minutes": (0.0, 1e6),
+    "threshold": (0.0, 1.0), "topk_pct": (1e-9, 100.0),
+    "crop_scale_min": (1e-3, 1.0), "crop_ratio": (1.0, 10.0), "flip_p": (0.0, 1.0), "blur_p": (0.0, 1.0),
+    "rotate_deg": (0.0, 180.0), "shear_deg": (0.0, 60.0), "brightness": (0.0, 1.0), "contrast": (0.0, 1.0),
+    "gamma": (0.0, 10.0), "blur_sigma": (0.0, 20.0), "noise_std": (0.0, 1.0), "bias_field": (0.0, 3.0),
+    "seed": (0, 2**32 - 1), "split_seed": (0, 2**32 - 1),
+    "from_run": (1, MAX_RUN_ID), "pretrain_run": (1, MAX_RUN_ID), "run": (1, MAX_RUN_ID),
+    "experiment_run": (1, MAX_RUN_ID),
+}
+
+
+def check_values(config: Any, prefix: str = "--") -> None:
+    """Refuse (UsageError naming the option) a non-finite float or a value outside :data:`BOUNDS`."""
+    from sslmri_core.errors import UsageError
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        option = prefix + (f.name if prefix.endswith(" ") else f.name.replace("_", "-"))  # --augment name=value
+        if dataclasses.is_dataclass(value):
+            check_values(value, f"{option} ")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{option} must be a finite number, got {value}")
+        lo, hi = BOUNDS.get(f.name, (-math.inf, math.inf))
+        if not lo <= value <= hi:
+            raise UsageError(f"{option} must be between {_number(lo)} and {_number(hi)}, got {_number(value)}")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def with_overrides(config: T, **overrides: Any) -> T:

@@ -1,4 +1,9 @@
-"""Rich progress bars (on stderr, so ``--json`` output on stdout stays clean)."""
+"""The console and Rich progress bars (on stderr, so ``--json`` output on stdout stays clean).
+
+Markup is off: file names, class folders, decoder messages and store text are printed as they are
+(a PNG whose bad chunk is quoted as ``[/]a`` must not end the command). Style whole lines with
+``console.print(text, style=...)``, never with ``[bold]`` tags.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False)
 
 
 class _RateColumn(ProgressColumn):
@@ -29,10 +34,10 @@ class _RateColumn(ProgressColumn):
 def make_progress(enabled: bool = True) -> Progress:
     """A bar with count, images/s (task field ``ips``), elapsed time and ETA."""
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         _RateColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),

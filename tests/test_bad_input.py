@@ -25,7 +25,8 @@ def _run(args: list[str]) -> tuple[int, dict, str]:
 def _params(db: str, run_id: int) -> dict[str, str]:
     from sqlalchemy import select
 
-    from sslmri_core.store.writer import Param, RunStore
+    from sslmri_core.store.schema import Param
+    from sslmri_core.store.writer import RunStore
 
     with RunStore(db).engine.connect() as conn:
         return dict(conn.execute(select(Param.key, Param.value).where(Param.run_id == run_id)).all())
@@ -67,3 +68,19 @@ def test_corpus_through_data_check_pretrain_and_finetune(tmp_path: Path, monkeyp
     assert int(params["n_unusable"]) == len(unusable)
     assert _unusable_tsv(ft["out_dir"]) == unusable
     assert json.loads(params["classes"]) == sorted(c for c, n in report["classes"].items() if n)
+
+
+def test_names_and_decoder_messages_are_printed_as_text_not_markup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow quotes a bad chunk type ``[/]a``; a folder name holds ``[bold]``: both print as they are."""
+    from bad_files import markup_chunk_png, png_bytes
+
+    monkeypatch.setenv("SSLMRI_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data [bold]x[/]"
+    (root / "glioma").mkdir(parents=True)
+    (root / "glioma" / "sub-01 [final].png").write_bytes(png_bytes())
+    (root / "glioma" / "sub-02_chunk.png").write_bytes(markup_chunk_png())
+    (root / "notumor").mkdir()
+    (root / "notumor" / "sub-03.png").write_bytes(png_bytes(value=30))
+    result = CliRunner().invoke(app, ["data", "check", str(root), "--db", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert result.exit_code == 0, result.stderr
+    assert "[/]a" in result.stderr and "data [bold]x[/]" in result.stderr  # the reason and the path, intact

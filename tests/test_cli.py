@@ -56,8 +56,9 @@ def _dashboard_reads_what_training_wrote(db: str, pre_id: int, ft_id: int, monke
     from streamlit.testing.v1 import AppTest
 
     from sslmri_core.store import queries
+    from sslmri_core.store.engine import read_engine
 
-    engine = queries.read_engine(db)
+    engine = read_engine(db)
     runs = queries.runs_frame(engine)
     assert set(runs["id"]) == {pre_id, ft_id} and set(runs["status"]) == {"finished"}
     loss = queries.metric_series(engine, pre_id, ["loss"])
@@ -92,7 +93,7 @@ def test_finetune_from_scratch_with_a_label_fraction(synth_tumor: Path, tmp_path
 def _params(store: object, run_id: int) -> dict[str, str]:
     from sqlalchemy import select
 
-    from sslmri_core.store.writer import Param
+    from sslmri_core.store.schema import Param
 
     with store.engine.connect() as conn:  # type: ignore[attr-defined]
         return dict(conn.execute(select(Param.key, Param.value).where(Param.run_id == run_id)).all())
@@ -119,7 +120,7 @@ def _params(store: object, run_id: int) -> dict[str, str]:
         (["finetune", "--init", "scratch", "--mode", "sideways"], "--mode"),
         (["finetune", "--from-run", "999"], "--from-run 999"),
         (["finetune"], "--from-run"),
-        (["runs", "show", "999"], "no run with id 999"),
+        (["runs", "show", "999"], "no run store at"),
         (["pretrain", "--data", "/no/such/folder"], "not found"),
         (["runs", "list", "--db", "postgresql+psycopg://x:pw@127.0.0.1:1/none"], "--db"),
         (["db", "upgrade", "--db", "postgresql+psycopg://x:pw@127.0.0.1:1/none"], "--db"),
@@ -138,9 +139,9 @@ def test_bad_options_give_one_clear_line_and_exit_2(args: list[str], needle: str
 
 def test_db_upgrade_reports_the_revision_before_and_after(db_url: str) -> None:
     from alembic import command
-    from sslmri_core.store.writer import alembic_config
 
-    from sslmri_core.store.writer import head_revision, make_engine
+    from sslmri_core.store.engine import make_engine
+    from sslmri_core.store.migrate import alembic_config, head_revision
 
     engine = make_engine(db_url)
     cfg = alembic_config()
