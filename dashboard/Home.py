@@ -14,7 +14,7 @@ MAX_FAILED_SHOWN = 5
 url = common.setup_page("Home", "🧠")
 st.title("sslmri — SimCLR for brain MRI")
 status = common.require_runs(url)
-st.caption(f"Run store: `{status.url}` (set `SSLMRI_DB` to open another one)")
+st.caption(f"Run store: {common.code(status.url)} (set `SSLMRI_DB` to open another one)")
 
 counts = common.counts(url)
 totals = counts[["running", "finished", "failed", "interrupted"]].sum()
@@ -34,7 +34,7 @@ if not leaky.empty:
     )
 warnings = common.audit_warnings(url)
 for line in warnings:
-    st.error(f"Data audit: {line}. See the Data page.")
+    st.error(f"Data audit: {common.md(line)}. See the Data page.")
 if warnings:
     st.page_link(common.PAGES["data"], label="Open the Data page", icon=":material/dataset:")
 
@@ -84,7 +84,7 @@ else:
     st.plotly_chart(plots.latest_results_figure(latest.rename(columns={"fraction": "label_fraction"}),
                                                 "test_balanced_accuracy"), key="latest-bars")
     for task, table in latest.groupby("task", sort=True):
-        st.markdown(f"**{task}**")
+        st.markdown(f"**{common.md(task)}**")
         st.dataframe(table[["run_id", "arm", "fraction", "seed", *queries.SUMMARY_METRICS, "created_at"]],
                      hide_index=True, column_config={
                          **common.METRIC_COLUMNS, "run_id": st.column_config.NumberColumn("run", format="%d"),
@@ -95,8 +95,9 @@ failed = common.runs(url, status="failed")
 if not failed.empty:
     st.subheader(f"Failed runs ({len(failed)})")
     for _, row in failed.head(MAX_FAILED_SHOWN).iterrows():
-        task = f" · {row['task']}" if isinstance(row["task"], str) else ""
-        st.warning(f"Run #{row['id']} ({row['kind']}{task}) failed: {row['error'] or 'no error recorded'}")
+        task = f" · {common.md(row['task'])}" if isinstance(row["task"], str) else ""
+        error = common.md(row["error"]) if row["error"] else "no error recorded"
+        st.warning(f"Run #{row['id']} ({common.md(row['kind'])}{task}) failed: {error}")
         st.page_link(common.RUNS_PAGE, label=f"Open run #{row['id']}", query_params={"run": str(row["id"])})
     if len(failed) > MAX_FAILED_SHOWN:
         st.caption(f"… and {len(failed) - MAX_FAILED_SHOWN} more on the Runs page (filter status = failed).")

@@ -7,12 +7,16 @@ cached for a few seconds so the dashboard follows runs that are still training.
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import streamlit as st
 from sqlalchemy.engine import Engine
 
+from sslmri_core.errors import UsageError
 from sslmri_core.store import queries
-from sslmri_core.store.writer import resolve_db_url
+from sslmri_core.store.engine import display_url, read_engine, resolve_db_url
+from sslmri_core.store.status import check_environment
 
 CACHE_TTL_S = 10
 RUNS_PAGE = "pages/1_Runs.py"
@@ -36,21 +40,31 @@ def setup_page(title: str, icon: str) -> str:
     st.set_page_config(page_title=f"sslmri · {title}", page_icon=icon, layout="wide")
     url = store_url()
     with st.sidebar:
-        st.caption(f"Run store: `{queries.display_url(url)}`")
+        st.caption(f"Run store: `{display_url(url)}`")
         if st.button("Reload data", help=f"Query results are cached for {CACHE_TTL_S} s"):
             st.cache_data.clear()
     return url
 
 
 def store_url() -> str:
-    """``SSLMRI_DB`` or ``sqlite:///runs.db`` (relative to the folder the dashboard runs in)."""
-    return resolve_db_url(None)
+    """``SSLMRI_DB`` or ``sqlite:///runs.db`` (relative to the folder the dashboard runs in).
+
+    A bad ``SSLMRI_DB`` or heartbeat setting is shown as one error (naming the variable and what
+    it allows) and stops the page, instead of a traceback on every page.
+    """
+    try:
+        url = resolve_db_url(None)
+        check_environment()
+    except UsageError as exc:  # its message names the variable, with any password masked
+        st.error(f"{exc}. Fix it and restart the dashboard.")
+        st.stop()
+    return url
 
 
 @st.cache_resource(show_spinner=False)
 def engine(url: str) -> Engine:
     """One read-only engine per store URL for the life of the server."""
-    return queries.read_engine(url)
+    return read_engine(url)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
@@ -240,3 +254,43 @@ def fraction_label(value: float) -> str:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def runs_with_confusion(url: str) -> list[int]:
     return queries.runs_with_confusion(engine(url))
+
+
+# -- text from the user (?run=, upload names) and from the store, shown as plain text -------------------
+RUN_PARAM_HELP = "?run= must be a run id (a whole number)"
+_RUN_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes superscripts and other scripts
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\](){}#+\-.!|<>~$:=&])")
+
+
+def parse_run_id(value: object) -> int | None:
+    """A ``?run=`` value as a run id (ASCII digits, 1 to 2**63 - 1), else None."""
+    if not isinstance(value, str) or _RUN_ID.fullmatch(value) is None:
+        return None
+    run_id = int(value)
+    return run_id if 1 <= run_id <= 2**63 - 1 else None
+
+
+def query_run_id() -> int | None:
+    """The run ``?run=`` asks for, None if none; a value that is not a run id gets one warning (the page
+    then shows its default)."""
+    raw = st.query_params.get("run")
+    if raw is None or raw == "":
+        return None
+    run_id = parse_run_id(raw)
+    if run_id is None:
+        st.warning(RUN_PARAM_HELP)
+    return run_id
+
+
+def md(value: object) -> str:
+    """``value`` as literal text inside Streamlit markdown (markdown, caption, alerts, headers, labels):
+    every character that could make a link, emphasis, heading, directive, LaTeX or HTML is escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(value))
+
+
+def code(value: object) -> str:
+    """``value`` as inline code in markdown (nothing inside is markdown), whatever backticks it holds."""
+    text = str(value).replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

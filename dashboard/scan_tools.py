@@ -1,14 +1,17 @@
 """Image handling for the Scan Explorer: uploads, stored scans, window/level and Grad-CAM overlays.
 
 Importable without Streamlit (the tests call :func:`read_upload` directly with the broken-files
-corpus). Scans named by the store are opened only through :func:`sslmri_core.train.runtime.scan_file`,
-heat maps only through :func:`sslmri_core.train.runtime.run_file`, and uploads are written nowhere but a
+corpus) and without torch: only :func:`load_model` and :func:`predict_with_cam` (on-demand Grad-CAM)
+import it, inside the call. Scans named by the store are opened only through :func:`sslmri_core.paths.scan_file`,
+heat maps only through :func:`sslmri_core.paths.viewable_run_file`, and uploads are written nowhere but a
 :class:`tempfile.TemporaryDirectory` that is removed before the function returns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sslmri_core.data.decode import DecodeError, decode_image_bytes, nifti_slices
+from sslmri_core.data.decode import UPLOAD_FORMATS, DecodeError, decode_image_bytes, nifti_slices
+from sslmri_core.explain.overlay import apply_window, level_width_window, render_overlay
 
 MAX_UPLOAD_MB = 20
 MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
@@ -25,7 +29,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "nii", "gz"]  # st.file_uploader matches the last suffix only
 DISPLAY_SIZE = 256
 COLORMAPS = ("jet", "inferno", "viridis", "hot", "gray")
-CAM_METHODS = ("gradcam", "gradcam++", "scorecam", "eigencam")
 
 
 class UploadError(ValueError):
@@ -47,11 +50,30 @@ def _suffix(name: str) -> str:
     return ".nii.gz" if lower.endswith(".nii.gz") else Path(lower).suffix
 
 
-def read_upload(name: str, data: bytes, size: int = DISPLAY_SIZE, slice_index: int | None = None) -> Slice:
-    """Validate and decode an uploaded PNG/JPEG or NIfTI slice; raises :class:`UploadError` with the reason.
+@dataclass(frozen=True)
+class Upload:
+    """A decoded upload: every usable slice (one for a PNG/JPEG), so showing another slice decodes nothing."""
 
-    A NIfTI volume is written to a temporary folder (nibabel reads files, not bytes), cut into
-    axial slices and the middle one (or ``slice_index``) is returned; the folder is removed at once.
+    name: str
+    slices: list[tuple[int, np.ndarray]]  # (axial index, uint8 (S, S)); a 2-D image is the one slice 0
+    note: str  # PNG/JPEG: "WxH mode"; NIfTI: "WxH" of the volume
+    volume: bool = False
+
+    def slice(self, slice_index: int | None = None) -> Slice:
+        """A NIfTI volume's slice ``slice_index`` (default and unknown: the middle one); the image of a PNG/JPEG."""
+        if not self.volume:
+            return Slice(self.slices[0][1], self.name, self.note)
+        indices = [z for z, _ in self.slices]
+        pick = indices.index(slice_index) if slice_index in indices else len(self.slices) // 2
+        z, image = self.slices[pick]
+        return Slice(image, self.name, f"axial slice {z} of {self.note}, {len(self.slices)} usable", indices)
+
+
+def decode_upload(name: str, data: bytes, size: int = DISPLAY_SIZE) -> Upload:
+    """Validate and decode an uploaded PNG/JPEG or NIfTI volume; raises :class:`UploadError` with the reason.
+
+    A NIfTI volume is written to a temporary folder (nibabel reads files, not bytes) and cut into
+    axial slices; the folder is removed at once.
     """
     suffix = _suffix(name)
     shown = Path(name).name
@@ -63,8 +85,8 @@ def read_upload(name: str, data: bytes, size: int = DISPLAY_SIZE, slice_index: i
         raise UploadError(f"{shown}: empty file (0 bytes)")
     try:
         if suffix in IMAGE_SUFFIXES:
-            image, facts = decode_image_bytes(data, size)
-            return Slice(image, shown, f"{facts.width}x{facts.height} {facts.mode}")
+            image, facts = decode_image_bytes(data, size, suffix=suffix, formats=UPLOAD_FORMATS)
+            return Upload(shown, [(0, image)], f"{facts.width}x{facts.height} {facts.mode}")
         with tempfile.TemporaryDirectory(prefix="sslmri-upload-") as tmp:
             path = Path(tmp) / f"upload{suffix}"  # never the user's file name: no path tricks
             path.write_bytes(data)
@@ -75,15 +97,44 @@ def read_upload(name: str, data: bytes, size: int = DISPLAY_SIZE, slice_index: i
         raise UploadError(f"{shown}: cannot read it ({exc.__class__.__name__}: {exc})") from None
     if not slices:
         raise UploadError(f"{shown}: the volume has no slice with anatomy (all empty)")
-    indices = [z for z, _ in slices]
-    pick = indices.index(slice_index) if slice_index in indices else len(slices) // 2
-    z, image = slices[pick]
-    return Slice(image, shown, f"axial slice {z} of {facts.width}x{facts.height}, {len(slices)} usable", indices)
+    return Upload(shown, list(slices), f"{facts.width}x{facts.height}", volume=True)
+
+
+def read_upload(name: str, data: bytes, size: int = DISPLAY_SIZE, slice_index: int | None = None) -> Slice:
+    """An uploaded PNG/JPEG, or a NIfTI volume's middle slice (or ``slice_index``); :class:`UploadError` if unusable."""
+    return decode_upload(name, data, size).slice(slice_index)
+
+
+UPLOAD_STATE_KEY = "upload_decoded"  # in st.session_state: the one decoded upload of this browser session
+
+
+def cached_upload(state: MutableMapping[str, Any], name: str, data: bytes, size: int = DISPLAY_SIZE, *,
+                  decode: Callable[[str, bytes, int], Upload] | None = None) -> Upload:
+    """:func:`decode_upload`, once per file: the result (or the reason it is unusable) is kept in
+    ``state[UPLOAD_STATE_KEY]`` under a hash of the file's name, bytes and ``size``, so reruns (a slider,
+    the opacity, another slice of the volume) decode nothing. A different file replaces it: one at most."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass") + b"\0" + data).hexdigest() + f":{int(size)}"
+    entry = state.get(UPLOAD_STATE_KEY)
+    if not isinstance(entry, dict) or entry.get("key") != digest:
+        state.pop(UPLOAD_STATE_KEY, None)  # drop the old file before decoding the new one
+        try:
+            entry = {"key": digest, "upload": (decode or decode_upload)(name, data, size), "error": None}
+        except UploadError as exc:
+            entry = {"key": digest, "upload": None, "error": str(exc)}
+        state[UPLOAD_STATE_KEY] = entry
+    if entry["upload"] is None:
+        raise UploadError(entry["error"])
+    return entry["upload"]
+
+
+def forget_upload(state: MutableMapping[str, Any]) -> None:
+    """Drop the cached upload (the file was removed from the uploader)."""
+    state.pop(UPLOAD_STATE_KEY, None)
 
 
 def load_scan(path: str, roots: list[str], size: int = DISPLAY_SIZE) -> np.ndarray:
     """A stored scan (a prediction's ``scan``) read only inside the run's data folders: uint8 ``(S, S)``."""
-    from sslmri_core.train.runtime import scan_file
+    from sslmri_core.paths import scan_file
 
     safe = scan_file(path, roots)
     if _suffix(safe.name) in NIFTI_SUFFIXES:
@@ -95,28 +146,14 @@ def load_scan(path: str, roots: list[str], size: int = DISPLAY_SIZE) -> np.ndarr
 
 def load_heatmap(out_dir: str | None, heatmap_path: str, size: int) -> np.ndarray:
     """A stored 8-bit Grad-CAM PNG (relative to its gradcam run's folder) as float ``(S, S)`` in [0, 1]."""
-    from sslmri_core.train.runtime import run_file
+    from sslmri_core.paths import viewable_run_file
 
     if not out_dir:
         raise DecodeError("the Grad-CAM run has no output folder recorded")
-    safe = run_file(Path(out_dir) / heatmap_path, out_dir, "heat map")
-    with Image.open(safe) as img:
+    safe = viewable_run_file(Path(out_dir) / heatmap_path, out_dir, "heat map")
+    with Image.open(safe, formats=["PNG"]) as img:
         gray = img.convert("L").resize((size, size), Image.BILINEAR)
     return np.asarray(gray, dtype=np.float32) / 255.0
-
-
-def window(image: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Window/level on uint8 intensities: ``level - width/2`` maps to black, ``level + width/2`` to white."""
-    width = max(float(width), 1.0)
-    lo = float(level) - width / 2
-    out = (image.astype(np.float32) - lo) / width * 255.0
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _colormap(cam: np.ndarray, name: str) -> np.ndarray:
-    from matplotlib import colormaps
-
-    return (colormaps[name](np.clip(cam, 0, 1))[..., :3] * 255).astype(np.float32)
 
 
 def resize_cam(cam: np.ndarray, size: int) -> np.ndarray:
@@ -129,41 +166,23 @@ def resize_cam(cam: np.ndarray, size: int) -> np.ndarray:
 
 def overlay(image: np.ndarray, cam: np.ndarray | None, *, opacity: float, colormap: str, threshold: float,
             level: float = 127.5, width: float = 255.0) -> np.ndarray:
-    """RGB ``(S, S, 3)`` uint8: the image under window/level with the CAM blended in where it is >= ``threshold``.
-
-    Uses ``sslmri_core.explain.cam.render_overlay`` when that module is there, so the dashboard and
-    the ``gradcam`` command draw identical overlays; otherwise the same blend is done here.
-    """
+    """RGB ``(S, S, 3)`` uint8: the image under window/level with the CAM (resized to the image) blended in
+    where it is >= ``threshold`` (drawn by :func:`sslmri_core.explain.overlay.render_overlay`)."""
     if cam is None:
-        return np.repeat(window(image, level, width)[..., None], 3, axis=2)
-    cam = resize_cam(cam, image.shape[0])
-    width = max(float(width), 1.0)
-    explain = explain_module()
-    if explain is not None and hasattr(explain, "render_overlay"):
-        return np.asarray(explain.render_overlay(image, cam, opacity=opacity, colormap=colormap, threshold=threshold,
-                                                 window=(level - width / 2, level + width / 2)), dtype=np.uint8)
-    gray = np.repeat(window(image, level, width)[..., None], 3, axis=2).astype(np.float32)
-    alpha = (opacity * (cam >= threshold)).astype(np.float32)[..., None]
-    return np.clip(gray * (1 - alpha) + _colormap(cam, colormap) * alpha, 0, 255).astype(np.uint8)
+        return np.repeat(apply_window(image, level, width)[..., None], 3, axis=2)
+    return render_overlay(image, resize_cam(cam, image.shape[0]), opacity=opacity, colormap=colormap,
+                          threshold=threshold, window=level_width_window(level, width))
 
 
-def cam_methods() -> tuple[str, ...]:
-    explain = explain_module()
-    return tuple(getattr(explain, "METHOD_NAMES", CAM_METHODS)) if explain is not None else CAM_METHODS
+def load_model(url: str, run_id: int) -> Any:
+    """The classifier of fine-tuning run ``run_id`` (imports torch: only on demand)."""
+    from sslmri_core.explain.cam import load_model_for_run
 
-
-def explain_module() -> Any | None:
-    """``sslmri_core.explain.cam`` (Grad-CAM on demand) when it is installed, else None."""
-    try:
-        from sslmri_core.explain import cam as explain
-    except ImportError:
-        return None
-    return explain
+    return load_model_for_run(url, run_id)
 
 
 def predict_with_cam(loaded: Any, image: np.ndarray, method: str = "gradcam") -> Any:
-    """Prediction and CAM of one image with a loaded model (``sslmri_core.explain.cam``)."""
-    explain = explain_module()
-    if explain is None:
-        raise RuntimeError("on-demand Grad-CAM needs sslmri_core/explain/cam.py, which is not installed in this version")
-    return explain.explain_image(loaded, image, method=method)
+    """Prediction and CAM of one image with a model from :func:`load_model` (imports torch: only on demand)."""
+    from sslmri_core.explain.cam import explain_image
+
+    return explain_image(loaded, image, method=method)

@@ -1,14 +1,29 @@
 """Plotly figure builders for the dashboard (importable and testable without Streamlit).
 
 They take the frames and dataclasses of :mod:`sslmri_core.store.queries` and return figures.
+Text that comes from the store (class names, tasks, metric keys, run names) goes through
+:func:`plain`: Plotly renders a subset of HTML (``<a href>`` included) in labels and titles.
 """
 
 from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from sslmri_core.store.queries import ConfusionMatrix
+
+
+def plain(text: Any) -> str:
+    """``text`` as Plotly shows it literally (HTML tags and entities escaped)."""
+    return html.escape(str(text), quote=False)
+
+
+def _plain_all(texts: Iterable[Any]) -> list[str]:
+    return [plain(t) for t in texts]
 
 # Chart titles for families of metric keys; keys outside every family get a chart of their own.
 _FAMILIES = (
@@ -67,7 +82,7 @@ def curves_figure(series: pd.DataFrame, keys: list[str], title: str = "") -> go.
                 x=points[axis].astype("float64"),
                 y=points["value"].astype("float64"),
                 mode="lines+markers" if len(points) <= 50 else "lines",
-                name=key,
+                name=plain(key),
             )
         )
     if axis == "epoch" and len(series) and series["epoch"].max() <= 20:
@@ -86,8 +101,8 @@ def confusion_figure(cm: ConfusionMatrix, normalise: bool = False) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=frame.to_numpy(),
-            x=cm.labels,
-            y=cm.labels,
+            x=_plain_all(cm.labels),
+            y=_plain_all(cm.labels),
             text=text.to_numpy(),
             texttemplate="%{text}",
             colorscale="Blues",
@@ -98,7 +113,7 @@ def confusion_figure(cm: ConfusionMatrix, normalise: bool = False) -> go.Figure:
     )
     side = 160 + 60 * len(cm.labels)
     fig.update_layout(
-        title=f"{cm.split} / {cm.level}" + (" (row-normalised)" if normalise else ""),
+        title=plain(f"{cm.split} / {cm.level}") + (" (row-normalised)" if normalise else ""),
         xaxis_title="predicted", yaxis_title="true", height=max(side, 360),
         yaxis={"autorange": "reversed"}, margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
@@ -117,7 +132,7 @@ def latest_results_figure(latest: pd.DataFrame, metric: str = "test_macro_f1") -
     for arm_label, rows in frame.groupby("arm_label", sort=True):
         fig.add_trace(
             go.Bar(
-                x=rows["task"], y=rows[metric].astype("float64"), name=str(arm_label),
+                x=_plain_all(rows["task"]), y=rows[metric].astype("float64"), name=plain(arm_label),
                 text=rows[metric].map(lambda v: "" if pd.isna(v) else f"{v:.3f}"), textposition="outside",
                 customdata=rows["run_id"], hovertemplate="run #%{customdata}: %{y:.3f}<extra></extra>",
             )
@@ -186,7 +201,8 @@ def paired_difference_figure(paired: pd.DataFrame, metric_label: str) -> go.Figu
     return fig
 
 
-def confusion_difference_figure(a: ConfusionMatrix, b: ConfusionMatrix, normalise: bool, names: tuple[str, str]) -> go.Figure:
+def confusion_difference_figure(a: ConfusionMatrix, b: ConfusionMatrix, normalise: bool,
+                                names: tuple[str, str]) -> go.Figure:
     """B minus A, cell by cell (counts or row fractions), on the labels both share; red = B has more."""
     labels = [lab for lab in a.labels if lab in b.labels]
     fa = (a.normalised() if normalise else a.counts()).loc[labels, labels]
@@ -195,12 +211,14 @@ def confusion_difference_figure(a: ConfusionMatrix, b: ConfusionMatrix, normalis
     text = diff.map(lambda v: f"{v:+.2f}" if normalise else f"{v:+.0f}")
     bound = float(abs(diff.to_numpy()).max()) or 1.0
     fig = go.Figure(go.Heatmap(
-        z=diff.to_numpy(), x=labels, y=labels, text=text.to_numpy(), texttemplate="%{text}", colorscale="RdBu_r",
+        z=diff.to_numpy(), x=_plain_all(labels), y=_plain_all(labels), text=text.to_numpy(), texttemplate="%{text}",
+        colorscale="RdBu_r",
         zmin=-bound, zmax=bound, hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
     ))
     side = 160 + 60 * len(labels)
-    fig.update_layout(title=f"{names[1]} minus {names[0]}" + (" (row-normalised)" if normalise else ""),
-                      xaxis_title="predicted", yaxis_title="true", height=max(side, 360), yaxis={"autorange": "reversed"},
+    fig.update_layout(title=plain(f"{names[1]} minus {names[0]}") + (" (row-normalised)" if normalise else ""),
+                      xaxis_title="predicted", yaxis_title="true", height=max(side, 360),
+                      yaxis={"autorange": "reversed"},
                       margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
@@ -214,13 +232,14 @@ QUALITATIVE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                "#17becf")
 
 
-def embedding_figure(points: pd.DataFrame, color_by: str, title: str = "", legend_title: str | None = None) -> go.Figure:
+def embedding_figure(points: pd.DataFrame, color_by: str, title: str = "",
+                     legend_title: str | None = None) -> go.Figure:
     """Scatter of a stored 2-D map coloured by ``color_by``; hover shows the scan, subject, class and split."""
     fig = go.Figure()
-    groups = points[color_by].fillna("(none)").astype(str)
+    groups = points[color_by].fillna("(none)").astype(str).map(plain)
     hover = ("%{customdata[0]}<br>subject %{customdata[1]}<br>class %{customdata[2]}<br>split %{customdata[3]}"
              "<extra></extra>")
-    custom = points[["scan", "subject", "label", "split"]].fillna("—").to_numpy()
+    custom = points[["scan", "subject", "label", "split"]].fillna("—").map(plain).to_numpy()
     if groups.nunique() > MAX_LEGEND_GROUPS:
         codes = pd.factorize(groups)[0]
         fig.add_trace(go.Scattergl(x=points["x"], y=points["y"], mode="markers", customdata=custom,
@@ -240,7 +259,7 @@ def embedding_figure(points: pd.DataFrame, color_by: str, title: str = "", legen
 
 def class_balance_figure(counts: dict[str, int], title: str = "Images per class") -> go.Figure:
     labels = sorted(counts)
-    fig = go.Figure(go.Bar(x=labels, y=[counts[k] for k in labels], text=[counts[k] for k in labels],
+    fig = go.Figure(go.Bar(x=_plain_all(labels), y=[counts[k] for k in labels], text=[counts[k] for k in labels],
                            textposition="outside"))
     fig.update_layout(title=title, height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10}, yaxis_title="images")
     return fig
@@ -269,5 +288,6 @@ def leakage_figure(cells: pd.DataFrame, chance: float | None, title: str = "") -
         fig.add_hline(y=chance, line_dash="dash", line_color="#7f7f7f",
                       annotation_text=f"chance {chance:.2f}", annotation_position="top left")
     fig.update_layout(barmode="group", title=title, height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      yaxis={"title": "test balanced accuracy", "range": [0, 1.08]}, legend={"orientation": "h", "y": -0.15})
+                      yaxis={"title": "test balanced accuracy", "range": [0, 1.08]},
+                      legend={"orientation": "h", "y": -0.15})
     return fig

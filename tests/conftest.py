@@ -26,6 +26,22 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("SSLMRI_DB", f"sqlite:///{base / 'default-runs.db'}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _dashboard_roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The dashboard opens scans and run files only under the operator's roots: in tests, pytest's
+    temporary folder (session-wide, so dashboard servers started by module fixtures see it too)."""
+    names = ("SSLMRI_DATA_ROOTS", "SSLMRI_RUNS_ROOTS")
+    before = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ[name] = str(tmp_path_factory.getbasetemp().resolve())
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def synth_tumor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built-in tumour set, tiny: 4 classes x 5 subjects x 2 slices at 64 px."""

@@ -36,14 +36,11 @@ def sync_query_param() -> None:
 
 
 def requested_run(all_ids: set[int]) -> tuple[int | None, str | None]:
-    """The run asked for by ``?run=``: (id, None), (None, complaint) or (None, None) if not asked."""
-    raw = st.query_params.get("run")
-    if raw is None or raw == "":
+    """The run asked for by ``?run=``: (id, None), (None, complaint) or (None, None) if not asked, or not a run id
+    (that gets :func:`common.query_run_id`'s one message, and the page its default)."""
+    run_id = common.query_run_id()
+    if run_id is None:
         return None, None
-    try:
-        run_id = int(raw)
-    except ValueError:
-        return None, f"`?run={raw}` is not a run id (expected a number)."
     if run_id not in all_ids:
         return None, f"There is no run #{run_id} in this store."
     return run_id, None
@@ -83,9 +80,9 @@ def show_overview(detail: RunDetail) -> None:
     run = detail.run
     st.subheader("Run")
     if run.status == "failed":
-        st.error(f"This run failed: {run.error or 'no error recorded'}")
+        st.error(f"This run failed: {common.md(run.error) if run.error else 'no error recorded'}")
     elif run.status in ("running", "interrupted"):
-        st.info(f"Status: {run.status}" + (f" — {run.error}" if run.error else ""))
+        st.info(f"Status: {common.md(run.status)}" + (f" — {common.md(run.error)}" if run.error else ""))
     facts = {
         "status": run.status, "created": when(run.created_at), "ended": when(run.ended_at),
         "device": run.device, "host": run.host, "git sha": run.git_sha, "checkpoint": run.checkpoint_path,
@@ -146,7 +143,7 @@ def show_confusion(url: str, run_id: int) -> None:
     normalise = right.toggle("Row-normalised", value=False, help="Each true-class row divided by its total")
     cm = common.confusion(url, run_id, split, level)
     if cm is None:
-        st.caption(f"No {split}/{level} confusion matrix.")
+        st.caption(f"No {common.md(split)}/{common.md(level)} confusion matrix.")
         return
     st.plotly_chart(plots.confusion_figure(cm, normalise), key=f"cm-{run_id}-{split}-{level}-{normalise}")
 
@@ -207,7 +204,7 @@ if detail is None:
     st.stop()
 
 run = detail.run
-st.header(f"Run #{run.id} — {run.kind}" + (f" · {run.task}" if run.task else ""))
+st.header(f"Run #{run.id} — {common.md(run.kind)}" + (f" · {common.md(run.task)}" if run.task else ""))
 show_links(run.id, run.kind)
 overview, finals = st.columns(2)
 with overview:

@@ -6,6 +6,9 @@ different experiments, and single runs outside any, are never averaged together.
 
 from __future__ import annotations
 
+import html
+import shlex
+
 import pandas as pd
 import streamlit as st
 
@@ -72,9 +75,9 @@ rows = results[results["task"] == task]
 experiment_ids = queries.task_experiments(results, task)
 standalone = rows[rows["experiment_id"].isna()]
 if not experiment_ids:
-    st.info(f"No experiment of task {task} yet: curves and paired differences come from one experiment (every arm x "
-            "label fraction x seed on one split), never from single runs pooled together.")
-    st.code(f"python cli.py experiment --task {task} --fractions 0.1,0.5,1.0 --seeds 3", language="bash")
+    st.info(f"No experiment of task {common.md(task)} yet: curves and paired differences come from one experiment "
+            "(every arm x label fraction x seed on one split), never from single runs pooled together.")
+    st.code(f"python cli.py experiment --task {shlex.quote(task)} --fractions 0.1,0.5,1.0 --seeds 3", language="bash")
     show_standalone(standalone)
     st.stop()
 
@@ -108,12 +111,12 @@ st.caption(f"Experiment #{experiment}: {len(summary.runs)} runs, {curves['arm'].
            f"{curves['fraction'].nunique()} label fractions. Points: mean over seeds; bars: {summary.interval}. "
            f"{summary.pretraining[:1].upper()}{summary.pretraining[1:]}.")
 for note in dict.fromkeys(n for n in curves["note"] if isinstance(n, str) and n):
-    st.warning(f"Few test subjects: {note}.")
+    st.warning(f"Few test subjects: {common.md(note)}.")
 
 chart_left, chart_right = st.columns(2)
 with chart_left:
-    st.plotly_chart(plots.label_efficiency_figure(curves, label, f"Label efficiency — {task}, experiment #{experiment}"),
-                    key="curve")
+    title = f"Label efficiency — {html.escape(task)}, experiment #{experiment}"  # plotly titles read <a>, <b>
+    st.plotly_chart(plots.label_efficiency_figure(curves, label, title), key="curve")
 with chart_right:
     if paired.empty:
         st.info("No paired differences: they need an SSL arm and a baseline (scratch or imagenet) at the same "

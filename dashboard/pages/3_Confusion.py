@@ -20,8 +20,8 @@ if not with_cm:
 
 labels = {int(row["id"]): common.run_label(row) + (f" · {row['init']}-{row['mode']}" if isinstance(row["init"], str) else "")
           for row in runs[runs["id"].isin(with_cm)].to_dict("records")}
-wanted = st.query_params.get("run")
-first = int(wanted) if wanted and wanted.isdigit() and int(wanted) in with_cm else with_cm[0]
+wanted = common.query_run_id()
+first = wanted if wanted in with_cm else with_cm[0]
 
 top = st.columns([3, 3, 2, 2])
 run_a = top[0].selectbox("Run", with_cm, index=with_cm.index(first), format_func=labels.get, key="run_a")
@@ -35,7 +35,7 @@ normalise = top[3].toggle("Row-normalised", value=True, key="normalise",
 cm_a = common.confusion(url, run_a, split, level)
 cm_b = common.confusion(url, compare, split, level) if compare is not None else None
 if compare is not None and cm_b is None:
-    st.warning(f"Run #{compare} has no {split}/{level} matrix to compare with.")
+    st.warning(f"Run #{compare} has no {common.md(split)}/{common.md(level)} matrix to compare with.")
 
 def recall_table(cm: object) -> pd.DataFrame:
     counts = cm.counts()  # type: ignore[attr-defined]

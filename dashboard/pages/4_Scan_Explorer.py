@@ -16,6 +16,7 @@ import streamlit as st
 
 import common
 import scan_tools
+from sslmri_core.config import CAM_METHODS
 
 SLICE_KEY = "scan_slice"
 CAM_COLUMNS = ["method", "target_label", "confidence", "intensity", "area_pct", "in_brain", "raw_max", "raw_mean",
@@ -50,8 +51,7 @@ def run_classes(url: str, run_id: int) -> list[str]:
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
 def loaded_model(url: str, run_id: int) -> Any:
-    explain = scan_tools.explain_module()
-    return explain.load_model_for_run(url, run_id)  # type: ignore[union-attr]
+    return scan_tools.load_model(url, run_id)  # imports torch: on-demand Grad-CAM only
 
 
 def probability_table(classes: list[str], probs: list[float], true_label: str | None = None) -> pd.DataFrame:
@@ -78,24 +78,24 @@ def cam_for(url: str, run_id: int, scan: str, method: str, size: int) -> tuple[n
         last = chosen.iloc[-1]
         try:
             return scan_tools.load_heatmap(last["out_dir"], last["heatmap_path"], size), rows, (
-                f"stored {method} heat map of Grad-CAM run #{last['gradcam_run_id']}")
+                f"stored {common.md(method)} heat map of Grad-CAM run #{last['gradcam_run_id']}")
         except Exception as exc:  # a moved or unsafe file: say so, fall through to on-demand
-            note = f"stored heat map not readable ({exc})"
+            note = f"stored heat map not readable ({common.md(exc)})"
     else:
-        note = f"no stored {method} heat map for this scan"
-    if scan_tools.explain_module() is None or not st.session_state.get("on_demand", True):
-        return None, rows, note + (" · run `python cli.py gradcam --run ID` to store them" if "no stored" in note else "")
+        note = f"no stored {common.md(method)} heat map for this scan"
+    if not st.session_state.get("on_demand", True):
+        hint = " · run `python cli.py gradcam --run ID` to store them" if "no stored" in note else ""
+        return None, rows, note + hint
     return None, rows, note
 
 
 def on_demand(url: str, run_id: int, image: np.ndarray, method: str) -> tuple[Any | None, str]:
-    """Compute prediction + CAM now with ``sslmri_core.explain.cam``; (None, why) when that is not possible."""
-    if scan_tools.explain_module() is None:
-        return None, "on-demand Grad-CAM needs sslmri_core/explain/cam.py (not in this version)"
+    """Compute prediction + CAM now with ``sslmri_core.explain.cam`` (the page's only use of torch); (None, why)
+    when that is not possible (``why`` is markdown)."""
     try:
         return scan_tools.predict_with_cam(loaded_model(url, run_id), image, method), ""
     except Exception as exc:
-        return None, f"could not compute Grad-CAM: {exc.__class__.__name__}: {exc}"
+        return None, f"could not compute Grad-CAM: {common.md(f'{exc.__class__.__name__}: {exc}')}"
 
 
 def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray | None, controls: dict[str, Any],
@@ -105,8 +105,8 @@ def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray 
         st.info(f"Run #{run_id} has no prediction for this scan (it was in another split for that run).")
         return
     right = pred["pred_label"] == pred["true_label"]
-    verdict = ":green[correct]" if right else f":red[**wrong** — true class: {pred['true_label']}]"
-    st.markdown(f"**Prediction: {pred['pred_label']}** — confidence {pred['confidence']:.1%} · {verdict}")
+    verdict = ":green[correct]" if right else f":red[**wrong** — true class: {common.md(pred['true_label'])}]"
+    st.markdown(f"**Prediction: {common.md(pred['pred_label'])}** — confidence {pred['confidence']:.1%} · {verdict}")
     if image is None:
         return
     cam, stats, note = cam_for(url, run_id, pred["scan"], controls["method"], image.shape[0])
@@ -137,17 +137,18 @@ def show_upload(url: str, models: pd.DataFrame, controls: dict[str, Any]) -> Non
     upload = st.file_uploader("Scan", type=scan_tools.UPLOAD_TYPES, key="upload",
                               max_upload_size=scan_tools.MAX_UPLOAD_MB)  # MB; the handler checks again
     if upload is None:
+        scan_tools.forget_upload(st.session_state)
         return
-    data = upload.getvalue()
-    try:
-        first = scan_tools.read_upload(upload.name, data)
-        chosen = first
-        if len(first.slice_indices) > 1:
-            z = st.select_slider("Axial slice", first.slice_indices, value=first.slice_indices[len(first.slice_indices) // 2])
-            chosen = scan_tools.read_upload(upload.name, data, slice_index=int(z))
+    try:  # decoded once per file (kept in the session): sliders and reruns only pick a slice
+        decoded = scan_tools.cached_upload(st.session_state, upload.name, upload.getvalue())
     except scan_tools.UploadError as exc:
-        st.error(f"Cannot use this upload: {exc}")
+        st.error(f"Cannot use this upload: {common.md(exc)}")
         return
+    chosen = decoded.slice()
+    if len(chosen.slice_indices) > 1:
+        middle = chosen.slice_indices[len(chosen.slice_indices) // 2]
+        z = st.select_slider("Axial slice", chosen.slice_indices, value=middle)
+        chosen = decoded.slice(int(z))
     names = {int(row["id"]): run_choice(row) for row in models.to_dict("records")}
     model = st.selectbox("Model", list(names), key="upload_model", format_func=names.get)
     left, right = st.columns(2)
@@ -156,12 +157,12 @@ def show_upload(url: str, models: pd.DataFrame, controls: dict[str, Any]) -> Non
         cam = None if result is None or not controls["show_cam"] else np.asarray(result.cam, np.float32)
         rgb = scan_tools.overlay(chosen.image, cam, opacity=controls["opacity"], colormap=controls["colormap"],
                                  threshold=controls["threshold"], level=controls["level"], width=controls["width"])
-        st.image(rgb, caption=f"{chosen.name} · {chosen.note}", width=420)
+        st.image(rgb, caption=f"{common.md(chosen.name)} · {common.md(chosen.note)}", width=420)
     with right:
         if result is None:
             st.warning(f"No prediction: {why}")
         else:
-            st.markdown(f"**Prediction: {result.pred_label}** — confidence {result.confidence:.1%}")
+            st.markdown(f"**Prediction: {common.md(result.pred_label)}** — confidence {result.confidence:.1%}")
             show_probabilities(pd.DataFrame({"class": list(result.probs), "probability": list(result.probs.values())})
                                .sort_values("probability", ascending=False), key="probs-upload")
 
@@ -176,14 +177,14 @@ if models.empty:
                        "python cli.py finetune --from-run ID   # or: python cli.py demo")
 
 # -- what to look at ---------------------------------------------------------------------------------
-wanted = st.query_params.get("run")
+wanted = common.query_run_id()
 pick = st.columns([1, 3, 3])
 tasks = sorted(models["task"].unique())
 task = pick[0].selectbox("Task", tasks, key="task")
 task_models = models[models["task"] == task]
 ids = task_models["id"].tolist()
 names = {int(row["id"]): run_choice(row) for row in task_models.to_dict("records")}  # once, not per option
-default = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
+default = ids.index(wanted) if wanted in ids else 0
 run_id = int(pick[1].selectbox("Model", ids, index=default, key="model", format_func=names.get))
 others = [r for r in ids if r != run_id]
 compare = pick[2].selectbox("Side by side with", [None, *others], key="compare",
@@ -229,24 +230,24 @@ with st.sidebar:
     colormap = st.selectbox("Colormap", scan_tools.COLORMAPS, key="colormap")
     threshold = st.slider("Threshold", 0.0, 1.0, 0.2, 0.05, key="threshold",
                           help="Show the heat map only where it is at least this (0-1, per image)")
-    method = st.selectbox("Method", scan_tools.cam_methods(), key="method")
+    method = st.selectbox("Method", CAM_METHODS, key="method")
     on_demand_cam = st.toggle("Compute Grad-CAM when none is stored", value=True, key="on_demand")
 controls = {"level": level, "width": width, "show_cam": show_cam, "opacity": opacity, "colormap": colormap,
             "threshold": threshold, "method": method, "on_demand": on_demand_cam}
 
 # -- the scan -----------------------------------------------------------------------------------------------
-st.caption(f"`{scan}`")
+st.caption(common.code(scan))
 try:
     image: np.ndarray | None = scan_tools.load_scan(scan, common.data_roots(url, run_id))
 except Exception as exc:  # outside the run's data folders, moved, unreadable: say which and why
-    st.warning(f"Cannot show this scan: {exc}")
+    st.warning(f"Cannot show this scan: {common.md(exc)}")
     image = None
 
 pred_a = rows[rows["scan"] == scan].iloc[0]
 votes = rows["pred_label"].value_counts()
-st.markdown(f"Slice {scans.index(scan) + 1} of {len(scans)} of subject **{subject}** (true class "
-            f"**{rows['true_label'].iloc[0]}**). Across these slices run #{run_id} predicts: "
-            + ", ".join(f"{label} ×{n}" for label, n in votes.items()))
+st.markdown(f"Slice {scans.index(scan) + 1} of {len(scans)} of subject **{common.md(subject)}** (true class "
+            f"**{common.md(rows['true_label'].iloc[0])}**). Across these slices run #{run_id} predicts: "
+            + ", ".join(f"{common.md(label)} ×{n}" for label, n in votes.items()))  # noqa: RUF001  (a times sign)
 if compare is None:
     show_model(url, run_id, pred_a, image, {**controls, "narrow": False, "image_px": 420}, "a")
 else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import streamlit as st
 
 import common
@@ -20,8 +22,8 @@ if available.empty:
 
 choices = list(zip(available["run_id"].astype(int), available["method"], strict=True))
 info = {(int(r["run_id"]), r["method"]): r for _, r in available.iterrows()}
-wanted = st.query_params.get("run")
-default = next((i for i, c in enumerate(choices) if wanted and str(c[0]) == wanted), 0)
+wanted = common.query_run_id()
+default = next((i for i, c in enumerate(choices) if c[0] == wanted), 0)
 left, right = st.columns([3, 2])
 run_id, method = left.selectbox(
     "Run and method", choices, index=default, key="embedding",
@@ -29,9 +31,8 @@ run_id, method = left.selectbox(
 )
 color_by = right.radio("Colour by", list(COLOR_BY), format_func=COLOR_BY.get, horizontal=True, key="color_by")
 points = common.embeddings(url, run_id, method)
-st.plotly_chart(plots.embedding_figure(points, color_by, f"{method.upper()} of run #{run_id}'s encoder features",
-                                      COLOR_BY[color_by]),
-                key="embedding-plot")
+title = f"{html.escape(method.upper())} of run #{run_id}'s encoder features"  # plotly titles read <a>, <b>
+st.plotly_chart(plots.embedding_figure(points, color_by, title, COLOR_BY[color_by]), key="embedding-plot")
 st.caption("Each point is one image; nearby points have similar encoder features. Classes that separate here "
            "are easy for a linear probe; a map that clusters by source folder or subject more than by class "
            "hints that the encoder learned acquisition rather than anatomy. Hover a point to see its scan.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pandas as pd
 import streamlit as st
 
@@ -32,7 +34,7 @@ def leakage_section(url: str, dataset_id: int, root: str, split_level: str) -> N
         else:
             st.caption("Not run yet: one small model trained four ways (split by subject or by image, true or "
                        "per-subject shuffled labels) shows what a leaky split does to a score.")
-        st.code(f'python cli.py leakage --data "{root}"', language="bash")
+        st.code(f"python cli.py leakage --data {shlex.quote(root)}", language="bash")
         return
     st.plotly_chart(plots.leakage_figure(demo.frame(), demo.chance, title="Test balanced accuracy"), key="leakage")
     st.caption(f"{LEAKAGE_NOTE} Run #{demo.run_id}.")
@@ -56,11 +58,11 @@ if detail is None:
 
 summary = detail.summary
 cols = st.columns(4)
-cols[0].metric("Files", summary.get("files", "—"))
-cols[1].metric("Usable images", summary.get("images", summary.get("usable", "—")))
+cols[0].metric("Files", common.md(summary.get("files", "—")))  # metric values are markdown
+cols[1].metric("Usable images", common.md(summary.get("images", summary.get("usable", "—"))))
 unusable = summary.get("unusable")
 cols[2].metric("Unusable files", len(unusable) if isinstance(unusable, list) else "—")
-cols[3].metric("Split level", detail.split_level)
+cols[3].metric("Split level", common.md(detail.split_level))
 if detail.split_level == "image":
     st.error("No subject ids in the file names: splits of this data set are image-level, so one patient's slices "
              "can sit in train and test. Pass `--subject-pattern REGEX` if the names carry an id.")
@@ -91,7 +93,7 @@ else:
 if not audit:
     leakage_section(url, dataset_id, detail.root, detail.split_level)
     st.info("This data set has not been audited yet.")
-    st.code(f"python cli.py data audit {detail.root}", language="bash")
+    st.code(f"python cli.py data audit {shlex.quote(detail.root)}", language="bash")
     st.stop()
 
 st.subheader("Audit")
@@ -107,7 +109,8 @@ findings = {
 }
 serious = {k: v for k, v in findings.items() if v and ("across" in k or "split" in k)}
 if serious:
-    st.error("Can inflate test results: " + ", ".join(f"{v} {k.strip('… ')}" for k, v in serious.items()))
+    st.error("Can inflate test results: "
+             + ", ".join(f"{common.md(v)} {k.strip('… ')}" for k, v in serious.items()))
 else:
     st.success("No duplicate or subject crosses a split or a class.")
 audit_col, leakage_col = st.columns(2)
@@ -117,12 +120,13 @@ with leakage_col:
 
 confound = audit.get("confound") or {}
 st.markdown("**Acquisition confound**")
+reason = common.md(confound["reason"]) if confound.get("reason") else None
 if confound.get("flag"):
-    st.error(confound.get("reason") or "metadata predicts the class")
+    st.error(reason or "metadata predicts the class")
 elif confound.get("intensity_flag"):
-    st.warning(confound.get("reason"))
+    st.warning(reason or "image intensities predict the class")
 else:
-    st.caption(confound.get("reason") or "not checked")
+    st.caption(reason or "not checked")
 conf_table = {k: confound.get(k) for k in ("metadata_accuracy", "file_size_accuracy", "intensity_accuracy",
                                            "majority_rate", "baseline_accuracy", "p_value", "cv")}
 st.dataframe(pd.DataFrame([conf_table]), hide_index=True)
@@ -137,7 +141,8 @@ for n, group in enumerate(groups[:GROUPS_SHOWN]):
     flags = [name for name, on in (("across classes", group.get("cross_class")), ("across splits", group.get("cross_split")),
                                    ("across subjects", group.get("cross_subject"))) if on]
     kind = "near-duplicate" if "max_distance" in group else "exact duplicate"
-    with st.expander(f"{kind} group of {group.get('size')} · " + (", ".join(flags) or "same class, split and subject"),
+    flagged = ", ".join(flags) or "same class, split and subject"
+    with st.expander(f"{kind} group of {common.md(group.get('size'))} · {flagged}",
                      expanded=n == 0 and bool(flags)):
         keys = list(group.get("keys", []))[:THUMBS_PER_GROUP]
         paths = common.manifest_paths(url, dataset_id, tuple(keys))
@@ -147,9 +152,9 @@ for n, group in enumerate(groups[:GROUPS_SHOWN]):
             split = (group.get("splits") or [None] * len(keys))[i]
             try:
                 img = scan_tools.load_scan(paths.get(key, key), [detail.root], 128)
-                thumbs[i].image(img, caption=f"{label} · {split or '—'}", width=128)
+                thumbs[i].image(img, caption=f"{common.md(label)} · {common.md(split or '—')}", width=128)
             except Exception as exc:
-                thumbs[i].caption(f"{key.rsplit('/', 1)[-1]}: not shown ({exc.__class__.__name__})")
+                thumbs[i].caption(f"{common.md(str(key).rsplit('/', 1)[-1])}: not shown ({exc.__class__.__name__})")
         st.dataframe(pd.DataFrame({k: group.get(k, [])[:len(group.get("keys", []))] for k in ("keys", "labels", "splits", "subjects")
                                    if group.get(k)}), hide_index=True)
 

@@ -176,7 +176,7 @@ def write_checkpoint(out_dir: Path, classes: list[str]) -> Path:
     """A real fine-tuning checkpoint of a random ``test_resnet`` classifier (what finetune saves)."""
     from sslmri_core.config import FinetuneConfig, to_dict, with_overrides
     from sslmri_core.train.models import Classifier, create_encoder
-    from sslmri_core.train.runtime import atomic_save
+    from sslmri_core.train.checkpoints import atomic_save
 
     cfg = with_overrides(FinetuneConfig(), model="test_resnet", image_size=IMAGE_SIZE, init="scratch")
     model = Classifier(create_encoder("test_resnet"), len(classes))
@@ -244,7 +244,7 @@ def add_scan_models(store: Any, root: Path) -> dict[str, int]:
 
 def add_audited_dataset(store: Any, root: Path) -> int:
     """A data set row with two unusable files and an audit that found a cross-split duplicate."""
-    from sslmri_core.store.writer import Dataset, ManifestEntry
+    from sslmri_core.store.schema import Dataset, ManifestEntry
 
     data = root / "data" / "tumor"
     first = sorted((data / LABELS[0]).glob("*.png"))[:2]

@@ -57,8 +57,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "Home.py"), "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--server.fileWatcherType", "none"],  # usage statistics and the toolbar: .streamlit/config.toml
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
@@ -139,6 +139,7 @@ def test_every_page_renders_in_chromium(server: tuple[str, dict[str, int]], brow
     page = browser_page
     text = _open(page, base, "", "sslmri — SimCLR for brain MRI", shots, "1_home")
     assert "Full labels: each arm in the latest experiment per task" in text and "Data audit" in text
+    assert page.get_by_role("button", name="Deploy").count() == 0  # type: ignore[attr-defined]
     text = _open(page, base, f"Runs?run={ids['scan_ssl']}", "Runs", shots, "2_runs")
     assert f"Run #{ids['scan_ssl']}" in text
     text = _open(page, base, "SSL_vs_Supervised", "SSL vs supervised", shots, "3_ssl_vs_supervised")
