@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 PORT ?= 8501
 
-.PHONY: install demo train-demo dashboard test bench clean
+.PHONY: install demo train-demo dashboard lint test bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,12 @@ train-demo: install
 dashboard: install
 	$(BIN)/streamlit run dashboard/Home.py --server.port $(PORT) --server.headless true
 
-test: install
+# ruff and mypy over sslmri_core/ and cli.py (configured in pyproject.toml); part of `make test`.
+lint: install
+	$(BIN)/ruff check sslmri_core cli.py
+	$(BIN)/mypy
+
+test: install lint
 	$(BIN)/python -m pytest
 
 clean:
