@@ -87,11 +87,14 @@ def _guarded(action: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def _run(target: str, options: dict[str, Any]) -> None:
-    """Call ``sslmri_core.<module>:<function>`` with the command's options as keywords, guarded.
+RUN_IDS = {"run": "--run", "run_id": "RUN_ID", "from_run": "--from-run", "pretrain_run": "--pretrain-run",
+           "resume": "--resume"}  # options naming a run: at most the store's BIGINT, checked before anything runs
 
-    The module is imported only here, when the command runs (so ``--help`` never imports torch).
-    """
+
+def _run(target: str, options: dict[str, Any]) -> None:
+    """Call ``sslmri_core.<module>:<function>`` with the options as keywords, guarded (imported only now)."""
+    for key in [k for k in RUN_IDS if options.get(k) is not None and not 1 <= options[k] <= 2**63 - 1]:
+        _fail(f"{RUN_IDS[key]} must be a run id between 1 and {2**63 - 1}, got {options[key]}", 2)
     module, name = target.split(":")
     _guarded(lambda: getattr(importlib.import_module(f"sslmri_core.{module}"), name)(**options))
 

@@ -3,7 +3,8 @@
 Importable without Streamlit (the tests call :func:`read_upload` directly with the broken-files
 corpus) and without torch: only :func:`load_model` and :func:`predict_with_cam` (on-demand Grad-CAM)
 import it, inside the call. Scans named by the store are opened only through :func:`sslmri_core.paths.scan_file`,
-heat maps only through :func:`sslmri_core.paths.viewable_run_file`, and uploads are written nowhere but a
+heat maps and checkpoints only through :func:`sslmri_core.paths.viewable_run_file`, the store only through its
+read-only queries (on-demand Grad-CAM included), and uploads are written nowhere but a
 :class:`tempfile.TemporaryDirectory` that is removed before the function returns.
 """
 
@@ -175,7 +176,8 @@ def overlay(image: np.ndarray, cam: np.ndarray | None, *, opacity: float, colorm
 
 
 def load_model(url: str, run_id: int) -> Any:
-    """The classifier of fine-tuning run ``run_id`` (imports torch: only on demand)."""
+    """The classifier of fine-tuning run ``run_id``: the run read through the read-only store, its checkpoint
+    only under ``$SSLMRI_RUNS_ROOTS`` (imports torch: only on demand)."""
     from sslmri_core.explain.cam import load_model_for_run
 
     return load_model_for_run(url, run_id)

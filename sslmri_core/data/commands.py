@@ -10,19 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sslmri_core.errors import RunFailed
+from sslmri_core.errors import UsageError
 from sslmri_core.output import json_text, print_json
+
+EXPORT_SUFFIXES = (".csv", ".parquet")
 
 
 def synth(*, out: Path, task: str | None, subjects: int | None, slices_per_subject: int | None, size: int | None,
           seed: int | None, json_out: bool) -> None:
     """``data synth``: write the built-in synthetic brain-MRI set into ``out``."""
-    from sslmri_core.config import TASKS, SynthConfig, with_overrides
+    from sslmri_core.config import TASKS, SynthConfig, check_values, with_overrides
     from sslmri_core.data.builtin import generate_with_progress
     from sslmri_core.progress import console
 
     cfg = with_overrides(SynthConfig(), task=task, subjects=subjects, slices_per_subject=slices_per_subject,
                          size=size, seed=seed)
+    check_values(cfg)
     if cfg.task != "all" and cfg.task not in TASKS:
         raise ValueError(f"--task must be one of {', '.join([*TASKS, 'all'])}, got {cfg.task!r}")
     for name, value, low in (("--subjects", cfg.subjects, 1), ("--slices-per-subject", cfg.slices_per_subject, 1),
@@ -38,13 +41,15 @@ def synth(*, out: Path, task: str | None, subjects: int | None, slices_per_subje
 
 def check(*, folder: Path, subject_pattern: str | None, class_map: str | None, image_size: int | None,
           export: Path | None, db: str | None, json_out: bool) -> None:
-    """``data check``: build and store the manifest (and image cache); RunFailed when no image is usable."""
+    """``data check``: build and store the manifest (and image cache); a DataError (exit 2) when no image is usable."""
     from sslmri_core.config import FinetuneConfig
     from sslmri_core.data.ingest import build_manifest
-    from sslmri_core.data.sources import parse_class_map
+    from sslmri_core.data.sources import DataError, parse_class_map
     from sslmri_core.progress import console
     from sslmri_core.store.writer import RunStore
 
+    if export is not None:
+        check_export(export)
     manifest, _ = build_manifest(folder, image_size or FinetuneConfig().image_size, subject_pattern,
                                  parse_class_map(class_map), progress=None)
     report = manifest.check_summary()
@@ -55,7 +60,15 @@ def check(*, folder: Path, subject_pattern: str | None, class_map: str | None, i
     if json_out:
         print_json(report)
     if not report["usable"]:
-        raise RunFailed(f"no usable images in {folder} ({report['files']} files found)")
+        raise DataError(f"no usable images in {folder} ({report['files']} files found)")
+
+
+def check_export(path: Path) -> None:
+    """Refuse (before any work) an ``--export`` file that could not be written: another suffix, a missing folder."""
+    if path.suffix.lower() not in EXPORT_SUFFIXES:
+        raise UsageError(f"--export must end in {' or '.join(EXPORT_SUFFIXES)}, got {path.name}")
+    if not path.expanduser().parent.is_dir():
+        raise UsageError(f"--export {path}: no such folder {path.expanduser().parent}")
 
 
 def print_check(report: dict[str, Any]) -> None:

@@ -64,6 +64,7 @@ def resolve_experiment_config(store: RunStore, preset: str | None = None, **over
     """Defaults, then the preset, then the pretraining run's model and size (``--pretrain-run``), then the
     user's options."""
     base = ExperimentConfig()
+    check_values(with_overrides(base, **overrides))  # --pretrain-run and every number, before the store is read
     if preset is not None:
         if preset not in EXPERIMENT_PRESETS:
             raise ValueError(f"--preset must be one of {', '.join(EXPERIMENT_PRESETS)}, got {preset!r}")

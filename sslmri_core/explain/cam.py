@@ -222,16 +222,28 @@ def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, pr
 
 
 def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None = None) -> LoadedModel:
-    """The classifier of fine-tuning run ``run_id`` from its checkpoint (opened only inside its own folder).
+    """The classifier of fine-tuning run ``run_id``, for the dashboard.
 
-    Reads the store without upgrading or writing it, so the read-only dashboard may call it.
+    The run is read through the read-only query layer (a SQLite file opened ``mode=ro``: never
+    written, never switched to WAL) and its checkpoint opened only by the dashboard's rule
+    (:func:`sslmri_core.paths.viewable_run_file`: inside ``$SSLMRI_RUNS_ROOTS`` and the run's own folder).
     """
     from sslmri_core.config import GradcamConfig
-    from sslmri_core.store.writer import RunStore
-    from sslmri_core.train.checkpoints import checkpoint_of
+    from sslmri_core.errors import UsageError
+    from sslmri_core.paths import viewable_run_file
+    from sslmri_core.store.queries import run_detail
+    from sslmri_core.train.checkpoints import load_checkpoint
 
-    found = checkpoint_of(RunStore(db_url, upgrade=False), run_id, use="Grad-CAM explains fine-tuning runs")
-    return model_from_checkpoint(found.state, run_id, precision=precision or GradcamConfig().precision)
+    detail = run_detail(db_url, run_id)
+    if detail is None:
+        raise UsageError(f"run {run_id}: no such run in the store")
+    record = detail.run
+    if record.kind != "finetune":
+        raise UsageError(f"run {run_id} is a {record.kind} run; Grad-CAM explains fine-tuning runs")
+    if not record.checkpoint_path:
+        raise UsageError(f"run {run_id} has no checkpoint (run status: {record.status})")
+    path = viewable_run_file(record.checkpoint_path, record.out_dir, "checkpoint")
+    return model_from_checkpoint(load_checkpoint(path), run_id, precision=precision or GradcamConfig().precision)
 
 
 # -- one image ----------------------------------------------------------------------------------

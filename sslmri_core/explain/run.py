@@ -20,6 +20,7 @@ from sslmri_core.config import (
     PRECISIONS,
     FinetuneConfig,
     GradcamConfig,
+    check_values,
     from_dict,
     to_dict,
 )
@@ -53,7 +54,8 @@ class GradcamResult:
 
 
 def validate_gradcam(cfg: GradcamConfig) -> None:
-    """Reject impossible settings with a message naming the option."""
+    """Reject impossible settings (non-finite or out-of-range numbers first) with a message naming the option."""
+    check_values(cfg)
     if cfg.run is None:
         raise ValueError("--run: say which fine-tuning run to explain (python cli.py runs list --kind finetune)")
     check_method(cfg.method)

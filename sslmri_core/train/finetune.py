@@ -8,10 +8,12 @@ weights. The loss is cross-entropy weighted by inverse class frequency (of the l
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from sslmri_core.config import (
     PRECISIONS,
     FinetuneConfig,
     PretrainConfig,
+    check_values,
     from_dict,
     to_dict,
     with_overrides,
@@ -36,7 +39,7 @@ from sslmri_core.progress import console, make_progress
 from sslmri_core.store.lifecycle import open_run
 from sslmri_core.store.writer import RunStore
 from sslmri_core.train.augment import augment_batch, normalize, to_float
-from sslmri_core.train.checkpoints import atomic_save, checkpoint_of, encoder_state
+from sslmri_core.train.checkpoints import atomic_save, checkpoint_of, encoder_state, load_weights
 from sslmri_core.train.models import Classifier, check_model_name, create_encoder
 from sslmri_core.train.optim import param_groups, warmup_cosine
 from sslmri_core.train.pool import pool_index
@@ -64,7 +67,8 @@ def resolve_finetune_config(store: RunStore, **overrides: Any) -> FinetuneConfig
 
 
 def validate_finetune(cfg: FinetuneConfig) -> None:
-    """Reject impossible settings with a message naming the option."""
+    """Reject impossible settings (non-finite or out-of-range numbers first) with a message naming the option."""
+    check_values(cfg)
     checks = [
         (cfg.init in INITS, f"--init must be one of {', '.join(INITS)}, got {cfg.init!r}"),
         (cfg.init != "ssl" or cfg.from_run is not None, "--init ssl needs --from-run ID"),
@@ -161,7 +165,9 @@ def _parent_encoder(cfg: FinetuneConfig, store: RunStore) -> dict[str, Any] | No
         return None
     parent = checkpoint_of(store, cfg.from_run, "--from-run", kinds=("pretrain",),
                            use="fine-tuning starts from a pretraining run")
-    return encoder_state(parent, "--from-run")
+    weights = encoder_state(parent, "--from-run")
+    load_weights(create_encoder(cfg.model), weights, f"--from-run {cfg.from_run}: its encoder", f"--model {cfg.model}")
+    return weights
 
 
 def _split_params(data: ImageSet, split: Split, labeled: np.ndarray) -> dict[str, Any]:
@@ -234,6 +240,8 @@ def finetune(
     ``data`` (the folder already loaded with this config's settings) so it is read once per grid.
     """
     validate_finetune(cfg)
+    if cfg.data is not None:  # stored absolute: the run's data is found again from any working directory
+        cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).expanduser().resolve()))
     encoder_weights = _parent_encoder(cfg, store)
     data = data if data is not None else load_finetune_data(cfg)
     split, labeled = split_data(data, cfg)

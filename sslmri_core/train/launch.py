@@ -54,7 +54,7 @@ def pretrain(*, data: list[Path] | None, model: str | None, image_size: int | No
     from sslmri_core.data.sources import parse_class_map
     from sslmri_core.train.distributed import leave_world
     from sslmri_core.train.pretrain import pretrain as run_pretrain
-    from sslmri_core.train.pretrain import resume_pretrain
+    from sslmri_core.train.pretrain import resume_pretrain, validate_pretrain
 
     overrides: dict[str, Any] = dict(
         data=[str(d) for d in data] if data else None, model=model, image_size=image_size,
@@ -72,11 +72,14 @@ def pretrain(*, data: list[Path] | None, model: str | None, image_size: int | No
         if given:
             raise ValueError(f"--resume {resume} continues the run with its stored settings; "
                              f"leave out {', '.join(given)}")
+    cfg = with_overrides(PretrainConfig(), **overrides)
+    if resume is None:
+        validate_pretrain(cfg)  # before the store is opened: a bad option never touches it
     world, store = join_world(db)
     if resume is not None:
         result = resume_pretrain(resume, store, show_progress=progress)
     else:
-        result = run_pretrain(with_overrides(PretrainConfig(), **overrides), store, show_progress=progress)
+        result = run_pretrain(cfg, store, show_progress=progress)
     if world.main:
         print_metrics(f"pretrain run {result.run_id} finished", result.metrics)
         if json_out:
@@ -90,7 +93,7 @@ def augment_preview(*, out_png: Path, data: Path | None, n: int, image_size: int
     """``augment-preview``: a grid of augmented SimCLR pairs (original | view 1 | view 2 per row) in ``out_png``."""
     import click
 
-    from sslmri_core.config import AugmentConfig, PretrainConfig, parse_settings, with_overrides
+    from sslmri_core.config import AugmentConfig, PretrainConfig, check_values, parse_settings, with_overrides
     from sslmri_core.train.preview import write_preview
 
     if n < 1:
@@ -99,6 +102,7 @@ def augment_preview(*, out_png: Path, data: Path | None, n: int, image_size: int
         raise ValueError(f"OUT.png must end in .png, got {out_png}")
     cfg = with_overrides(PretrainConfig(), data=[str(data)] if data else None, image_size=image_size,
                          augment=parse_settings(AugmentConfig(), augment, "--augment") if augment else None)
+    check_values(cfg)
     summary = write_preview(cfg, out_png, n, seed)
     click.echo(f"wrote {summary['pairs']} augmented pairs to {summary['path']}", err=True)
     if json_out:
@@ -113,14 +117,14 @@ def finetune(*, task: str | None, data: Path | None, from_run: int | None, init:
              min_steps: int | None, lr: float | None, precision: str | None, subject_pattern: str | None,
              seed: int | None, db: str | None, out: Path | None, json_out: bool, progress: bool) -> None:
     """``finetune``: resolve the config (defaults, the pretraining run's, the options), train, score on test."""
+    from sslmri_core.config import FinetuneConfig, check_values, with_overrides
     from sslmri_core.data.sources import parse_class_map
     from sslmri_core.store.writer import RunStore
     from sslmri_core.train.finetune import finetune as run_finetune
     from sslmri_core.train.finetune import resolve_finetune_config
 
-    store = RunStore(db)
-    cfg = resolve_finetune_config(
-        store, task=task, data=str(data) if data else None, from_run=from_run, init=init, model=model,
+    overrides: dict[str, Any] = dict(
+        task=task, data=str(data) if data else None, from_run=from_run, init=init, model=model,
         image_size=image_size, batch_size=batch_size, mode=mode, label_fraction=label_fraction, epochs=epochs,
         lr=lr, precision=precision, subject_pattern=subject_pattern, seed=seed, out=str(out) if out else None,
         labels_per_class=labels_per_class, use_given_split=use_given_split, split_seed=split_seed,
@@ -128,7 +132,9 @@ def finetune(*, task: str | None, data: Path | None, from_run: int | None, init:
         encoder_lr_scale=encoder_lr_scale, class_weighted=class_weighted, bootstrap=bootstrap,
         allow_leaky_split=allow_leaky_split, steps=steps, min_steps=min_steps,
     )
-    result = run_finetune(cfg, store, show_progress=progress)
+    check_values(with_overrides(FinetuneConfig(), **overrides))  # before the store is opened
+    store = RunStore(db)
+    result = run_finetune(resolve_finetune_config(store, **overrides), store, show_progress=progress)
     print_metrics(f"finetune run {result.run_id} finished", result.metrics)
     if json_out:
         print_json(result_dict(result))

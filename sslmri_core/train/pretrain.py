@@ -10,6 +10,7 @@ the pool: :mod:`sslmri_core.train.pool`.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslmri_core.config import OPTIMIZERS, PRECISIONS, PretrainConfig, from_dict, to_dict
+from sslmri_core.config import OPTIMIZERS, PRECISIONS, PretrainConfig, check_values, from_dict, to_dict
 from sslmri_core.data.groups import ContentIndex
 from sslmri_core.data.unusable import write_unusable
 from sslmri_core.errors import RunFailed, UsageError
@@ -58,18 +59,16 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def validate_pretrain(cfg: PretrainConfig) -> None:
-    """Reject impossible settings with a message naming the option."""
+    """Reject impossible settings (non-finite or out-of-range numbers first) with a message naming the option."""
+    check_values(cfg)
     checks = [
         (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
         (cfg.batch_size >= 2, f"--batch-size must be at least 2 (SimCLR needs negatives), got {cfg.batch_size}"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.max_steps is None or cfg.max_steps >= 1, f"--max-steps must be at least 1, got {cfg.max_steps}"),
-        (cfg.temperature > 0, f"--temperature must be positive, got {cfg.temperature}"),
-        (cfg.checkpoint_minutes >= 0, f"--checkpoint-minutes must be 0 or more, got {cfg.checkpoint_minutes}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
         (cfg.optimizer in ("auto", *OPTIMIZERS),
          f"--optimizer must be one of auto, {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}"),
-        (cfg.lr is None or cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (cfg.proj_hidden_dim >= 1 and cfg.proj_dim >= 1,
          f"--proj-hidden-dim and --proj-dim must be at least 1, got {cfg.proj_hidden_dim} and {cfg.proj_dim}"),
         (cfg.knn_k >= 1, f"--knn-k must be at least 1, got {cfg.knn_k}"),
@@ -96,9 +95,10 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
     """Run SimCLR pretraining as a tracked run; returns the run's result.
 
     Under ``torchrun`` (an initialised process group) every rank calls this with the same config;
-    rank 0 alone writes to ``store`` and the checkpoint.
+    rank 0 alone writes to ``store`` and the checkpoint. ``--data`` folders are stored as absolute paths.
     """
     validate_pretrain(cfg)
+    cfg = dataclasses.replace(cfg, data=[str(Path(d).expanduser().resolve()) for d in cfg.data])
     world = current_world()
     found, roles, splits, pool, store = load_pool_ranked(cfg, store, world)
     if len(pool) < 2 * world.size:

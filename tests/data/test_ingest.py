@@ -209,7 +209,7 @@ def test_data_check_cli_reports_and_exits(tmp_path: Path, monkeypatch: pytest.Mo
     (empty / "a").mkdir(parents=True)
     (empty / "a" / "x.png").write_bytes(b"junk")
     result = CliRunner().invoke(app, ["data", "check", str(empty), "--json", "--db", f"sqlite:///{tmp_path / 'r.db'}"])
-    assert result.exit_code == 1 and "no usable" in result.stderr
+    assert result.exit_code == 2 and "no usable" in result.stderr  # input the user can fix (README: exit 2)
 
 
 def test_manifest_exports_to_csv_and_parquet(tmp_path: Path, cache: Path) -> None:

@@ -313,6 +313,49 @@ def test_upload_on_the_page_predicts_with_a_real_model(store: dict[str, int]) ->
     assert any("Cannot use this upload: broken.png: not a PNG image" in plain(e.value) for e in at.error)
 
 
+def _upload_png(at: AppTest) -> None:
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(5).random((64, 64)) * 255).astype(np.uint8)).save(buf, "PNG")
+    at.file_uploader(key="upload").set_value(("mine.png", buf.getvalue(), "image/png")).run()
+    assert_no_exception(at)
+
+
+def test_on_demand_grad_cam_never_writes_the_store(
+    full_store: tuple[str, dict[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model for on-demand Grad-CAM is found through the read-only queries: no writable RunStore, and a
+    store file in DELETE journal mode keeps its bytes and its mode (no switch to WAL, no -wal file)."""
+    import contextlib
+    import hashlib
+    import sqlite3
+
+    from sslmri_core.store.engine import sqlite_path
+    from sslmri_core.store.writer import RunStore
+
+    url, ids = full_store
+    copy = tmp_path / "store" / "runs.db"  # a store of its own: the page's model cache has not seen it
+    copy.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(f"file:{sqlite_path(url)}?mode=ro", uri=True)) as src, \
+            contextlib.closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+
+    def no_writable_store(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the dashboard opened a writable RunStore")
+
+    monkeypatch.setattr(RunStore, "__init__", no_writable_store)
+    monkeypatch.setenv("SSLMRI_DB", f"sqlite:///{copy}")
+    at = open_page("scans", {"run": str(ids["scan_ssl"])})
+    _upload_png(at)
+    assert not at.warning, [w.value for w in at.warning]
+    assert len([m for m in at.markdown if m.value.startswith("**Prediction:")]) == 2  # the upload's: computed now
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["runs.db"]  # no -wal, -shm or -journal file
+    with contextlib.closing(sqlite3.connect(f"file:{copy}?mode=ro", uri=True)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
 def test_overlay_changes_with_opacity_and_window() -> None:
     image = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
     cam = np.zeros((32, 32), np.float32)
