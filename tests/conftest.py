@@ -4,6 +4,7 @@ outside pytest's temporary folders."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,16 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     base = tmp_path_factory.getbasetemp()
     monkeypatch.setenv("SSLMRI_CACHE", str(base / "cache"))
     monkeypatch.setenv("SSLMRI_DB", f"sqlite:///{base / 'default-runs.db'}")
+
+
+@pytest.fixture(autouse=True)
+def _restore_main() -> Iterator[None]:
+    """Streamlit's AppTest runs a page as ``__main__`` and leaves it there; processes spawned by a later
+    test (torch's ``mp.spawn``, multiprocessing) would then run that page again."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session", autouse=True)

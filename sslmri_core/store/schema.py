@@ -56,6 +56,7 @@ class Run(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     git_sha: Mapped[str | None] = mapped_column(String(40))
     host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)  # the owning process on ``host`` (rank 0 under torchrun)
     device: Mapped[str | None] = mapped_column(String(255))
     out_dir: Mapped[str | None] = mapped_column(Text)
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
@@ -69,7 +70,13 @@ def last_alive() -> ColumnElement[Any]:
 
 
 def effective_status(cutoff: datetime | None = None) -> ColumnElement[Any]:
-    """SQL for the status readers show: ``running`` with no heartbeat since ``cutoff`` is ``interrupted``."""
+    """SQL for the status readers show: ``running`` with no heartbeat since ``cutoff`` is ``interrupted``.
+
+    The heartbeat rule only: SQL cannot ask whether ``runs.pid`` is alive, so a run killed on this
+    host shows ``running`` here (the dashboard's tables and counts) until its heartbeat goes stale,
+    or until a command stores it (:meth:`RunStore.mark_stale_interrupted`). Python readers
+    (:func:`sslmri_core.store.status.record_from`) see it ``interrupted`` at once.
+    """
     cutoff = cutoff or stale_cutoff()
     return case((and_(Run.status == "running", last_alive() < cutoff), "interrupted"), else_=Run.status)
 

@@ -3,7 +3,10 @@
 A running command refreshes its run's ``heartbeat_at`` (a thread of
 :func:`sslmri_core.store.lifecycle.open_run`); a ``running`` run whose last sign of life is older
 than :func:`heartbeat_timeout_s` *reads* as ``interrupted`` everywhere (the process was killed or
-crashed). Pure rules: no database access here.
+crashed). A run also records its owner's ``host`` and ``pid``: on that same host, a ``running`` run
+whose process is gone (``kill -9``) reads as ``interrupted`` at once in Python (:func:`record_from`);
+on other hosts, and in SQL (:func:`sslmri_core.store.schema.effective_status`), the heartbeat rule
+alone decides. Pure rules: no database access here.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from sslmri_core.errors import UsageError
@@ -26,6 +31,7 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 15.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 300.0
 MAX_ENV_SECONDS = 1e9  # about 31 years: longer ones overflow datetime arithmetic
 STALE_ERROR = "no heartbeat since {last}: the process is gone (killed or crashed)"
+GONE_ERROR = "process {pid} on {host} is gone (killed or crashed)"
 
 
 def utc_now() -> datetime:
@@ -78,6 +84,43 @@ def stale_cutoff(now: datetime | None = None) -> datetime:
     return (now or utc_now()) - timedelta(seconds=heartbeat_timeout_s())
 
 
+def this_host() -> str:
+    """This machine's host name (what a run records in ``runs.host``)."""
+    return socket.gethostname()
+
+
+def owner() -> dict[str, Any]:
+    """The ``host`` and ``pid`` columns of a run this process owns (rank 0's under ``torchrun``)."""
+    return {"host": this_host(), "pid": os.getpid()}
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` is a dead process its parent has not reaped yet (Linux ``/proc``; False elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` lives on this machine; when unsure (no permission, Windows) it does."""
+    if pid <= 0 or os.name == "nt":  # os.kill(pid, 0) would signal a group, or terminate it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: someone else's process, alive
+        return True
+    return not _zombie(pid)
+
+
+def process_gone(host: str | None, pid: int | None) -> bool:
+    """True when a run's owner ran on this host and its process no longer exists."""
+    return pid is not None and host == this_host() and not pid_alive(pid)
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """A run as readers see it (no ORM object leaves the store)."""
@@ -98,19 +141,32 @@ class RunRecord:
     checkpoint_path: str | None
     error: str | None
     heartbeat_at: datetime | None = None
+    pid: int | None = None
 
 
 def record_from(values: Any, cutoff: datetime | None = None) -> RunRecord:
-    """A :class:`RunRecord` from an ORM run or a row mapping, with the status readers should see."""
+    """A :class:`RunRecord` from an ORM run or a row mapping, with the status readers should see.
+
+    A ``running`` run reads ``interrupted`` when its process on this host is gone (at once) or when
+    it has been silent past the heartbeat timeout (any host)."""
     get = values.__getitem__ if hasattr(values, "keys") else lambda name: getattr(values, name)
     fields = {name: get(name) for name in RunRecord.__dataclass_fields__}
     for name in ("created_at", "started_at", "ended_at", "heartbeat_at"):
         fields[name] = as_utc(fields[name])
-    last = fields["heartbeat_at"] or fields["started_at"] or fields["created_at"]
-    if fields["status"] == "running" and last is not None and last < (cutoff or stale_cutoff()):
-        fields["status"] = "interrupted"
-        fields["error"] = fields["error"] or STALE_ERROR.format(last=last.isoformat(timespec="seconds"))
+    gone = _gone_reason(fields, cutoff) if fields["status"] == "running" else None
+    if gone is not None:
+        fields["status"], fields["error"] = "interrupted", fields["error"] or gone
     return RunRecord(**fields)
+
+
+def _gone_reason(fields: dict[str, Any], cutoff: datetime | None) -> str | None:
+    """Why a ``running`` run's process is gone: dead on this host, or silent past ``cutoff`` (None: alive)."""
+    if process_gone(fields["host"], fields["pid"]):
+        return GONE_ERROR.format(pid=fields["pid"], host=fields["host"])
+    last = fields["heartbeat_at"] or fields["started_at"] or fields["created_at"]
+    if last is not None and last < (cutoff or stale_cutoff()):
+        return STALE_ERROR.format(last=last.isoformat(timespec="seconds"))
+    return None
 
 
 def leakage_reasons(params: dict[str, str | None]) -> list[str]:

@@ -9,14 +9,13 @@ importable from here), one line with every secret masked. Every write is one tra
 while the database is locked (:func:`sslmri_core.store.engine.retrying`).
 ORM objects never leave the store: readers get :class:`~sslmri_core.store.status.RunRecord` here or
 DataFrames from :mod:`sslmri_core.store.queries`. A silent ``running`` run reads as ``interrupted``
-(:mod:`sslmri_core.store.status`); writers (the CLI) may store that with
-:meth:`RunStore.mark_stale_interrupted`.
+(:mod:`sslmri_core.store.status`), and so, at once, does one whose process on this host is gone;
+writers (the CLI) may store that with :meth:`RunStore.mark_stale_interrupted`.
 """
 
 from __future__ import annotations
 
 import math
-import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -58,12 +57,17 @@ from sslmri_core.store.schema import (
     last_alive,
 )
 from sslmri_core.store.status import (
+    GONE_ERROR,
     STALE_ERROR,
     RunRecord,
     as_utc,
     check_environment,
+    owner,
+    pid_alive,
+    process_gone,
     record_from,
     stale_cutoff,
+    this_host,
     utc_now,
 )
 
@@ -130,6 +134,19 @@ def _insert_or_skip(dialect: str, values: dict[str, Any]) -> Any:
     return stmt.values(**values).returning(Dataset.id)
 
 
+def _store_gone(conn: Any) -> int:
+    """Store ``interrupted`` for the ``running`` runs of this host whose process is gone; how many."""
+    host = this_host()
+    mine = and_(Run.status == "running", Run.host == host)
+    rows = conn.execute(select(Run.id, Run.pid, last_alive()).where(mine, Run.pid.is_not(None))).all()
+    gone = [(run_id, pid, as_utc(last) if isinstance(last, datetime) else None)
+            for run_id, pid, last in rows if not pid_alive(pid)]
+    for run_id, pid, last in gone:
+        conn.execute(update(Run).where(Run.id == run_id, mine, Run.pid == pid).values(
+            status="interrupted", ended_at=last, error=GONE_ERROR.format(pid=pid, host=host)))
+    return len(gone)
+
+
 class RunStore:
     """Write access to one run store (SQLite file or PostgreSQL URL)."""
 
@@ -172,7 +189,7 @@ class RunStore:
         parent_run_id: int | None = None,
         device: str | None = None,
     ) -> int:
-        """Insert a ``running`` run and return its id."""
+        """Insert a ``running`` run owned by this process (its host and pid) and return its id."""
         now = utc_now()
         with Session(self.engine) as session, session.begin():
             run = Run(
@@ -184,9 +201,9 @@ class RunStore:
                 started_at=now,
                 config=config,
                 git_sha=_git_sha(),
-                host=socket.gethostname(),
                 device=device,
                 heartbeat_at=now,
+                **owner(),
             )
             session.add(run)
             session.flush()
@@ -212,10 +229,11 @@ class RunStore:
 
     @retrying
     def mark_stale_interrupted(self) -> int:
-        """Store ``interrupted`` for every ``running`` run silent past the heartbeat timeout; returns how many.
+        """Store ``interrupted`` for every ``running`` run silent past the heartbeat timeout, or whose
+        process on this host is gone; returns how many.
 
         Readers already show such runs as interrupted; writers (the CLI) call this so the stored
-        status agrees. ``ended_at`` becomes the last sign of life.
+        status agrees (the dashboard's SQL knows only the heartbeat). ``ended_at`` becomes the last sign of life.
         """
         cutoff = stale_cutoff()
         with self.engine.begin() as conn:
@@ -230,23 +248,25 @@ class RunStore:
                         error=STALE_ERROR.format(last=last.isoformat(timespec="seconds") if last else "?"),
                     )
                 )
-        return len(stale)
+            return len(stale) + _store_gone(conn)
 
     @retrying
     def reopen_run(self, run_id: int) -> bool:
-        """Set an interrupted, failed or silent run back to ``running`` (to resume it); False if alive or finished.
+        """Set an interrupted, failed or gone run back to ``running``, owned by this process (to resume
+        it); False if alive or finished.
 
-        One conditional UPDATE, so two processes resuming the same run cannot both get it.
+        Gone: silent past the heartbeat timeout, or its process on this host no longer exists. One
+        conditional UPDATE (on the dead pid too), so two processes resuming the same run cannot both get it.
         """
+        silent = and_(Run.status == "running", last_alive() < stale_cutoff())
+        takeable = Run.status.in_(("interrupted", "failed")) | silent
         with self.engine.begin() as conn:
+            found = conn.execute(select(Run.host, Run.pid).where(Run.id == run_id)).first()
+            if found is not None and process_gone(found.host, found.pid):
+                takeable = takeable | and_(Run.status == "running", Run.host == found.host, Run.pid == found.pid)
             result = conn.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .where(
-                    (Run.status.in_(("interrupted", "failed")))
-                    | and_(Run.status == "running", last_alive() < stale_cutoff())
-                )
-                .values(status="running", ended_at=None, error=None, heartbeat_at=utc_now())
+                update(Run).where(Run.id == run_id).where(takeable)
+                .values(status="running", ended_at=None, error=None, heartbeat_at=utc_now(), **owner())
             )
         return result.rowcount == 1
 

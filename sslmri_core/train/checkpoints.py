@@ -10,6 +10,8 @@ holds into weights or a model. Every command that loads a run's weights (finetun
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pickle
 import re
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from sslmri_core.config import FinetuneConfig, from_dict
-from sslmri_core.errors import UsageError
+from sslmri_core.errors import RunFailed, UsageError
 from sslmri_core.paths import run_file
 from sslmri_core.store.status import RunRecord
 from sslmri_core.train.models import Classifier, create_encoder
@@ -35,17 +37,48 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be trusted or read (a pickle payload, a damaged file, the wrong contents)."""
 
 
+# A write that fails for want of room (or of a writable disk): the run stops with one line.
+DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+             errno.EROFS: "read-only file system"}
+
+
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint so that a crash never leaves a half-written file at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    """Write a checkpoint so that a crash never leaves a half-written file at ``path``.
+
+    It goes to a temporary file beside ``path`` (through a Python file, so a full disk is an
+    ``OSError``, not torch's opaque error), synced, then renamed over ``path``: the previous
+    checkpoint survives any failure and the temporary file is removed. A full or read-only disk is
+    a one-line :class:`RunFailed` naming the checkpoint that is kept (:func:`disk_full`).
+    """
+    tmp: str | None = None
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise disk_full(exc, obj, path) from None
+        raise
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # a read-only disk may refuse even this
+                os.unlink(tmp)
+
+
+def disk_full(exc: OSError, obj: dict[str, Any], path: Path) -> RunFailed:
+    """The one line for a checkpoint ``path`` that could not be written for want of room (``exc``)."""
+    line = f"{DISK_FULL[exc.errno or 0]} writing {path}; "
+    if not path.is_file():
+        return RunFailed(line + "no complete checkpoint was written yet (run it again when there is space)")
+    line += f"the last complete checkpoint is kept at {path}"
+    if obj.get("kind") == "pretrain" and isinstance(obj.get("run_id"), int):
+        line += f" (resume with --resume {obj['run_id']} when there is space)"
+    return RunFailed(line)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -135,10 +168,27 @@ def encoder_state(found: RunCheckpoint, option: str = "--run") -> dict[str, torc
     raise CheckpointError(f"{option} {found.record.id}: {found.path} holds no encoder weights")
 
 
+def load_weights(module: nn.Module, state: dict[str, Any], what: str, model: str) -> None:
+    """Load ``state`` into ``module`` (strictly), or a one-line :class:`CheckpointError`: ``what`` (the weights,
+    e.g. ``--from-run 3: its encoder``) does not fit ``model`` (``--model resnet18``), naming the first key off."""
+    own = module.state_dict()
+    off = [f"{k} is not in the checkpoint" for k in own if k not in state]
+    off += [f"{k} is not in the model" for k in state if k not in own]
+    off += [f"{k} is {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model" for k, v in own.items()
+            if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if not off:
+        try:
+            module.load_state_dict(state, strict=True)
+            return
+        except RuntimeError as exc:  # anything else torch refuses: its first line
+            off = [" ".join(str(exc).split())[:200]]
+    raise CheckpointError(f"{what} weights do not fit {model} ({len(off)} mismatched key(s); first: {off[0]})")
+
+
 def encoder_from(found: RunCheckpoint, model_name: str, option: str = "--run") -> nn.Module:
     """A ``model_name`` encoder ``(B, 1, S, S) -> (B, D)`` (CPU, train mode) with the checkpoint's weights."""
     encoder = create_encoder(model_name)
-    encoder.load_state_dict(encoder_state(found, option))
+    load_weights(encoder, encoder_state(found, option), f"{option} {found.record.id}: its encoder", model_name)
     return encoder
 
 
@@ -162,5 +212,5 @@ def classifier_from(state: dict[str, Any], what: str, config: dict[str, Any] | N
     cfg = from_dict(FinetuneConfig, state.get("config") or config or {})
     classes = [str(c) for c in state["classes"]]
     model = Classifier(create_encoder(cfg.model), len(classes))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], f"{what}: its classifier", f"{cfg.model} with {len(classes)} classes")
     return FineTuned(model, cfg, classes)

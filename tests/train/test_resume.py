@@ -1,4 +1,4 @@
-"""Crash safety: a killed run reads as interrupted (heartbeat), SIGTERM checkpoints at a step
+"""Crash safety: a killed run reads as interrupted (at once on its host), SIGTERM checkpoints at a step
 boundary, and ``pretrain --resume`` continues the same run to the same result."""
 
 from __future__ import annotations
@@ -80,12 +80,9 @@ def test_killed_run_reads_interrupted_and_resumes_to_completion(
         proc.stderr.close()
     logged = _steps(store, run_id)
     assert len(logged) > per_epoch and Path(store.get_run(run_id).checkpoint_path).is_file()
-    assert store.get_run(run_id).status == "running"  # heartbeat is recent: within the 5-minute default
-
-    monkeypatch.setenv("SSLMRI_HEARTBEAT_TIMEOUT", "1")
-    time.sleep(1.5)
-    record = store.get_run(run_id)
-    assert record.status == "interrupted" and "no heartbeat" in (record.error or "")
+    monkeypatch.delenv("SSLMRI_HEARTBEAT_TIMEOUT", raising=False)
+    record = store.get_run(run_id)  # its process on this host is gone: at once, not after the 5-minute default
+    assert record.status == "interrupted" and f"process {proc.pid}" in (record.error or "")
     listed = CliRunner().invoke(app, ["runs", "list", "--db", db, "--json"])
     assert listed.exit_code == 0 and json.loads(listed.stdout.splitlines()[-1])[0]["status"] == "interrupted"
 
