@@ -24,7 +24,7 @@ from sslmri_core.errors import UsageError
 from sslmri_core.store import engine as store_engine
 from sslmri_core.store.engine import make_engine, mask_url, resolve_db_url
 from sslmri_core.store.writer import RunStore, StoreError
-from tests.conftest import ROOT, postgres_base_url
+from tests.conftest import ROOT, fresh_postgres_database, postgres_base_url
 
 SECRET = "S3cret"
 
@@ -111,10 +111,10 @@ def test_unknown_run_names_the_store_without_its_password(db_url: str) -> None:
 
 def test_wrong_password_on_the_server_is_not_echoed() -> None:
     """PostgreSQL only (SQLite has no password): skipped locally without a server, run in CI."""
-    db_url = postgres_base_url()
-    wrong = make_url(db_url).set(password=f"Wrong{SECRET}").render_as_string(hide_password=False)
-    result = _cli("runs", "list", "--db", wrong)
-    assert f"Wrong{SECRET}" not in result.stdout + result.stderr
+    for db_url in fresh_postgres_database(postgres_base_url()):  # one fresh database, dropped afterwards
+        wrong = make_url(db_url).set(password=f"Wrong{SECRET}").render_as_string(hide_password=False)
+        result = _cli("runs", "list", "--db", wrong)
+        assert f"Wrong{SECRET}" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("url", [
