@@ -31,6 +31,7 @@ ARM_SETTINGS: dict[str, tuple[str, str]] = {
 ARMS = tuple(ARM_SETTINGS)
 SSL_ARMS = tuple(a for a, (init, _) in ARM_SETTINGS.items() if init == "ssl")
 BASELINE_ARMS = tuple(a for a in ARMS if a not in SSL_ARMS)
+NO_WEIGHTS_ARMS = tuple(a for a in ARMS if ARM_SETTINGS[a][0] != "imagenet")  # run without a weights file
 
 
 def arm_name(init: str | None, mode: str | None) -> str:
@@ -192,7 +193,7 @@ class ExperimentConfig:
     data: str | None = None  # None: the built-in synthetic set for ``task``
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     seeds: int = 3  # training/label-draw seeds 0..seeds-1; the split seed stays fixed
-    arms: list[str] = field(default_factory=lambda: [a for a in ARMS if a != "imagenet"])
+    arms: list[str] = field(default_factory=lambda: list(NO_WEIGHTS_ARMS))
     pretrain_run: int | None = None  # reuse this SSL run instead of pretraining
     pretrain_epochs: int = 10
     model: str = "resnet50"

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from sslmri_core.config import ARMS
 from sslmri_core.store.queries import ConfusionMatrix
 
 
@@ -145,7 +146,7 @@ def latest_results_figure(latest: pd.DataFrame, metric: str = "test_macro_f1") -
 
 
 # -- SSL vs supervised -------------------------------------------------------------------------------
-ARM_COLORS = {"ssl-linear": "#1f77b4", "ssl-full": "#2ca02c", "scratch": "#d62728", "imagenet": "#9467bd"}
+ARM_COLORS = dict(zip(ARMS, ("#1f77b4", "#2ca02c", "#d62728", "#9467bd"), strict=True))  # in ARMS order
 
 
 def label_efficiency_figure(curves: pd.DataFrame, metric_label: str, title: str = "") -> go.Figure:

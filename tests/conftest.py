@@ -91,7 +91,7 @@ def fresh_postgres_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty run store URL: a SQLite file, then a fresh PostgreSQL database (see PG_ENV)."""
     if request.param == "sqlite":

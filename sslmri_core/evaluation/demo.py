@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from sslmri_core.config import ARM_SETTINGS, DemoConfig, PretrainConfig, with_overrides
+from sslmri_core.config import ARM_SETTINGS, NO_WEIGHTS_ARMS, DemoConfig, PretrainConfig, with_overrides
 from sslmri_core.progress import console
 from sslmri_core.store.writer import RunStore
 from sslmri_core.train.finetune import finetune, resolve_finetune_config
 from sslmri_core.train.pretrain import pretrain
 from sslmri_core.train.result import TrainResult
 
-DEMO_ARMS = ("ssl-linear", "ssl-full", "scratch")
+DEMO_ARMS = NO_WEIGHTS_ARMS
 
 
 def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = None) -> list[TrainResult]:

@@ -109,6 +109,7 @@ def test_unknown_run_names_the_store_without_its_password(db_url: str) -> None:
     assert not any(h in line + result.stdout for h in hidden), line
 
 
+@pytest.mark.postgres
 def test_wrong_password_on_the_server_is_not_echoed() -> None:
     """PostgreSQL only (SQLite has no password): skipped locally without a server, run in CI."""
     for db_url in fresh_postgres_database(postgres_base_url()):  # one fresh database, dropped afterwards

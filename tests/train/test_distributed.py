@@ -22,6 +22,8 @@ from sslmri_core.store.queries import run_detail
 from sslmri_core.store.writer import RunStore
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 N, D, T = 4, 8, 0.3  # images per rank, projection size, temperature
 
 

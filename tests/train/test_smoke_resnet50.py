@@ -1,10 +1,13 @@
 """The one test that builds the real default encoder: ResNet-50 with one input channel."""
 
+import pytest
 import torch
 
 from sslmri_core.config import PretrainConfig
 from sslmri_core.train.losses import nt_xent
 from sslmri_core.train.models import SimCLRModel, create_encoder
+
+pytestmark = pytest.mark.slow
 
 
 def test_resnet50_simclr_step() -> None:

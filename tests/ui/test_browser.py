@@ -20,6 +20,8 @@ import pytest
 
 from dashboard_store import populate_full_store
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("SSLMRI_CHROMIUM", "/usr/bin/chromium"))
 START_TIMEOUT_S = 90

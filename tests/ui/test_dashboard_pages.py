@@ -220,6 +220,7 @@ def test_data_page_shows_audit_bad_files_and_thumbnails(store: dict[str, int]) -
     assert at.get("image"), "duplicate thumbnails"
 
 
+@pytest.mark.postgres
 def test_every_page_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same populated store on PostgreSQL: every page renders its content (skipped without a server, not in CI)."""
     from conftest import fresh_postgres_database, postgres_base_url
