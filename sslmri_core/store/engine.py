@@ -73,21 +73,24 @@ def _mask_pair(match: re.Match[str]) -> str:
     return f"{lead}{key}{equals}{MASK}" if _is_secret(key) else match.group(0)
 
 
-def _mask_userinfo(url: str) -> str:
-    """``scheme://user:password@host...`` -> ``scheme://user:***@host...``.
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of ``scheme://user:password@host...`` lies in ``url`` (start, end), or None.
 
     The password is everything between the first ``:`` after ``//`` and the LAST ``@`` (an
     unescaped ``@`` in a password is hidden whole, not cut at its first ``@``).
     """
     scheme = _SCHEME.match(url)
     if scheme is None:
-        return url
-    rest = url[scheme.end():]
-    at = rest.rfind("@")
-    colon = rest.find(":", 0, max(at, 0))
-    if at < 0 or colon < 0:
-        return url
-    return f"{url[:scheme.end()]}{rest[:colon]}:{MASK}{rest[at:]}"
+        return None
+    at = url.rfind("@", scheme.end())
+    colon = url.find(":", scheme.end(), max(at, 0))
+    return (colon + 1, at) if at >= 0 and colon >= 0 else None
+
+
+def _mask_userinfo(url: str) -> str:
+    """``scheme://user:password@host...`` -> ``scheme://user:***@host...`` (see :func:`_password_span`)."""
+    span = _password_span(url)
+    return url if span is None else f"{url[:span[0]]}{MASK}{url[span[1]:]}"
 
 
 def mask_url(url: str) -> str:
@@ -106,12 +109,8 @@ def mask_url(url: str) -> str:
 
 def _secrets_of(url: str) -> set[str]:
     """The literal secrets in ``url`` (as written and percent-decoded), at least 3 characters long."""
-    found = []
-    masked = _mask_userinfo(url)
-    if masked != url:
-        scheme = _SCHEME.match(url)
-        rest = url[scheme.end():] if scheme else url
-        found.append(rest[rest.find(":") + 1 : rest.rfind("@")])
+    span = _password_span(url)
+    found = [url[span[0]:span[1]]] if span else []
     found += [m.group(4) for m in _URL_PAIR.finditer(url) if _is_secret(m.group(2))]
     return {s for raw in found for s in (raw, unquote(raw)) if len(s) >= 3}
 
