@@ -168,14 +168,24 @@ def encoder_state(found: RunCheckpoint, option: str = "--run") -> dict[str, torc
     raise CheckpointError(f"{option} {found.record.id}: {found.path} holds no encoder weights")
 
 
+def state_mismatches(own: dict[str, Any], state: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """Keys of a model's ``own`` state missing from ``state``, keys of ``state`` the model lacks, and
+    keys in both whose tensor shapes differ."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k, v in own.items()
+             if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    return missing, unexpected, wrong
+
+
 def load_weights(module: nn.Module, state: dict[str, Any], what: str, model: str) -> None:
     """Load ``state`` into ``module`` (strictly), or a one-line :class:`CheckpointError`: ``what`` (the weights,
     e.g. ``--from-run 3: its encoder``) does not fit ``model`` (``--model resnet18``), naming the first key off."""
     own = module.state_dict()
-    off = [f"{k} is not in the checkpoint" for k in own if k not in state]
-    off += [f"{k} is not in the model" for k in state if k not in own]
-    off += [f"{k} is {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model" for k, v in own.items()
-            if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    missing, unexpected, wrong = state_mismatches(own, state)
+    off = [f"{k} is not in the checkpoint" for k in missing]
+    off += [f"{k} is not in the model" for k in unexpected]
+    off += [f"{k} is {tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} in the model" for k in wrong]
     if not off:
         try:
             module.load_state_dict(state, strict=True)

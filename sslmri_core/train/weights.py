@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sslmri_core.errors import UsageError
-from sslmri_core.train.checkpoints import CheckpointError, load_checkpoint
+from sslmri_core.train.checkpoints import CheckpointError, load_checkpoint, state_mismatches
 
 
 class WeightsError(UsageError):
@@ -66,9 +66,7 @@ def load_into_encoder(encoder: nn.Module, path: str | Path) -> dict[str, int]:
     dropped = [k for k in state if k not in own and any(k.startswith(f"{h}.") for h in heads)]
     for k in dropped:
         del state[k]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    missing, unexpected, wrong = state_mismatches(own, state)
     if missing or unexpected or wrong:
         detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
                            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
