@@ -286,7 +286,7 @@ class DemoConfig:
 MAX_RUN_ID = 2**63 - 1  # the store's BIGINT
 BOUNDS: dict[str, tuple[float, float]] = {
     "lr": (1e-12, 100.0), "probe_lr": (1e-12, 100.0), "weight_decay": (0.0, 10.0),
-    "warmup_epochs": (0.0, 1e6), "warmup_share": (0.0, 1.0), "temperature": (1e-3, 100.0),
+    "warmup_epochs": (0.0, 1e6), "warmup_share": (0.0, 0.5), "temperature": (1e-3, 100.0),
     "encoder_lr_scale": (0.0, 100.0), "label_fraction": (1e-9, 1.0), "checkpoint_minutes": (0.0, 1e6),
     "threshold": (0.0, 1.0), "topk_pct": (1e-9, 100.0),
     "crop_scale_min": (1e-3, 1.0), "crop_ratio": (1.0, 10.0), "flip_p": (0.0, 1.0), "blur_p": (0.0, 1.0),

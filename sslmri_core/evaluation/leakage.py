@@ -74,7 +74,6 @@ def validate_leakage(cfg: LeakageConfig) -> None:
         (cfg.steps is None or cfg.steps >= 1, f"--steps must be at least 1, got {cfg.steps}"),
         (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
         (cfg.batch_size >= 2, f"--batch-size must be at least 2, got {cfg.batch_size}"),
-        (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (cfg.bootstrap >= 0, f"--bootstrap must be 0 or more, got {cfg.bootstrap}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
     ]

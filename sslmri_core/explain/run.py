@@ -61,7 +61,6 @@ def validate_gradcam(cfg: GradcamConfig) -> None:
     check_method(cfg.method)
     checks = [
         (cfg.split in SPLIT_NAMES, f"--split must be one of {', '.join(SPLIT_NAMES)}, got {cfg.split!r}"),
-        (0.0 <= cfg.threshold <= 1.0, f"--threshold must be in [0, 1], got {cfg.threshold}"),
         (0.0 < cfg.topk_pct < 100.0, f"--topk-pct must be in (0, 100), got {cfg.topk_pct}"),
         (cfg.limit is None or cfg.limit >= 1, f"--limit must be at least 1, got {cfg.limit}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
