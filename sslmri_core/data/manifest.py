@@ -39,6 +39,10 @@ class ManifestRow:
     status: str = OK
     reason: str | None = None
     mask_path: str | None = None  # the lesion mask saved beside the image, when there is one
+    # Where the slice lies along the slice axis, to order a subject's slices: DICOM, the position along
+    # the slice normal (else InstanceNumber); NIfTI, the slice index; an image file, the last number in its name.
+    position: float | None = None
+    series: str | None = None  # DICOM: salted hash of SeriesInstanceUID (slices of one series share it)
 
     @property
     def key(self) -> str:

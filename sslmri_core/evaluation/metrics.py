@@ -153,6 +153,31 @@ def aggregate_by_subject(
     return labels, sums / np.maximum(counts, 1.0)[:, None]
 
 
+@dataclass(frozen=True)
+class PatientDecision:
+    """The product's patient-level diagnosis: the class of the mean slice probabilities (as subject metrics use)."""
+
+    label: str
+    confidence: float  # the mean probability of ``label`` over the slices
+    mean_probs: dict[str, float]  # class -> mean probability, in the run's class order
+    n_slices: int
+    votes: dict[str, int]  # class -> how many slices predict it (shown beside the decision, never used for it)
+
+
+def patient_decision(probs: np.ndarray, classes: Sequence[str]) -> PatientDecision:
+    """Aggregate one patient's slice probabilities ``(N, K)`` (``K == len(classes)``, ``N >= 1``) like
+    :func:`aggregate_by_subject`: the mean over slices decides."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, len(classes))
+    if len(probs) == 0:
+        raise ValueError("a patient decision needs at least one slice")
+    _, mean = aggregate_by_subject(np.zeros(len(probs), dtype=np.int64), probs, np.zeros(len(probs), dtype=np.int64), 1)
+    k = int(mean[0].argmax())
+    picks = np.bincount(probs.argmax(axis=1), minlength=len(classes))
+    means = {str(c): float(p) for c, p in zip(classes, mean[0], strict=True)}
+    votes = {str(c): int(n) for c, n in zip(classes, picks, strict=True) if n}
+    return PatientDecision(str(classes[k]), float(mean[0, k]), means, len(probs), votes)
+
+
 def roc_points(y_true: np.ndarray, probs: np.ndarray, classes: list[str], max_points: int = 200) -> dict[str, Any]:
     """One-vs-rest ROC curve per class present (``fpr``, ``tpr`` rounded, at most ``max_points``) and its AUC."""
     out: dict[str, Any] = {}

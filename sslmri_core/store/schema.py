@@ -171,9 +171,11 @@ class CamStat(Base):
     raw_max: Mapped[float] = mapped_column(Float)
     raw_mean: Mapped[float] = mapped_column(Float)
     deletion_drop: Mapped[float | None] = mapped_column(Float)
-    random_drop: Mapped[float | None] = mapped_column(Float)
+    random_drop: Mapped[float | None] = mapped_column(Float)  # a random region inside the head, same pixel count
+    baseline_drop: Mapped[float | None] = mapped_column(Float)  # the model-free head-mask map, scored the same way
     road: Mapped[float | None] = mapped_column(Float)
     pointing_hit: Mapped[bool | None] = mapped_column(Boolean)
+    pointing_chance: Mapped[float | None] = mapped_column(Float)  # hit rate of a random point inside the head
     lesion_energy: Mapped[float | None] = mapped_column(Float)
     heatmap_path: Mapped[str | None] = mapped_column(Text)  # relative to the gradcam run's out_dir
 
@@ -239,6 +241,8 @@ class ManifestEntry(Base):
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     mask_path: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[float | None] = mapped_column(Float)  # along the slice axis (see ManifestRow.position)
+    series: Mapped[str | None] = mapped_column(String(64))  # salted hash of a DICOM series, else None
 
 
 class SplitAssignment(Base):
