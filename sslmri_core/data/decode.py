@@ -48,7 +48,7 @@ class Facts:
     bit_depth: int
 
 
-def _to_gray(img: Image.Image) -> Image.Image:
+def to_gray(img: Image.Image) -> Image.Image:
     """Any mode -> 8-bit L; high bit depths are min-max scaled (over finite values) rather than clipped."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float32)
@@ -139,7 +139,7 @@ def decode_image_bytes(data: bytes, size: int, *, suffix: str | None = None,
                       (int(img.width * scale) + 1, int(img.height * scale) + 1))
         try:
             img.load()
-            gray = _to_gray(img)
+            gray = to_gray(img)
         except DecodeError:
             raise
         except Exception as exc:
@@ -152,7 +152,7 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
     return decode_image_bytes(Path(path).read_bytes(), size, suffix=Path(path).suffix)[0]
 
 
-def _check_volume_size(shape: tuple[int, ...], itemsize: int) -> None:
+def check_volume_size(shape: tuple[int, ...], itemsize: int) -> None:
     """Refuse (DecodeError) a volume whose header claims more voxels or bytes than the caps."""
     voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
     if voxels > MAX_VOXELS or voxels * itemsize > MAX_VOXEL_BYTES:
@@ -192,7 +192,7 @@ def nifti_slices(path: str | Path, size: int) -> tuple[list[tuple[int, np.ndarra
         shape = tuple(int(s) for s in raw.shape)
     except Exception as exc:
         raise DecodeError(f"not a readable NIfTI volume: {exc.__class__.__name__}: {exc}") from exc
-    _check_volume_size(shape, max(int(dtype.itemsize), 4))  # decoded as float32 at least
+    check_volume_size(shape, max(int(dtype.itemsize), 4))  # decoded as float32 at least
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:

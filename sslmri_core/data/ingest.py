@@ -3,6 +3,10 @@
 First build: every file is read once, hashed, decoded at the training size and stored in the
 content-addressed cache (in worker processes). Later builds only stat the files: unchanged ones
 come from the cache index without being opened, changed ones are decoded again.
+
+DICOM files add three facts to the cache: the salted hashes of their PatientID (``dicom_subject``)
+and SeriesInstanceUID (``series``), and ``salt_id``, the salt's fingerprint: when the salt changes,
+those files are decoded again (the raw identifiers are never kept).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +25,13 @@ import numpy as np
 
 from sslmri_core.data.cache import ImageCache, default_root, stat_file
 from sslmri_core.data.decode import DecodeError, decode_image_bytes, nifti_slices
+from sslmri_core.data.dicom import decode_dicom_bytes, salt_id
 from sslmri_core.data.manifest import OK, UNUSABLE, Manifest, ManifestRow
-from sslmri_core.data.sources import DataError, SourceFile, discover, parse_subject, subject_regex
+from sslmri_core.data.sources import DataError, SourceFile, discover, parse_subject, slice_position, subject_regex
 
 INLINE_BELOW = 64  # fewer files than this are decoded in-process: starting workers costs more
+DICOM_SUBJECTS = "dicom-patient-id"  # the manifest's subject_pattern when DICOM headers gave subject ids
+ROW_FACTS = frozenset(f.name for f in fields(ManifestRow)) - {"subject", "position"}
 
 
 def _hash(data: bytes) -> str:
@@ -59,11 +67,19 @@ def process_file(job: tuple[str, str, int]) -> Decoded:
             rows = [_facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode,
                            bit_depth=facts.bit_depth, slice_index=z) for z, _ in slices]
             return rows, [(digest, z, array.tobytes()) for z, array in slices]
+        if kind == "dicom":
+            scan = decode_dicom_bytes(data, size)
+            f = scan.facts
+            rows = [_facts(digest, len(data), width=f.width, height=f.height, mode=f.mode, bit_depth=f.bit_depth,
+                           slice_index=k, position=pos, series=scan.series, dicom_subject=scan.subject,
+                           salt_id=scan.salt_id) for (k, _), pos in zip(scan.frames, scan.positions, strict=True)]
+            return rows, [(digest, k, array.tobytes()) for k, array in scan.frames]
         array, facts = decode_image_bytes(data, size, suffix=Path(path).suffix)
     except DecodeError as exc:
         return [_facts(digest, len(data), status=UNUSABLE, reason=str(exc))], []
     except Exception as exc:  # a decoder bug must still become a reported reason, not a crash
-        reason = f"cannot decode: {exc.__class__.__name__}: {exc}"
+        # A DICOM exception's text could quote a header value: its class only.
+        reason = f"cannot decode: {exc.__class__.__name__}" + ("" if kind == "dicom" else f": {exc}")
         return [_facts(digest, len(data), status=UNUSABLE, reason=reason)], []
     row = _facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode, bit_depth=facts.bit_depth)
     return [row], [(digest, None, array.tobytes())]
@@ -113,8 +129,31 @@ def _isolated(job: tuple[str, str, int]) -> Decoded:
 
 
 def _row(src: SourceFile, facts: dict[str, Any], label: str, subject: str | None) -> ManifestRow:
+    """A usable (or unusable) row; a DICOM file's hashed PatientID wins over the file-name subject."""
+    known = {k: v for k, v in facts.items() if k in ROW_FACTS}
+    position = slice_position(src.path, facts["slice_index"], facts.get("position"))
     return ManifestRow(path=src.path, rel_path=src.rel_path, label=label, folder_label=src.folder_label,
-                       subject=subject, given_split=src.given_split, mask_path=src.mask_path, **facts)
+                       subject=facts.get("dicom_subject") or subject, given_split=src.given_split,
+                       mask_path=src.mask_path, position=position, **known)
+
+
+def _series_in_order(rows: list[ManifestRow]) -> list[ManifestRow]:
+    """Rows of one DICOM series (in one folder) together, in position order, where its first file was."""
+    groups: dict[tuple[str, str], list[ManifestRow]] = {}
+    for r in rows:
+        if r.series is not None:
+            groups.setdefault((str(Path(r.path).parent), r.series), []).append(r)
+    out: list[ManifestRow] = []
+    for r in rows:
+        group = groups.pop((str(Path(r.path).parent), r.series), None) if r.series is not None else [r]
+        if group:  # None: the series was placed at its first row already
+            out.extend(sorted(group, key=lambda g: (g.position is None, g.position or 0.0)))  # stable
+    return out
+
+
+def _fresh(facts: list[dict[str, Any]], salt: str | None) -> bool:
+    """Whether cached facts still stand: hashes made with another salt do not."""
+    return all(f.get("salt_id") in (None, salt) for f in facts)
 
 
 def _unusable_row(root: Path, path: str, reason: str) -> ManifestRow:
@@ -150,6 +189,8 @@ def build_manifest(
     cache = ImageCache(cache_root or default_root())
     try:
         facts_of = cache.known_files([s for s in stats.values() if s is not None], size)
+        salt = salt_id() if any(f.kind == "dicom" for f in found.files) else None  # made once, before the workers
+        facts_of = {path: facts for path, facts in facts_of.items() if _fresh(facts, salt)}
         todo = [f for f in found.files if stats[f.path] is not None and f.path not in facts_of]
         results = _decode_all([(f.path, f.kind, size) for f in todo], workers or min(os.cpu_count() or 2, 8), progress)
         facts_of.update({src.path: facts for src, (facts, _) in zip(todo, results, strict=False)})
@@ -166,7 +207,10 @@ def build_manifest(
             label = class_map.get(src.folder_label, src.folder_label)
             subject = parse_subject(Path(src.path).name, regex)
             rows.extend(_row(src, facts, label, subject) for facts in facts_of[src.path])
+        rows = _series_in_order(rows)
         rows.extend(_unusable_row(root, path, reason) for path, reason in found.unusable)
+        if any(f.get("dicom_subject") for facts in facts_of.values() for f in facts):
+            pattern_label = f"{pattern_label}+{DICOM_SUBJECTS}" if pattern_label else DICOM_SUBJECTS
         manifest = Manifest(str(root), rows, pattern_label, found.notes)
         images = cache.read(size, [(r.content_hash or "", r.slice_index) for r in manifest.usable])
     finally:

@@ -90,10 +90,13 @@ class Manifest:
         return sorted({r.path for r in self.rows})
 
     def fingerprint(self) -> str:
-        """Stable id of the data set's content: paths relative to the root, labels and hashes."""
+        """Stable id of the data set's content: paths relative to the root, labels and hashes (and, for
+        DICOM rows, the salted subject id: another salt regroups the subjects, so it is another data set)."""
         digest = hashlib.sha256()
         for r in sorted(self.usable, key=lambda r: (r.rel_path, r.slice_index or -1)):
-            digest.update(f"{r.rel_path}\0{r.slice_index}\0{r.label}\0{r.content_hash}\n".encode())
+            # a DICOM row (mode "dicom:..."); other rows keep the fingerprint they always had
+            salted = f"\0{r.subject}" if (r.mode or "").startswith("dicom:") else ""
+            digest.update(f"{r.rel_path}\0{r.slice_index}\0{r.label}\0{r.content_hash}{salted}\n".encode())
         return digest.hexdigest()[:16]
 
     def check_summary(self) -> dict[str, object]:

@@ -8,6 +8,8 @@ Rules (also in the README):
 * an ancestor folder named ``Training``/``train``, ``Testing``/``test`` or ``Validation``/``val``
   (any case) gives the file's *given* split;
 * ``X_mask.png`` beside ``X.png`` is X's lesion mask, not an image;
+* a DICOM file may have any name: a ``.dcm``/``.dicom`` suffix or the ``DICM`` marker at byte 128
+  makes it one (see :mod:`sslmri_core.data.dicom`);
 * hidden files (``.name``) and sslmri's own ``synth.json`` are not data; every other file is
   either an image or listed as unusable with its reason.
 """
@@ -20,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslmri_core.data.dicom import is_dicom_file
 from sslmri_core.errors import UsageError
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -51,7 +54,7 @@ class SourceFile:
     rel_path: str
     folder_label: str
     given_split: str | None
-    kind: str  # "image" | "nifti"
+    kind: str  # "image" | "nifti" | "dicom"
     mask_path: str | None = None
 
 
@@ -66,6 +69,31 @@ class Discovery:
 
 def is_nifti(name: str) -> bool:
     return name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def file_kind(path: str | Path) -> str | None:
+    """``"nifti"``, ``"image"`` or ``"dicom"`` (by name, else by the DICOM marker), None for any other file."""
+    name = Path(path).name
+    if is_nifti(name):
+        return "nifti"
+    if os.path.splitext(name)[1].lower() in IMAGE_EXTS:
+        return "image"
+    return "dicom" if is_dicom_file(path) else None
+
+
+def slice_position(path: str, slice_index: int | None, header: float | None = None) -> float | None:
+    """Where an image lies along its slice axis (to order a subject's slices), the one rule for all files.
+
+    A DICOM header's position (along the slice normal, else its InstanceNumber) wins; else a volume
+    slice's or frame's index; else the last integer in the file name's stem (``slice_012.png`` -> 12.0);
+    else None.
+    """
+    if header is not None:
+        return float(header)
+    if slice_index is not None:
+        return float(slice_index)
+    numbers = re.findall(r"\d+", Path(path).stem)
+    return float(numbers[-1]) if numbers else None
 
 
 def _given_split(rel_parts: tuple[str, ...]) -> str | None:
@@ -131,7 +159,7 @@ def _sort_file(
     stem, ext = os.path.splitext(name)
     if stem.endswith(MASK_SUFFIX) and stem[: -len(MASK_SUFFIX)] + ext in names:
         return  # a lesion mask, attached to its image below
-    kind = "nifti" if is_nifti(name) else "image" if ext.lower() in IMAGE_EXTS else None
+    kind = file_kind(path)
     if kind is None:
         unusable.append((str(path), f"not an image file type ({ext or 'no extension'})"))
         return

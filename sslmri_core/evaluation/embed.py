@@ -118,7 +118,7 @@ def embed_run(
     features = encode_images(encoder_from(ckpt, model_name), data.images[keep])
     xy = project(features, method, seed)
     rows = [
-        {"scan": data.items[i].path, "subject": data.items[i].subject, "label": data.items[i].label,
+        {"scan": data.items[i].key, "subject": data.items[i].subject, "label": data.items[i].label,
          "split": splits[i], "source": _source(data.items[i]), "x": float(x), "y": float(y)}
         for i, (x, y) in zip(keep.tolist(), xy, strict=True)
     ]

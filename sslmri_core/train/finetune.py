@@ -440,7 +440,7 @@ def log_evaluation(store: RunStore, run_id: int, data: ImageSet, idx: np.ndarray
     for key, payload in result.results.items():
         store.log_result(run_id, key, payload)
     store.log_predictions(run_id, [
-        {"split": split_name, "scan": data.items[i].path, "subject": data.items[i].subject,
+        {"split": split_name, "scan": data.items[i].key, "subject": data.items[i].subject,
          "true_label": data.items[i].label, "pred_label": data.classes[int(p)],
          "confidence": float(probs[j].max()), "probs": [round(float(v), 6) for v in probs[j]],
          "group_key": groups[int(i)]}

@@ -189,3 +189,25 @@ def test_linear_probe_keeps_the_encoder_frozen(synth_tumor: Path, tmp_path: Path
     torch.testing.assert_close(ckpt["encoder.layer4.0.conv1.weight"], state["layer4.0.conv1.weight"])
     assert dict(_params(store, result.run_id))["arm"] == "imagenet-linear"
     assert to_dict(FinetuneConfig())["class_weighted"] is True
+
+
+def test_nifti_slices_are_stored_one_prediction_each(tmp_path: Path) -> None:
+    """A volume's slices are separate scans in the store (``path#z=k``), so the Scan Explorer can open
+    each one and order them; keyed by the volume's path they would collapse into one scan."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "vols"
+    for c, label in enumerate(("healthy", "lesion")):
+        (data / label).mkdir(parents=True)
+        for s in range(6):
+            vol = rng.integers(0, 40, (32, 32, 4)).astype(np.int16)
+            vol[8:24, 8:24, :] += 100 + 60 * c  # a head; the lesion class is brighter
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), str(data / label / f"sub-{label}{s}.nii.gz"))
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    result = ft.finetune(_cfg(data, tmp_path, epochs=1), store, show_progress=False)
+    from sslmri_core.store.queries import predictions_frame
+
+    scans = predictions_frame(store.url, result.run_id)["scan"].tolist()
+    assert scans and len(set(scans)) == len(scans)
+    assert all("#z=" in s and s.split("#z=")[0].endswith(".nii.gz") for s in scans)
