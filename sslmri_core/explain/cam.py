@@ -8,11 +8,17 @@ The dashboard imports this module only when it computes a map: :func:`load_model
 pytorch-grad-cam normalises every map to [0, 1] on its own, which makes maps incomparable across
 scans; the raw map (after ReLU, at the target layer's resolution) is captured before that scaling
 so its max and mean can be stored too.
+
+Vision transformers (timm ``VisionTransformer`` encoders) are explained on their token maps: the
+target layer's ``(B, prefix + h*w, C)`` output loses its class/register tokens and is folded to
+``(B, C, h, w)`` before the CAM arithmetic (:func:`tokens_to_map`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,15 +73,27 @@ def _raw_capturing(method: str) -> type:
 MIN_CAM_SIDE = 8  # the default layer's map has at least this many cells a side at the model's input size
 
 
+def is_token_model(encoder: nn.Module) -> bool:
+    """A timm ViT-style encoder: a stack of ``blocks`` whose outputs are token sequences ``(B, T, C)``."""
+    return isinstance(getattr(encoder, "num_prefix_tokens", None), int) and isinstance(
+        getattr(encoder, "blocks", None), nn.Sequential | nn.ModuleList)
+
+
 def default_target_layer(model: nn.Module, image_size: int | None = None) -> str:
     """Name of the deepest encoder stage inside a :class:`~sslmri_core.train.models.Classifier` whose map is at
     least MIN_CAM_SIDE cells a side at ``image_size`` (ResNets: ``layer2`` at 64-96 px, ``layer3`` at
-    128-255, ``layer4`` from 256); the last stage when the size is unknown.
+    128-255, ``layer4`` from 256); the last stage when the size is unknown. A ViT: the last block's
+    ``norm1`` (pytorch-grad-cam's documented choice; every block has the same token grid, and the last
+    block's output is no longer spatial for the class token read-out).
 
     The last stage of a ResNet is 2x2 at 64 px and 4x4 at 128 px: upsampled, such a map is a few flat
     plateaus, and its peak (the first pixel of a plateau) lands in a corner."""
     encoder = getattr(model, "encoder", model)
     prefix = "encoder." if encoder is not model else ""
+    if is_token_model(encoder):
+        blocks = encoder.get_submodule("blocks")
+        last = len(blocks) - 1  # type: ignore[arg-type]
+        return prefix + (f"blocks.{last}.norm1" if hasattr(blocks[last], "norm1") else f"blocks.{last}")  # type: ignore[index]
     info = getattr(encoder, "feature_info", None)
     if info:
         stages = [(s["module"], s.get("reduction", 1)) for s in info] if isinstance(info, list) else \
@@ -116,8 +134,18 @@ def _grad_starts_here(_module: nn.Module, _inputs: Any, output: torch.Tensor) ->
     return output.detach().requires_grad_(True)
 
 
-def _as_float(t: torch.Tensor) -> torch.Tensor:
-    return t.float()  # activations and gradients reach the CAM arithmetic in fp32 (numpy has no bf16)
+def tokens_to_map(t: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
+    """The library's ``reshape_transform``: activations or gradients as fp32 ``(B, C, h, w)`` (numpy has no bf16).
+
+    A token sequence ``(B, prefix_tokens + h*w, C)`` (a ViT block) drops its class/register tokens and is
+    folded into its square patch grid; a conv map ``(B, C, h, w)`` passes unchanged."""
+    if t.ndim == 3:
+        tokens = t[:, prefix_tokens:]
+        side = math.isqrt(tokens.shape[1])
+        if side * side != tokens.shape[1]:
+            raise ValueError(f"--target-layer: {tokens.shape[1]} patch tokens do not form a square grid")
+        t = tokens.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+    return t.float()
 
 
 class _FloatLogits(nn.Module):
@@ -155,7 +183,8 @@ def compute_cams(
     """CAMs for a batch ``x`` ``(B, 1, S, S)``: for class ``target``, or each image's predicted class.
 
     One forward pass gives both the prediction and the map. The library's hooks live only inside
-    this call (context manager), and so does the hook that starts the gradient at ``layer``.
+    this call (context manager), and so does the hook that starts the gradient at ``layer``. A ViT
+    ``layer``'s token output is folded into its patch grid (:func:`tokens_to_map`).
     """
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -167,7 +196,10 @@ def compute_cams(
     module = model.get_submodule(layer)
     targets = None if target is None else [ClassifierOutputTarget(int(target))] * x.shape[0]
     wrapped = _FloatLogits(model)
-    with _raw_capturing(method)(model=wrapped, target_layers=[module], reshape_transform=_as_float) as cam:
+    encoder = getattr(model, "encoder", model)
+    prefix_tokens = int(getattr(encoder, "num_prefix_tokens", 0)) if is_token_model(encoder) else 0
+    transform = functools.partial(tokens_to_map, prefix_tokens=prefix_tokens)
+    with _raw_capturing(method)(model=wrapped, target_layers=[module], reshape_transform=transform) as cam:
         cam.raw_cams = []
         handle = module.register_forward_hook(_grad_starts_here, prepend=True)
         try:
@@ -221,12 +253,14 @@ def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, pr
                        resolve_precision(precision, device), str(device))
 
 
-def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None = None) -> LoadedModel:
-    """The classifier of fine-tuning run ``run_id``, for the dashboard.
+def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None = None,
+                       target_layer: str | None = None, file_rule: Callable[..., Any] | None = None) -> LoadedModel:
+    """The classifier of fine-tuning run ``run_id``, for the dashboard (and ``cli.py report``).
 
     The run is read through the read-only query layer (a SQLite file opened ``mode=ro``: never
-    written, never switched to WAL) and its checkpoint opened only by the dashboard's rule
-    (:func:`sslmri_core.paths.viewable_run_file`: inside ``$SSLMRI_RUNS_ROOTS`` and the run's own folder).
+    written, never switched to WAL) and its checkpoint opened only by ``file_rule(path, out_dir, what)``:
+    by default the dashboard's (:func:`sslmri_core.paths.viewable_run_file`: inside ``$SSLMRI_RUNS_ROOTS``
+    and the run's own folder); commands pass :func:`sslmri_core.paths.run_file` (the run's own folder).
     """
     from sslmri_core.config import GradcamConfig
     from sslmri_core.errors import UsageError
@@ -242,8 +276,9 @@ def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None
         raise UsageError(f"run {run_id} is a {record.kind} run; Grad-CAM explains fine-tuning runs")
     if not record.checkpoint_path:
         raise UsageError(f"run {run_id} has no checkpoint (run status: {record.status})")
-    path = viewable_run_file(record.checkpoint_path, record.out_dir, "checkpoint")
-    return model_from_checkpoint(load_checkpoint(path), run_id, precision=precision or GradcamConfig().precision)
+    path = (file_rule or viewable_run_file)(record.checkpoint_path, record.out_dir, "checkpoint")
+    return model_from_checkpoint(load_checkpoint(path), run_id, precision=precision or GradcamConfig().precision,
+                                 target_layer=target_layer)
 
 
 # -- one image ----------------------------------------------------------------------------------

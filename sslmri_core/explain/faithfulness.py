@@ -1,19 +1,23 @@
 """Does a CAM point at what the model uses? Confidence drops when the map's top region is removed,
-against removing a random region of the same size, and pytorch-grad-cam's ROAD score.
+against two references of the same size, and pytorch-grad-cam's ROAD score.
 
 A map that explains the prediction should cost the model more confidence when its most activated
-``k`` % of pixels are replaced by a blurred copy than when the same area is replaced at random.
+``k`` % of pixels are replaced by a blurred copy than when the same number of pixels is replaced
+(1) at random inside the head and (2) where a model-free map of the head puts its top (the head's
+central core). Both references stay inside the head: blurring the flat background changes nothing,
+so a reference drawn over the whole image is beaten by any map that merely finds the head.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from sslmri_core.explain.cam_stats import random_blob_mask, top_fraction_mask
+from sslmri_core.explain.cam_stats import head_baseline_map, random_head_mask, top_fraction_mask, top_k_count
 
 
 class _Scored(nn.Module):
@@ -47,6 +51,15 @@ def blurred(x: torch.Tensor) -> torch.Tensor:
     return TF.gaussian_blur(x.contiguous(), [size, size], [sigma, sigma])
 
 
+class Drops(NamedTuple):
+    """Confidence drops ``(B,)`` of the deletion test: the CAM's top region, a random region inside the
+    head, and the model-free head map's top region, all of the same pixel count."""
+
+    deletion: np.ndarray
+    random: np.ndarray
+    baseline: np.ndarray
+
+
 def deletion_drops(
     model: nn.Module,
     x: torch.Tensor,
@@ -56,21 +69,26 @@ def deletion_drops(
     *,
     topk_pct: float,
     rng: np.random.Generator,
+    heads: np.ndarray | None = None,
     precision: str = "fp32",
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(deletion_drop, random_drop)``, each ``(B,)``: confidence before minus after replacing the map's
-    top ``topk_pct`` % (or as many random-blob pixels) with the blurred image. ``cams``: ``(B, S, S)``."""
+) -> Drops:
+    """Confidence before minus after replacing ``k`` = ``topk_pct`` % of the pixels with the blurred image:
+    the map's top ``k``, ``k`` random-blob pixels inside the head, and the top ``k`` of
+    :func:`~sslmri_core.explain.cam_stats.head_baseline_map`. ``cams``: ``(B, S, S)``; ``heads``: bool
+    ``(B, S, S)`` head masks (None: the whole image is the head)."""
     shape = cams.shape[1:]
-    top = np.stack([top_fraction_mask(c, topk_pct) for c in cams])
-    rnd = np.stack([random_blob_mask(shape, topk_pct, rng) for _ in cams])
-    base = blurred(x)
-    both = torch.cat([
-        torch.where(torch.from_numpy(top)[:, None].to(x.device), base, x),
-        torch.where(torch.from_numpy(rnd)[:, None].to(x.device), base, x),
+    if heads is None:
+        heads = np.ones(cams.shape, dtype=bool)
+    k = top_k_count(shape[0] * shape[1], topk_pct)
+    regions = np.concatenate([
+        np.stack([top_fraction_mask(c, topk_pct) for c in cams]),
+        np.stack([random_head_mask(h, k, rng) for h in heads]),
+        np.stack([top_fraction_mask(head_baseline_map(h), topk_pct) for h in heads]),
     ])
-    after = class_confidence(model, both, np.concatenate([targets, targets]), precision)
-    n = len(targets)
-    return confidence - after[:n], confidence - after[n:]
+    base, xs = blurred(x).repeat(3, 1, 1, 1), x.repeat(3, 1, 1, 1)
+    removed = torch.where(torch.from_numpy(regions)[:, None].to(x.device), base, xs)
+    after = class_confidence(model, removed, np.tile(targets, 3), precision).reshape(3, len(targets))
+    return Drops(*(confidence - a for a in after))
 
 
 def road_scores(model: nn.Module, x: torch.Tensor, cams: np.ndarray, targets: np.ndarray,

@@ -2,7 +2,9 @@
 
 The scans are the fine-tuning run's own split (its stored split assignments over its data
 folder), so the test scans explained are exactly the ones it was scored on. Every map is saved as
-an 8-bit PNG under ``<run out_dir>/cams/`` and its statistics go to the ``cam_stats`` table.
+an 8-bit PNG under ``<run out_dir>/cams/`` and its statistics go to the ``cam_stats`` table, with
+the deletion test's two model-free references (a random region inside the head and the head's
+core, :mod:`~sslmri_core.explain.faithfulness`) and the pointing game's chance level.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from sslmri_core.train.runtime import seed_everything
 
 SPLIT_NAMES = ("train", "val", "test")
 SUMMARY_KEYS = ("run_id", "scans", "method", "mean_confidence", "mean_area_pct", "mean_in_brain", "deletion_drop",
-                "random_drop", "road", "pointing_game", "lesion_energy")
+                "random_drop", "baseline_drop", "road", "pointing_game", "pointing_game_chance", "lesion_energy")
 
 
 @dataclass
@@ -127,8 +129,10 @@ def run_gradcam(cfg: GradcamConfig, store: RunStore, *, show_progress: bool = Tr
     missing = len(wanted) - len(idx)
     if not idx:
         raise ValueError(f"none of run {model_run}'s {len(wanted)} {cfg.split} images are in {data.root} any more")
-    if cfg.limit is not None:
-        idx = idx[: cfg.limit]
+    if cfg.limit is not None and cfg.limit < len(idx):
+        # a seeded sample across the split, kept in folder order: the first N would be one class's scans
+        keep = np.random.default_rng(cfg.seed).choice(len(idx), size=cfg.limit, replace=False)
+        idx = [idx[i] for i in sorted(keep)]
 
     rows: list[dict[str, Any]] = []
     with open_run(store, "gradcam", to_dict(cfg), out=cfg.out, task=record.task, parent_run_id=model_run,
@@ -168,13 +172,14 @@ def _explain_batch(cfg: GradcamConfig, loaded: LoadedModel, data: Any, sel: list
     cb = compute_cams(loaded.model, loaded.target_layer, x, method=cfg.method, target=target,
                       precision=loaded.precision)
     confidence = cb.probs[np.arange(len(sel)), cb.targets]
-    deletion, random_drop = deletion_drops(loaded.model, x, cb.cams, cb.targets, confidence, topk_pct=cfg.topk_pct,
-                                           rng=rng, precision=loaded.precision)
+    heads = np.stack([brain_mask(im) for im in images])
+    drops = deletion_drops(loaded.model, x, cb.cams, cb.targets, confidence, topk_pct=cfg.topk_pct, rng=rng,
+                           heads=heads, precision=loaded.precision)
     road = road_scores(loaded.model, x, cb.cams, cb.targets, cfg.road_percentiles, loaded.precision)
     out = []
     for j, i in enumerate(sel):
         item = data.items[i]
-        stats = map_stats(cb.cams[j], threshold=cfg.threshold, brain=brain_mask(images[j]),
+        stats = map_stats(cb.cams[j], threshold=cfg.threshold, brain=heads[j],
                           lesion=_read_mask(item.mask_path, images.shape[-1]), dilate_px=cfg.lesion_dilate_px)
         name = _heatmap_name(offset + j, item.key)
         Image.fromarray(np.round(cb.cams[j] * 255).astype(np.uint8), mode="L").save(out_dir / "cams" / name,
@@ -185,15 +190,21 @@ def _explain_batch(cfg: GradcamConfig, loaded: LoadedModel, data: Any, sel: list
             "scan": item.key, "subject": item.subject, "true_label": item.label,
             "target_label": loaded.classes[int(cb.targets[j])], "pred_label": loaded.classes[pred],
             "confidence": float(confidence[j]), "raw_max": float(cb.raw_max[j]), "raw_mean": float(cb.raw_mean[j]),
-            "deletion_drop": float(deletion[j]), "random_drop": float(random_drop[j]),
+            "deletion_drop": float(drops.deletion[j]), "random_drop": float(drops.random[j]),
+            "baseline_drop": float(drops.baseline[j]),
             "road": None if road is None else float(road[j]), "heatmap_path": f"cams/{name}", **stats,
         })
     return out
 
 
 def _summary(run_id: int, method: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``--json`` line: means over scans (pointing game and lesion energy over scans with a lesion mask)."""
-    hits = [r["pointing_hit"] for r in rows if r["pointing_hit"] is not None]
+    """The ``--json`` line: means over scans.
+
+    ``pointing_game`` and ``pointing_game_chance`` (the hit rate of a random point inside the head) are
+    means over the correctly classified scans with a lesion mask: a wrong prediction's map explains
+    another class, so where it points says nothing about finding the lesion. ``lesion_energy`` is over
+    all scans with a lesion mask."""
+    played = [r for r in rows if r["pointing_hit"] is not None and r["pred_label"] == r["true_label"]]
     summary = {
         "run_id": run_id, "scans": len(rows), "method": method,
         "mean_confidence": _mean([r["confidence"] for r in rows]),
@@ -201,10 +212,11 @@ def _summary(run_id: int, method: str, rows: list[dict[str, Any]]) -> dict[str, 
         "mean_in_brain": _mean([r["in_brain"] for r in rows]),
         "deletion_drop": _mean([r["deletion_drop"] for r in rows]),
         "random_drop": _mean([r["random_drop"] for r in rows]),
+        "baseline_drop": _mean([r["baseline_drop"] for r in rows]),
         "road": _mean([r["road"] for r in rows]),
-        "pointing_game": float(np.mean(hits)) if hits else None,
+        "pointing_game": _mean([r["pointing_hit"] for r in played]),
+        "pointing_game_chance": _mean([r["pointing_chance"] for r in played]),
         "lesion_energy": _mean([r["lesion_energy"] for r in rows]),
     }
     assert tuple(summary) == SUMMARY_KEYS
     return summary
-

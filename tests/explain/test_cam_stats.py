@@ -10,9 +10,13 @@ from sslmri_core.explain.cam_stats import (
     area_pct,
     brain_mask,
     energy_share,
+    head_baseline_map,
     map_stats,
+    peak_location,
+    pointing_chance,
     pointing_hit,
     random_blob_mask,
+    random_head_mask,
     top_fraction_mask,
 )
 
@@ -57,6 +61,68 @@ def test_pointing_game_counts_the_peak_inside_the_dilated_lesion() -> None:
     assert pointing_hit(cam, None) is None and pointing_hit(cam, np.zeros_like(lesion)) is None
 
 
+def test_a_plateau_peaks_at_its_centre_not_its_corner() -> None:
+    """The issue's failure: a coarse map upsampled to flat plateaus, whose argmax is the plateau's first
+    pixel (a corner, here outside the lesion the plateau stands for)."""
+    cam = np.kron(np.array([[0.2, 0.1], [1.0, 0.3]], np.float32), np.ones((32, 32), np.float32))  # a 2x2 map
+    assert np.unravel_index(int(np.argmax(cam)), cam.shape) == (32, 0)  # what the bare argmax took
+    row, col = peak_location(cam)
+    assert abs(row - 48) <= 3 and abs(col - 16) <= 3  # the centre of the bottom-left quadrant
+    lesion = _square(64, 42, 54, 10, 22)  # a lesion in the middle of that cell
+    assert pointing_hit(cam, lesion, dilate_px=0) is True
+    flat = np.zeros((64, 64), np.float32)
+    flat[20:41, 10:31] = 1.0  # an interior plateau (21 x 21): its centre is (30, 20)
+    assert peak_location(flat) == (30, 20)
+    sharp = np.zeros((64, 64), np.float32)
+    sharp[5, 60] = 1.0  # a single-pixel peak stays where it is, even at the border
+    assert peak_location(sharp) == (5, 60)
+
+
+def test_pointing_chance_is_the_dilated_lesions_share_of_the_head() -> None:
+    head = _square(64, 12, 52, 12, 52)  # 40 x 40 = 1600 pixels
+    lesion = _square(64, 20, 30, 20, 30)  # 10 x 10 inside
+    assert pointing_chance(head, lesion, dilate_px=0) == pytest.approx(100 / 1600)
+    straddling = _square(64, 7, 17, 30, 40)  # half of it outside the head: only the inside half counts
+    assert pointing_chance(head, straddling, dilate_px=0) == pytest.approx(50 / 1600)
+    dilated = ndimage.binary_dilation(lesion, iterations=3)
+    assert pointing_chance(head, lesion, dilate_px=3) == pytest.approx(dilated.sum() / 1600)  # as pointing_hit dilates
+    assert pointing_chance(head, None) is None and pointing_chance(np.zeros_like(head), lesion) is None
+    assert pointing_chance(head, np.zeros_like(head)) is None
+
+
+def test_random_deletion_regions_lie_inside_the_head_with_exactly_k_pixels() -> None:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    head = ((yy - 32) / 26.0) ** 2 + ((xx - 32) / 20.0) ** 2 <= 1  # about 40% of the image
+    k = round(64 * 64 * 0.2)
+    draws = [random_head_mask(head, k, rng) for _ in range(5)]
+    for m in draws:
+        assert m.sum() == k and not (m & ~head).any()
+        assert ndimage.label(m)[1] <= 16  # smooth blobs, not scattered pixels
+    assert len({m.tobytes() for m in draws}) == 5  # random, not fixed
+    assert np.mean(draws, axis=0)[head].min() < 1.0  # not simply the whole head
+    small = _square(64, 30, 34, 30, 34)  # 16 pixels < k: all of it, then the background nearest to it
+    m = random_head_mask(small, 100, rng)
+    assert m.sum() == 100 and (m & small).sum() == 16
+    dist = ndimage.distance_transform_edt(~small)
+    assert dist[m & ~small].max() <= dist[~m].min()
+    assert random_head_mask(np.zeros((32, 32), bool), 50, rng).sum() == 50  # no head: anywhere
+
+
+def test_the_model_free_baseline_map_ranks_the_heads_core_first() -> None:
+    head = _square(64, 8, 56, 16, 48)  # 48 x 32
+    base = head_baseline_map(head)
+    assert base.shape == head.shape and base.dtype == np.float32
+    assert base.max() == pytest.approx(1.0) and not base[~head].any()
+    top = top_fraction_mask(base, 10.0)
+    assert not (top & ~head).any()
+    ys, xs = np.nonzero(top)
+    assert abs(ys.mean() - 31.5) < 1.5 and abs(xs.mean() - 31.5) < 1.5  # the central core
+    assert ndimage.label(top)[1] == 1  # one contiguous region, like a CAM's top
+    empty = head_baseline_map(np.zeros((16, 16), bool))  # a blank slice: the image's centre
+    assert empty.max() == pytest.approx(1.0) and empty[0, 0] < empty[8, 8]
+
+
 def test_brain_mask_fills_dark_holes_and_drops_specks_outside_the_head() -> None:
     yy, xx = np.mgrid[:96, :96]
     head = (yy - 48) ** 2 + (xx - 48) ** 2 <= 35**2
@@ -89,3 +155,13 @@ def test_map_stats_of_an_empty_map() -> None:
                       lesion=_square(16, 4, 6, 4, 6))
     assert stats["intensity"] == 0.0 and stats["area_pct"] == 0.0 and stats["threshold"] == 0.5
     assert stats["in_brain"] is None and stats["pointing_hit"] is None and stats["lesion_energy"] is None
+    assert stats["pointing_chance"] is None  # given exactly where the pointing game is played
+
+
+def test_map_stats_pairs_the_pointing_game_with_its_chance() -> None:
+    cam = np.zeros((16, 16), np.float32)
+    cam[5, 5] = 1.0
+    head, lesion = _square(16, 2, 14, 2, 14), _square(16, 4, 6, 4, 6)
+    stats = map_stats(cam, threshold=0.5, brain=head, lesion=lesion, dilate_px=0)
+    assert stats["pointing_hit"] is True and stats["pointing_chance"] == pytest.approx(4 / 144)
+    assert map_stats(cam, threshold=0.5, brain=head, lesion=None)["pointing_chance"] is None
