@@ -170,19 +170,15 @@ def pretrain(
     augment: AugmentOpt = None,
     precision: Annotated[str | None, typer.Option(
         help="auto | bf16 | fp16 | fp32 (auto: bf16 where supported, fp16 on older GPUs).")] = None,
-    monitor: Annotated[bool | None, typer.Option(
-        "--monitor/--no-monitor",
+    monitor: Annotated[bool | None, typer.Option("--monitor/--no-monitor",
         help="Per-epoch kNN and linear-probe accuracy when the folders have classes (default on).")] = None,
     subject_pattern: SubjectPatternOpt = None,
-    exclude_test: Annotated[bool | None, typer.Option(
-        "--exclude-test/--include-test",
+    exclude_test: Annotated[bool | None, typer.Option("--exclude-test/--include-test",
         help="Leave each --data folder's test split out of the pool (default).")] = None,
-    exclude_val: Annotated[bool | None, typer.Option(
-        "--exclude-val/--include-val",
+    exclude_val: Annotated[bool | None, typer.Option("--exclude-val/--include-val",
         help="Also leave the val split out (train subjects only; val stays the kNN queries).")] = None,
     split_seed: Annotated[int | None, typer.Option(help="Seed of the group split whose test part is left out.")] = None,
-    use_given_split: Annotated[bool | None, typer.Option(
-        "--use-given-split",
+    use_given_split: Annotated[bool | None, typer.Option("--use-given-split",
         help="Leave out the folder's own Testing split instead (checked like finetune's).")] = None,
     class_map: Annotated[str | None, typer.Option(
         help="The class map fine-tuning will use (classes stratify the split left out).")] = None,
@@ -191,9 +187,7 @@ def pretrain(
         help="Also checkpoint mid-epoch after this many minutes (default 10; 0: epoch ends only).")] = None,
     resume: Annotated[int | None, typer.Option(
         help="Continue this interrupted (or killed, or failed) pretraining run from its last checkpoint.")] = None,
-    db: DbOpt = None,
-    out: OutOpt = None,
-    json_out: JsonOpt = False,
+    db: DbOpt = None, out: OutOpt = None, json_out: JsonOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """SimCLR self-supervised pretraining of an encoder on unlabeled MRI slices.
@@ -230,8 +224,7 @@ def finetune(
         help="--init imagenet: local timm weights file (.pth/.safetensors).")] = None,
     encoder_lr_scale: Annotated[float | None, typer.Option(
         help="Full mode: encoder lr = lr x this (default 1).")] = None,
-    class_weighted: Annotated[bool | None, typer.Option(
-        "--class-weighted/--no-class-weighted",
+    class_weighted: Annotated[bool | None, typer.Option("--class-weighted/--no-class-weighted",
         help="Inverse-frequency class weights in the loss (default on).")] = None,
     bootstrap: Annotated[int | None, typer.Option(
         help="Bootstrap resamples (by subject) for 95% intervals (default 1000).")] = None,
@@ -258,9 +251,7 @@ def finetune(
     subject_pattern: SubjectPatternOpt = None,
     seed: Annotated[int | None, typer.Option(
         help="Seed of training and of the label draw (the split's is --split-seed).")] = None,
-    db: DbOpt = None,
-    out: OutOpt = None,
-    json_out: JsonOpt = False,
+    db: DbOpt = None, out: OutOpt = None, json_out: JsonOpt = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Train a classifier (linear probe or full fine-tune) on a subject-level split and score it on test."""
@@ -320,9 +311,7 @@ def experiment(
     precision: PrecisionOpt = None,
     bootstrap: Annotated[int | None, typer.Option(
         help="Bootstrap resamples per child evaluation (default 1000).")] = None,
-    db: DbOpt = None,
-    out: OutOpt = None,
-    json_out: JsonOpt = False,
+    db: DbOpt = None, out: OutOpt = None, json_out: JsonOpt = False,
     progress: ProgressBarsOpt = True,
 ) -> None:
     """SSL vs supervised: pretrain once, then every arm x label fraction x seed on one split; summary with intervals.
@@ -334,15 +323,14 @@ def experiment(
 @app.command()
 def gradcam(
     run: Annotated[int | None, typer.Option("--run", help="Fine-tuning run whose checkpoint to explain.")] = None,
-    split: Annotated[str | None, typer.Option(
-        help="train | val | test of that run's stored split (default test).")] = None,
+    split: Annotated[str | None, typer.Option(help="train | val | test of that run's split (default test).")] = None,
     method: Annotated[str | None, typer.Option(
         help="gradcam | gradcam++ | hirescam | eigencam | layercam | scorecam")] = None,
     target_layer: Annotated[str | None, typer.Option(
         help="Module to explain (default: the deepest encoder stage with an 8x8 map or more).")] = None,
     target_class: Annotated[str | None, typer.Option(
         help="Class to explain (default: each scan's predicted class).")] = None,
-    limit: Annotated[int | None, typer.Option(help="At most this many scans.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many scans (a seeded sample of the split).")] = None,
     threshold: Annotated[float | None, typer.Option(
         help="Activation area = share of the map >= this (default 0.5).")] = None,
     topk_pct: Annotated[float | None, typer.Option(
@@ -355,11 +343,27 @@ def gradcam(
     db: DbOpt = None,
     out: Annotated[Path | None, typer.Option(
         help="Folder for run outputs (default runs/); maps go to run-ID/cams/.")] = None,
-    json_out: JsonOpt = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout "
+        "(pointing_game and its chance: over correctly classified scans with a lesion mask).")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Grad-CAM maps of a fine-tuned run's scans, with per-scan statistics and faithfulness checks."""
     _run("evaluation.commands:gradcam", locals())
+
+
+@app.command()
+def report(
+    run: Annotated[int, typer.Option("--run", help="Fine-tuning run whose model reads the scan.")],
+    scan: Annotated[str, typer.Option("--scan", help="A scan the run stored (PATH or PATH#z=K) or any image file.")],
+    out: Annotated[Path, typer.Option("--out", help="The PDF to write (an existing file is never overwritten).")],
+    window: Annotated[str | None, typer.Option(help="Grey window LO,HI, 0-255 display units (default 0,255).")] = None,
+    method: Annotated[str | None, typer.Option(help="CAM method drawn, and whose stored statistics are shown.")] = None,
+    overlay: Annotated[str | None, typer.Option(
+        help="How the map is drawn (default 'opacity=0.4,colormap=jet,threshold=0.2').")] = None,
+    db: DbOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """One-page PDF to file: scan, Grad-CAM, prediction, patient-level decision, model and CAM statistics."""
+    _run("explain.report:report_command", locals())
 
 
 @app.command()
@@ -382,9 +386,7 @@ def leakage(
     task: Annotated[str | None, typer.Option(
         help="Task name recorded with the runs (default: the folder's name).")] = None,
     precision: PrecisionOpt = None,
-    db: DbOpt = None,
-    out: OutOpt = None,
-    json_out: JsonOpt = False,
+    db: DbOpt = None, out: OutOpt = None, json_out: JsonOpt = False,
     progress: ProgressBarsOpt = True,
 ) -> None:
     """Data leakage, shown: split by subject or by image x true or per-subject shuffled labels (Yagis et al. 2021).
@@ -410,8 +412,7 @@ def embed(
     method: Annotated[str, typer.Option(help="umap (umap-learn) or tsne (scikit-learn).")] = "umap",
     split: Annotated[str, typer.Option(
         help="all, or one split of the run (train, val, test; pool for pretraining).")] = "all",
-    max_images: Annotated[int, typer.Option(
-        help="At most this many images (a fixed random subset beyond it).")] = 5000,
+    max_images: Annotated[int, typer.Option(help="At most this many images (a fixed random subset beyond it).")] = 5000,
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -423,8 +424,7 @@ def embed(
 @runs_app.command("list")
 def runs_list(
     kind: Annotated[str | None, typer.Option(help="Only runs of this kind (pretrain, finetune, ...).")] = None,
-    db: DbOpt = None,
-    json_out: JsonOpt = False,
+    db: DbOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """List the runs in the store."""
     _run("store.commands:runs_list", locals())
@@ -432,9 +432,7 @@ def runs_list(
 
 @runs_app.command("show")
 def runs_show(
-    run_id: Annotated[int, typer.Argument(help="Run id.")],
-    db: DbOpt = None,
-    json_out: JsonOpt = False,
+    run_id: Annotated[int, typer.Argument(help="Run id.")], db: DbOpt = None, json_out: JsonOpt = False,
 ) -> None:
     """Show one run: status, config and final metrics."""
     _run("store.commands:runs_show", locals())

@@ -233,7 +233,7 @@ class GradcamConfig:
     method: str = "gradcam"  # gradcam | gradcam++ | hirescam | eigencam | layercam | scorecam
     target_layer: str | None = None  # module name; None: the deepest stage with an 8x8 map or more
     target_class: str | None = None  # class name; None: each scan's predicted class
-    limit: int | None = None  # at most this many scans (in split order)
+    limit: int | None = None  # at most this many scans (a seeded sample across the split)
     threshold: float = 0.5  # activation area = share of the normalised map at or above this
     topk_pct: float = 20.0  # faithfulness: remove this share of the image, most-activated first
     # ROADCombined percentiles; 80 removes the 20% most (MoRF) and the 20% least (LeRF) relevant pixels.
@@ -244,6 +244,30 @@ class GradcamConfig:
     precision: str = "fp32"  # auto | bf16 | fp32 (the CAM arithmetic itself is always fp32)
     seed: int = 0  # random-removal baseline and ROAD's imputation noise
     out: str = "runs"
+
+
+@dataclass
+class OverlayConfig:
+    """How a Grad-CAM map is drawn over its scan (the Scan Explorer's slider defaults)."""
+
+    opacity: float = 0.4
+    colormap: str = "jet"  # any matplotlib colormap
+    threshold: float = 0.2  # the map is drawn only where it is at least this (0-1, per image)
+
+
+@dataclass
+class ReportConfig:
+    """A one-page PDF of one scan (``cli.py report``). Never stored: a report reads the store and
+    trains nothing, so it is not a run (the PDF itself names the model run it shows)."""
+
+    run: int | None = None  # the fine-tuning run whose model reads the scan
+    scan: str | None = None  # a scan key the run stored (path or path#z=k), or any image file
+    out: str | None = None  # the .pdf to write; never an existing file
+    window: list[float] = field(default_factory=lambda: [0.0, 255.0])  # grey window (low, high), 0-255 units
+    method: str = "gradcam"  # CAM method; stored statistics of this method are shown when the scan has them
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    precision: str = "fp32"  # of the model's passes
+    display_size: int = 256  # side of the images drawn on the page (the model still reads its own size)
 
 
 @dataclass
@@ -288,7 +312,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "lr": (1e-12, 100.0), "probe_lr": (1e-12, 100.0), "weight_decay": (0.0, 10.0),
     "warmup_epochs": (0.0, 1e6), "warmup_share": (0.0, 0.5), "temperature": (1e-3, 100.0),
     "encoder_lr_scale": (0.0, 100.0), "label_fraction": (1e-9, 1.0), "checkpoint_minutes": (0.0, 1e6),
-    "threshold": (0.0, 1.0), "topk_pct": (1e-9, 100.0),
+    "threshold": (0.0, 1.0), "topk_pct": (1e-9, 100.0), "opacity": (0.0, 1.0), "display_size": (32, 2048),
     "crop_scale_min": (1e-3, 1.0), "crop_ratio": (1.0, 10.0), "flip_p": (0.0, 1.0), "blur_p": (0.0, 1.0),
     "rotate_deg": (0.0, 180.0), "shear_deg": (0.0, 60.0), "brightness": (0.0, 1.0), "contrast": (0.0, 1.0),
     "gamma": (0.0, 10.0), "blur_sigma": (0.0, 20.0), "noise_std": (0.0, 1.0), "bias_field": (0.0, 3.0),
