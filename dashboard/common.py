@@ -294,3 +294,8 @@ def code(value: object) -> str:
     fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def slice_positions(url: str, run_id: int) -> dict[str, float | None]:
+    return queries.slice_positions(engine(url), run_id)

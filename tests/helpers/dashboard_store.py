@@ -7,10 +7,11 @@ and the upload prediction run a real model). No training: seconds to build.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,6 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from sslmri_core.store.writer import RunStore
-
 
 LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
 MATRIX = [[5, 1, 0, 0], [0, 4, 2, 0], [0, 0, 6, 0], [1, 0, 0, 5]]
@@ -175,8 +175,8 @@ def write_scans(root: Path) -> list[dict[str, Any]]:
 def write_checkpoint(out_dir: Path, classes: list[str]) -> Path:
     """A real fine-tuning checkpoint of a random ``test_resnet`` classifier (what finetune saves)."""
     from sslmri_core.config import FinetuneConfig, to_dict, with_overrides
-    from sslmri_core.train.models import Classifier, create_encoder
     from sslmri_core.train.checkpoints import atomic_save
+    from sslmri_core.train.models import Classifier, create_encoder
 
     cfg = with_overrides(FinetuneConfig(), model="test_resnet", image_size=IMAGE_SIZE, init="scratch")
     model = Classifier(create_encoder("test_resnet"), len(classes))
@@ -186,12 +186,50 @@ def write_checkpoint(out_dir: Path, classes: list[str]) -> Path:
     return path
 
 
+SLICE_POSITIONS = {0: 20.0, 1: -5.0, 2: 42.5}  # slice-1, -2, -3 of every subject: along the axis -2, -1, -3
+NIFTI_SUBJECT = "sub-90"
+NIFTI_SLICES = (1, 2, 3)
+
+
+def write_nifti(path: Path) -> None:
+    """A small NIfTI volume ``(64, 64, 5)`` whose axial slices 1-3 hold a bright square (0 and 4 are empty)."""
+    import nibabel as nib
+
+    vol = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 5), np.float32)
+    for z in NIFTI_SLICES:
+        vol[8:56, 8:56, z] = 40.0 + 10 * z
+        vol[20 + 4 * z : 34 + 4 * z, 24:38, z] = 200.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(path))
+
+
+def save_scan_dataset(store: Any, data: Path, scans: list[dict[str, Any]], nifti: Path) -> int:
+    """The scans' data set through ``RunStore.save_manifest``: every PNG with a stored ``position`` out of its
+    name's order (:data:`SLICE_POSITIONS`), the NIfTI slices with their index as position."""
+    from sslmri_core.data.manifest import Manifest, ManifestRow
+
+    def row(path: str, label: str, subject: str, z: int | None, position: float) -> ManifestRow:
+        return ManifestRow(path=path, rel_path=str(Path(path).relative_to(data)), label=label, folder_label=label,
+                           subject=subject, given_split=None,
+                           content_hash=hashlib.sha256(f"{path}#{z}".encode()).hexdigest()[:16],
+                           file_size=1, width=IMAGE_SIZE, height=IMAGE_SIZE, mode="L", bit_depth=8, slice_index=z,
+                           position=position)
+
+    rows = [row(r["path"], r["label"], r["subject"], None, SLICE_POSITIONS[r["slice"]]) for r in scans]
+    rows += [row(str(nifti), LABELS[0], NIFTI_SUBJECT, z, float(z)) for z in NIFTI_SLICES]
+    return int(store.save_manifest(Manifest(str(data), rows, "sub-XX")))
+
+
 def add_scan_models(store: Any, root: Path) -> dict[str, int]:
-    """Two fine-tuning runs (SSL and scratch) with predictions for real scan files, a gradcam run with
-    stored heat maps for the first, and an embedding for each."""
+    """Two fine-tuning runs (SSL and scratch) with predictions for real scan files (and, for the first, three
+    slices of a NIfTI volume), a gradcam run with stored heat maps for the first, and an embedding for each;
+    both runs name the data set whose manifest rows give the slices' positions."""
     data = root / "data" / "tumor"
     scans = write_scans(data)
-    ids: dict[str, int] = {}
+    nifti = data / LABELS[0] / f"{NIFTI_SUBJECT}_t1.nii.gz"
+    write_nifti(nifti)
+    dataset = save_scan_dataset(store, data, scans, nifti)
+    ids: dict[str, int] = {"scan_dataset": dataset}
     rng = np.random.default_rng(1)
     for name, init, mode in (("scan_ssl", "ssl", "full"), ("scan_scratch", "scratch", "full")):
         run = store.start_run("finetune", {"task": "tumor", "init": init, "mode": mode, "label_fraction": 1.0, "seed": 0,
@@ -200,7 +238,8 @@ def add_scan_models(store: Any, root: Path) -> dict[str, int]:
         out_dir = root / "runs" / f"run-{run}"
         checkpoint = write_checkpoint(out_dir, LABELS)
         store.update_run(run, out_dir=str(out_dir), checkpoint_path=str(checkpoint))
-        store.log_params(run, {"data_root": str(data), "classes": json.dumps(LABELS), "split_level": "subject"})
+        store.log_params(run, {"data_root": str(data), "classes": json.dumps(LABELS), "split_level": "subject",
+                               "dataset": dataset})
         preds = []
         for row in scans:
             probs = rng.dirichlet(np.ones(len(LABELS)) * 0.7)
@@ -208,6 +247,12 @@ def add_scan_models(store: Any, root: Path) -> dict[str, int]:
             preds.append({"split": "test", "scan": row["path"], "subject": row["subject"], "true_label": row["label"],
                           "pred_label": LABELS[pred], "confidence": float(probs[pred]),
                           "probs": [round(float(p), 6) for p in probs]})
+        if name == "scan_ssl":
+            for z in NIFTI_SLICES:
+                probs = [0.1, 0.2, 0.3, 0.4] if z == 2 else [0.7, 0.1, 0.1, 0.1]
+                preds.append({"split": "test", "scan": f"{nifti}#z={z}", "subject": NIFTI_SUBJECT,
+                              "true_label": LABELS[0], "pred_label": LABELS[int(np.argmax(probs))],
+                              "confidence": max(probs), "probs": probs})
         store.log_predictions(run, preds)
         store.log_confusion(run, "test", "slice", LABELS, [[4, 1, 1, 0], [0, 5, 1, 0], [1, 0, 5, 0], [0, 1, 0, 5]])
         store.log_metrics(run, {"test_balanced_accuracy": 0.8, "test_accuracy": 0.8, "test_macro_f1": 0.79})

@@ -155,22 +155,141 @@ def test_every_page_renders_in_chromium(server: tuple[str, dict[str, int]], brow
     assert "Files that could not be used" in text
 
 
+def _plot(page: object, kind: str) -> object:
+    """The Plotly chart on the page with a trace of ``kind`` ("image": the slice viewer, "bar": the strip)."""
+    page.wait_for_function(  # type: ignore[attr-defined]  # Plotly draws after the script has finished
+        f"() => [...document.querySelectorAll('.js-plotly-plot')].some(el => (el._fullData || []).some("
+        f"t => t.type === '{kind}'))")
+    plots = page.locator(".js-plotly-plot")  # type: ignore[attr-defined]
+    for i in range(plots.count()):
+        if plots.nth(i).evaluate(f"el => (el._fullData || []).some(t => t.type === '{kind}')"):
+            return plots.nth(i)
+    pytest.fail(f"no Plotly chart with a {kind} trace on the page")
+
+
+def _slice_text(page: object) -> str:
+    """The shown slice as the caption above the image names it, e.g. ``2 of 3 · sub-00_slice-1.png``."""
+    caption = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="Slice ").filter(  # type: ignore[attr-defined]
+        has_text=" of ").first
+    text = str(caption.inner_text()).strip()
+    return text.removeprefix("Slice ").split(" · ")[0] + " · " + text.rsplit("/", 1)[-1]
+
+
+def _rerun(page: object) -> None:
+    page.wait_for_timeout(400)  # type: ignore[attr-defined]
+    _settle(page)
+
+
 def test_scan_explorer_opacity_slider_changes_the_image(
     server: tuple[str, dict[str, int]], browser_page: object, shots: Path
 ) -> None:
     base, ids = server
     page = browser_page
     text = _open(page, base, f"Scan_Explorer?run={ids['scan_ssl']}", "Scan Explorer", shots, "5_scan_explorer")
-    assert "Prediction:" in text and "Upload a slice" in text
-    image = page.locator('[data-testid="stImage"] img').first  # type: ignore[attr-defined]
-    before = image.screenshot()
+    assert "Prediction:" in text and "Upload a slice" in text and "How to read this page" in text
+    assert "Patient sub-00:" in text
+    before = _plot(page, "image").screenshot()  # type: ignore[attr-defined]
+    _plot(page, "bar")
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+    page.screenshot(path=str(shots / "5_scan_explorer.png"), full_page=True)  # type: ignore[attr-defined]
     slider = page.locator('[data-testid="stSlider"]').filter(has_text="Overlay opacity")  # type: ignore[attr-defined]
     thumb = slider.get_by_role("slider")
     thumb.focus()
     for _ in range(8):  # 0.4 -> 0.8 in steps of 0.05
         thumb.press("ArrowRight")
-    page.wait_for_timeout(500)  # type: ignore[attr-defined]
-    _settle(page)
-    after = page.locator('[data-testid="stImage"] img').first.screenshot()  # type: ignore[attr-defined]
+    _rerun(page)
+    after = _plot(page, "image").screenshot()  # type: ignore[attr-defined]
     assert after != before, "moving the opacity slider changes the overlay"
     page.screenshot(path=str(shots / "5_scan_explorer_opacity_0.8.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def test_scan_explorer_keyboard_strip_zoom_hover_and_report(
+    server: tuple[str, dict[str, int]], browser_page: object, shots: Path
+) -> None:
+    """A clinician's tools in a real browser: → steps to the next slice, a click on the strip jumps to that slice,
+    dragging a box on the image zooms (the axis range shrinks), the hover shows the grey and map values, and the
+    report downloads as a PDF."""
+    base, ids = server
+    page = browser_page
+    _open(page, base, f"Scan_Explorer?run={ids['scan_ssl']}", "Scan Explorer", shots, "5_scan_explorer_first")
+    assert _slice_text(page).startswith("1 of 3 · sub-00_slice-2.png")  # the stored positions, not the names
+
+    page.locator("h1").first.click()  # type: ignore[attr-defined]  # focus on the page, not in a widget
+    page.keyboard.press("ArrowRight")  # type: ignore[attr-defined]
+    _rerun(page)
+    assert _slice_text(page).startswith("2 of 3 · sub-00_slice-1.png"), "→ moves to the next slice"
+    page.keyboard.press("ArrowLeft")  # type: ignore[attr-defined]
+    _rerun(page)
+    assert _slice_text(page).startswith("1 of 3"), "← moves back"
+
+    strip = _plot(page, "bar")
+    bars = strip.locator("g.point path")  # type: ignore[attr-defined]
+    assert bars.count() == 3
+    boxes = sorted((b for b in (bars.nth(i).bounding_box() for i in range(3)) if b), key=lambda b: b["x"])
+    page.mouse.click(boxes[2]["x"] + boxes[2]["width"] / 2, boxes[2]["y"] + boxes[2]["height"] / 2)  # type: ignore[attr-defined]
+    _rerun(page)
+    assert _slice_text(page).startswith("3 of 3 · sub-00_slice-3.png"), "clicking the strip shows that slice"
+    page.screenshot(path=str(shots / "5_scan_explorer_strip_click.png"), full_page=True)  # type: ignore[attr-defined]
+
+    viewer = _plot(page, "image")
+    full = viewer.evaluate("el => el._fullLayout.xaxis.range.slice()")  # type: ignore[attr-defined]
+    box = viewer.locator(".nsewdrag").first.bounding_box()  # type: ignore[attr-defined]
+    assert box and abs(box["width"] - box["height"]) < 2, "the image is square"
+    x0, y0 = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3
+    page.mouse.move(x0 + box["width"] * 0.1, y0 + box["height"] * 0.1)  # type: ignore[attr-defined]
+    page.wait_for_timeout(300)  # type: ignore[attr-defined]
+    hover = page.locator(".hoverlayer .hovertext").first.text_content() or ""  # type: ignore[attr-defined]
+    assert "grey" in hover and ("map 0." in hover or "map 1." in hover), hover
+    page.screenshot(path=str(shots / "5_scan_explorer_hover.png"), full_page=True)  # type: ignore[attr-defined]
+    page.mouse.move(x0, y0)  # type: ignore[attr-defined]
+    page.mouse.down()  # type: ignore[attr-defined]
+    page.mouse.move(x0 + box["width"] * 0.3, y0 + box["height"] * 0.3, steps=8)  # type: ignore[attr-defined]
+    page.mouse.up()  # type: ignore[attr-defined]
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+    zoomed = viewer.evaluate("el => el._fullLayout.xaxis.range.slice()")  # type: ignore[attr-defined]
+    assert zoomed[1] - zoomed[0] < 0.5 * (full[1] - full[0]), (full, zoomed)
+    page.screenshot(path=str(shots / "5_scan_explorer_zoomed.png"), full_page=True)  # type: ignore[attr-defined]
+
+    with page.expect_download() as info:  # type: ignore[attr-defined]
+        page.get_by_role("button", name="Download report (PDF)").click()  # type: ignore[attr-defined]
+    download = info.value
+    assert download.suggested_filename == f"sslmri-report-run{ids['scan_ssl']}.pdf"
+    assert Path(download.path()).read_bytes()[:4] == b"%PDF"
+
+
+def _choose(page: object, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox labelled ``label`` by typing it, as a user does."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first  # type: ignore[attr-defined]
+    box.click()
+    page.keyboard.type(option)  # type: ignore[attr-defined]
+    page.keyboard.press("Enter")  # type: ignore[attr-defined]
+    _rerun(page)
+
+
+def test_scan_explorer_nifti_patient_and_two_models(
+    server: tuple[str, dict[str, int]], browser_page: object, shots: Path
+) -> None:
+    """A stored NIfTI patient opens like PNGs; two models side by side keep one image size."""
+    base, ids = server
+    page = browser_page
+    _open(page, base, f"Scan_Explorer?run={ids['scan_ssl']}", "Scan Explorer", shots, "5_scan_explorer_reload")
+    _choose(page, "Subject (patient)", "sub-90")
+    page.get_by_text("gradcam computed now").first.wait_for()  # type: ignore[attr-defined]  # no stored map
+    _settle(page)
+    _plot(page, "image")
+    text = page.inner_text("body")  # type: ignore[attr-defined]
+    assert "Patient sub-90:" in text and "Cannot show this scan" not in text
+    assert _slice_text(page).startswith("1 of 3 · sub-90_t1.nii.gz#z=1")
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+    page.screenshot(path=str(shots / "5_scan_explorer_nifti.png"), full_page=True)  # type: ignore[attr-defined]
+    _choose(page, "Subject (patient)", "sub-00")
+    _choose(page, "Side by side with", f"#{ids['scan_scratch']}")
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "() => [...document.querySelectorAll('.js-plotly-plot')].filter(el => (el._fullData || []).some("
+        "t => t.type === 'image')).length === 2")
+    sizes = page.evaluate(  # type: ignore[attr-defined]
+        "() => [...document.querySelectorAll('.js-plotly-plot')].filter(el => (el._fullData || []).some("
+        "t => t.type === 'image')).map(el => [el._fullLayout.width, el._fullLayout.height])")
+    assert sizes == [[432, 432], [432, 432]], sizes  # scan_figures.COMPARE_PX
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+    page.screenshot(path=str(shots / "5_scan_explorer_two_models.png"), full_page=True)  # type: ignore[attr-defined]

@@ -40,8 +40,11 @@ def store(full_store: tuple[str, dict[str, int]], monkeypatch: pytest.MonkeyPatc
     return ids
 
 
-def open_page(page: str | None, query: dict[str, str] | None = None) -> AppTest:
-    at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT_S).run()
+def open_page(page: str | None, query: dict[str, str] | None = None, state: dict[str, object] | None = None) -> AppTest:
+    at = AppTest.from_file(str(HOME), default_timeout=TIMEOUT_S)
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
+    at.run()
     if page:
         at.switch_page(PAGES[page])
         at.query_params.update(query or {})
@@ -157,19 +160,147 @@ def test_confusion_page_single_and_side_by_side(store: dict[str, int]) -> None:
     assert "Difference" in page_text(at)
 
 
+def _viewer_spec(at: AppTest) -> dict:
+    """The slice viewer's Plotly figure (the chart with an image trace)."""
+    import json
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    viewer = [f for f in specs if any(t.get("type") == "image" for t in f["data"])]
+    assert viewer, "the slice is shown as a Plotly image"
+    return viewer[0]
+
+
+def _strip_order(at: AppTest) -> list[str]:
+    """The slice names of the strip, left to right."""
+    import json
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    strip = next(f for f in specs if any(t.get("type") == "bar" for t in f["data"]))
+    placed = [(x, custom[0]) for t in strip["data"] for x, custom in zip(t["x"], t["customdata"], strict=True)]
+    return [name for _, name in sorted(placed)]
+
+
 def test_scan_explorer_shows_scan_overlay_and_steps_slices(store: dict[str, int]) -> None:
     at = open_page("scans", {"run": str(store["scan_ssl"])})
     assert "Prediction:" in page_text(at)
     assert at.selectbox(key="model").value == store["scan_ssl"]
-    images = at.get("image")
-    assert images, "the scan is shown"
+    viewer = _viewer_spec(at)
+    assert viewer["layout"]["width"] == viewer["layout"]["height"] == scan_tools.VIEW_PX  # one fixed size
+    assert viewer["layout"]["yaxis"]["scaleanchor"] == "x"
+    assert "grey %{z}" in viewer["data"][1]["hovertemplate"] and "customdata" in viewer["data"][1]["hovertemplate"]
     first_slice = at.selectbox(key="scan_slice").value
-    assert first_slice.endswith("_slice-1.png")
+    assert first_slice.endswith("_slice-2.png")  # the stored positions (-5, 20, 42.5) order 2, 1, 3
     next_button = next(b for b in at.button if "Next" in str(b.label))
     next_button.click().run()
     assert_no_exception(at)
-    assert at.selectbox(key="scan_slice").value.endswith("_slice-2.png")
+    assert at.selectbox(key="scan_slice").value.endswith("_slice-1.png")
     assert "Stored Grad-CAM statistics" in page_text(at)
+
+
+def test_scan_explorer_puts_the_patient_decision_first_and_orders_the_strip_by_position(
+        full_store: tuple[str, dict[str, int]], store: dict[str, int]) -> None:
+    from sslmri_core.evaluation.metrics import patient_decision
+    from sslmri_core.store import queries
+
+    at = open_page("scans", {"run": str(store["scan_ssl"])})
+    assert "How to read this page" in at.caption[0].value
+    preds = queries.predictions_frame(full_store[0], store["scan_ssl"])
+    mine = preds[(preds["subject"] == "sub-00") & (preds["split"] == "test")]
+    expected = patient_decision(np.array(mine["probs"].tolist()), ["glioma", "meningioma", "notumor", "pituitary"])
+    heading = plain(at.markdown[0].value)
+    assert heading == f"#### Patient sub-00: **{expected.label}** · confidence {expected.confidence:.0%}"
+    assert f"decided from {expected.n_slices} test slices" in plain(at.markdown[1].value)
+    assert ("correct" if expected.label == "glioma" else "wrong") in at.markdown[1].value
+    assert _strip_order(at) == ["sub-00_slice-2.png", "sub-00_slice-1.png", "sub-00_slice-3.png"]
+    positions = queries.slice_positions(full_store[0], store["scan_ssl"])  # predictions x manifest rows, key == scan
+    assert len(positions) == len(preds) and positions[mine["scan"].iloc[0]] in (20.0, -5.0, 42.5)
+    assert queries.slice_positions(full_store[0], store["scratch"]) == {}  # a run without a stored data set
+    assert [o.split(" · ")[-1] for o in at.selectbox(key="scan_slice").options] == _strip_order(at)
+
+
+def test_slice_order_falls_back_to_the_number_in_the_name() -> None:
+    keys = ["/d/a/s_10.png", "/d/a/s_2.png", "/d/a/s_1.png"]
+    assert [k for k, _ in scan_tools.slice_order(keys, {})] == ["/d/a/s_1.png", "/d/a/s_2.png", "/d/a/s_10.png"]
+    partial = {"/d/a/s_10.png": 1.0}  # positions for some slices only (an old manifest): the names decide
+    assert scan_tools.slice_order(keys, partial)[0][0] == "/d/a/s_1.png"
+    volume = ["/d/v.nii.gz#z=12", "/d/v.nii.gz#z=3"]
+    assert [p for _, p in scan_tools.slice_order(volume, {})] == [3.0, 12.0]
+
+
+def test_scan_explorer_link_opens_a_run_of_another_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """?run= of a run whose task is not the first in the task picker opens that run, in its task."""
+    import json
+
+    from dashboard_store import add_scan_models
+
+    from sslmri_core.store.writer import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    ids = add_scan_models(store, tmp_path)
+    other = store.start_run("finetune", {"init": "scratch", "mode": "full", "model": "test_resnet"}, task="vascular")
+    store.log_params(other, {"data_root": str(tmp_path / "data" / "tumor"), "classes": json.dumps(["a", "b"])})
+    scan = str(next((tmp_path / "data" / "tumor" / "glioma").glob("*.png")))
+    store.log_predictions(other, [{"split": "test", "scan": scan, "subject": "v1", "true_label": "a",
+                                   "pred_label": "b", "confidence": 0.6, "probs": [0.4, 0.6]}])
+    store.end_run(other)
+    store.engine.dispose()
+    monkeypatch.setenv("SSLMRI_DB", url)
+    at = open_page("scans", {"run": str(other)}, {"on_demand": False})
+    assert at.selectbox(key="task").options == ["tumor", "vascular"]
+    assert at.selectbox(key="task").value == "vascular" and at.selectbox(key="model").value == other
+    assert "Patient v1: **b** · confidence 60%" in plain(at.markdown[0].value)
+    first = open_page("scans", {"run": str(ids["scan_scratch"])}, {"on_demand": False})
+    assert first.selectbox(key="task").value == "tumor" and first.selectbox(key="model").value == ids["scan_scratch"]
+
+
+def test_scan_explorer_opens_a_stored_nifti_slice(store: dict[str, int]) -> None:
+    from dashboard_store import NIFTI_SLICES, NIFTI_SUBJECT
+
+    at = open_page("scans", {"run": str(store["scan_ssl"])}, {"on_demand": False})
+    at.selectbox(key="subject").set_value(NIFTI_SUBJECT).run()
+    assert_no_exception(at)
+    assert not [w.value for w in at.warning if "Cannot show this scan" in w.value]
+    options = at.selectbox(key="scan_slice").options
+    assert [o.split("#z=")[-1] for o in options] == [str(z) for z in NIFTI_SLICES]
+    assert _viewer_spec(at)["data"][0]["source"].startswith("data:image/png;base64,")
+    assert "Patient sub\\-90: **glioma**" in at.markdown[0].value  # two slices of three say glioma
+
+
+def test_scan_explorer_window_presets_set_the_sliders(store: dict[str, int]) -> None:
+    at = open_page("scans", {"run": str(store["scan_ssl"])}, {"on_demand": False})
+    image = scan_tools.load_scan(at.selectbox(key="scan_slice").value, [str(Path(at.selectbox(key="scan_slice").value)
+                                                                            .parents[2])])
+    presets = scan_tools.window_presets(image)
+    for name, key in (("Brain", "preset_brain"), ("Auto", "preset_auto"), ("Full range", "preset_full")):
+        at.button(key=key).click().run()
+        assert_no_exception(at)
+        assert (at.slider(key="level").value, at.slider(key="width").value) == presets[name], name
+    assert presets["Full range"] == (128, 255) and presets["Brain"] != presets["Full range"]
+
+
+def test_scan_explorer_statistics_carry_their_references(store: dict[str, int]) -> None:
+    at = open_page("scans", {"run": str(store["scan_ssl"])}, {"on_demand": False})
+    readings = next(d.value for d in at.dataframe if "reference" in d.value)
+    rows = readings.set_index("statistic")
+    assert "random region in the head 5.0%" in rows.loc["Deletion drop", "reference"]
+    assert rows.loc["Deletion drop", "value"] == "30.0%"
+    assert rows.loc["In-head energy", "reference"].startswith("head area ")
+    assert readings["what it says"].str.len().min() > 20  # every number explained in one line
+
+
+def test_report_pdf_of_the_view(store: dict[str, int], full_store: tuple[str, dict[str, int]]) -> None:
+    from sslmri_core.evaluation.metrics import patient_decision
+
+    image = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    readings = scan_tools.cam_readings({"deletion_drop": 0.3, "random_drop": 0.05, "in_brain": 0.9}, 0.4)
+    pdf = scan_tools.report_pdf(
+        image=image, cam=np.ones((8, 8), np.float32), pred={"pred_label": "glioma", "confidence": 0.7},
+        probs={"glioma": 0.7, "notumor": 0.3},
+        decision=patient_decision(np.array([[0.7, 0.3]]), ["glioma", "notumor"]),
+        decision_note="mean of 1 slice", model={"Run": "#1"}, stats=readings, cam_source="stored", label="a.png",
+        window=(0.0, 255.0), opacity=0.4, colormap="jet", threshold=0.2, method="gradcam")
+    assert pdf[:4] == b"%PDF"
 
 
 def test_scan_explorer_side_by_side_and_filters(store: dict[str, int]) -> None:
@@ -234,7 +365,7 @@ def test_every_page_on_postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert len(open_page("ssl").get("plotly_chart")) == 2
         assert len(open_page("confusion", {"run": str(ids["scan_ssl"])}).get("plotly_chart")) == 1
         scans = open_page("scans", {"run": str(ids["scan_ssl"])})
-        assert scans.get("image") and "Stored Grad-CAM statistics" in page_text(scans)
+        assert _viewer_spec(scans) and "Stored Grad-CAM statistics" in page_text(scans)
         assert open_page("embeddings").get("plotly_chart")
         assert "Files that could not be used (2)" in page_text(open_page("data"))
     finally:
@@ -276,7 +407,7 @@ def test_bad_uploads_give_one_clear_message_each(tmp_path: Path) -> None:
             if path.suffix.lower() in (".png", ".jpg", ".jpeg") or rel.endswith(".nii.gz"):
                 assert scan_tools.read_upload(path.name, data).image.dtype == np.uint8
             else:  # .bmp / .tif decode fine in training but are not upload types
-                with pytest.raises(scan_tools.UploadError, match="not a PNG, JPEG or NIfTI"):
+                with pytest.raises(scan_tools.UploadError, match="not a PNG, JPEG, NIfTI"):
                     scan_tools.read_upload(path.name, data)
             continue
         with pytest.raises(scan_tools.UploadError) as err:
@@ -401,3 +532,32 @@ def test_data_page_shows_the_leakage_demonstration(tmp_path: Path, monkeypatch: 
     assert "split by subject" in spec and "shuffled labels" in spec and "true labels" in spec
     assert "chance 0.25" in spec and "0.88" in spec and "0.27" in spec and "chance 0.50" not in spec
     assert f"Run #{run}" in page_text(at) and "Yagis" in page_text(at)
+
+
+def test_upload_of_a_dicom_file_and_a_zipped_series(store: dict[str, int]) -> None:
+    """A .dcm file is one slice; a zip of one series is its slices in position order (not the members' order)."""
+    import zipfile
+
+    from dicom_files import dataset, dicom_bytes
+    from pydicom.uid import generate_uid
+
+    series = generate_uid()
+    rows = {2.0: 24, -1.5: 0, 0.5: 12}  # position -> row of a bright band; members zipped out of position order
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for i, (position, row) in enumerate(rows.items()):
+            pixels = np.full((32, 32), 10, np.uint16)
+            pixels[row : row + 8] = 900
+            archive.writestr(f"IM{i}.dcm", dicom_bytes(dataset(pixels, series=series, position=position)))
+    decoded = scan_tools.decode_upload("series.zip", buf.getvalue())
+    assert decoded.volume and decoded.slice_label == "Slice (in position order)"
+    bands = [int(np.argmax(img.mean(axis=1))) for _, img in decoded.slices]
+    assert bands == sorted(bands), bands  # positions -1.5, 0.5, 2.0: the band moves down
+    at = open_page("scans", {"run": str(store["scan_ssl"])}, {"on_demand": False})
+    at.file_uploader(key="upload").set_value(("series.zip", buf.getvalue(), "application/zip")).run()
+    assert_no_exception(at)
+    assert at.select_slider[0].options == ["0", "1", "2"] or at.select_slider[0].options == [0, 1, 2]
+    single = dicom_bytes(dataset(np.arange(1024, dtype=np.uint16).reshape(32, 32)))
+    at.file_uploader(key="upload").set_value(("IM0001.dcm", single, "application/dicom")).run()
+    assert_no_exception(at)
+    assert any("IM0001.dcm · DICOM" in plain(c) for image in at.get("image") for c in image.captions)

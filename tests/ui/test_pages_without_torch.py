@@ -49,7 +49,8 @@ for page, query, state in json.loads(sys.argv[1]):
     print(json.dumps({"page": page or "Home", "query": query, "state": state,
                       "exceptions": [e.value for e in at.exception], "warnings": [w.value for w in at.warning],
                       "titles": [t.value for t in at.title], "torch": "torch" in sys.modules,
-                      "images": [img.caption for element in at.get("image") for img in element.proto.imgs],
+                      "images": [img.caption for element in at.get("image") for img in element.proto.imgs]
+                                + [c.value for c in at.caption],  # the Scan Explorer's viewer: a caption under it
                       "first_import": first_import[0] if first_import else ""}), flush=True)
 """
 

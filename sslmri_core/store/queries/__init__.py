@@ -83,6 +83,7 @@ from sslmri_core.store.queries.scans import (
     predictions_frame,
     run_data_roots,
     runs_with_predictions,
+    slice_positions,
 )
 
 __all__ = [
@@ -149,6 +150,7 @@ __all__ = [
     "runs_frame",
     "runs_with_confusion",
     "runs_with_predictions",
+    "slice_positions",
     "store_status",
     "task_experiments",
     "unusable_files",

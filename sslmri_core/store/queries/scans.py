@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 from sqlalchemy import func, select
 
@@ -14,14 +16,14 @@ from sslmri_core.store.queries.common import (
     tuples,
 )
 from sslmri_core.store.queries.runs import run_detail
-from sslmri_core.store.schema import CamStat, Embedding, Prediction, Run
+from sslmri_core.store.schema import CamStat, Embedding, ManifestEntry, Prediction, Run
 
 PREDICTION_COLUMNS = ["split", "scan", "subject", "true_label", "pred_label", "confidence", "probs"]
 SCAN_RUN_COLUMNS = ["id", "task", "arm", "fraction", "seed", "model", "checkpoint_path", "out_dir"]
 CAM_COLUMNS = [
     "gradcam_run_id", "method", "split", "scan", "subject", "true_label", "target_label", "pred_label", "confidence",
     "intensity", "area_pct", "threshold", "in_brain", "raw_max", "raw_mean", "deletion_drop", "random_drop", "road",
-    "pointing_hit", "lesion_energy", "heatmap_path", "out_dir",
+    "pointing_hit", "lesion_energy", "baseline_drop", "pointing_chance", "heatmap_path", "out_dir",
 ]
 EMBEDDING_COLUMNS = ["scan", "subject", "label", "split", "source", "x", "y"]
 
@@ -39,6 +41,28 @@ def predictions_frame(store: Store, run_id: int, split: str | None = None) -> pd
     frame = pd.DataFrame(tuples(rows), columns=PREDICTION_COLUMNS)
     frame["correct"] = frame["true_label"] == frame["pred_label"]
     return frame.sort_values("confidence", kind="stable").reset_index(drop=True)
+
+
+def slice_positions(store: Store, run_id: int, scans: Sequence[str] | None = None) -> dict[str, float | None]:
+    """``scan -> position`` along the slice axis for a run's predicted scans: the run's predictions joined to
+    the manifest rows of its data set (its ``dataset`` param) by ``key == scan``. A scan without a manifest
+    row, or a row from before positions were stored, maps to None (or is missing): order those by name."""
+    engine = ready_engine(store)
+    if engine is None or not has_table(engine, ManifestEntry.__tablename__):
+        return {}
+    dataset = params_wide(engine, ("dataset",), [int(run_id)])
+    raw = dataset["dataset"].iloc[0] if len(dataset) else None
+    try:
+        dataset_id = int(str(raw))
+    except ValueError:
+        return {}
+    stmt = select(ManifestEntry.key, ManifestEntry.position).join(
+        Prediction, (Prediction.scan == ManifestEntry.key) & (Prediction.run_id == int(run_id))).where(
+        ManifestEntry.dataset_id == dataset_id).distinct()
+    if scans is not None:
+        stmt = stmt.where(ManifestEntry.key.in_(list(scans)))
+    with engine.connect() as conn:
+        return {str(key): None if position is None else float(position) for key, position in conn.execute(stmt)}
 
 
 def runs_with_predictions(store: Store = None) -> pd.DataFrame:
