@@ -265,17 +265,6 @@ def head_share(image: np.ndarray) -> float:
     return float(brain_mask(np.asarray(image, np.uint8)).mean())
 
 
-def scan_label(key: str, roots: list[str]) -> str:
-    """A scan named by its path inside the run's data folder (what a report may print), else a neutral phrase."""
-    path, z = split_key(key)
-    resolved = Path(path).resolve()
-    for root in roots:
-        base = Path(root).expanduser().resolve()
-        if resolved.is_relative_to(base):
-            return str(resolved.relative_to(base)) + ("" if z is None else f" (slice z={z})")
-    return "a scan outside the run's data folder"
-
-
 def report_pdf(*, image: np.ndarray, cam: np.ndarray | None, pred: Mapping[str, Any], probs: dict[str, float],
                decision: Any, decision_note: str, model: dict[str, str], stats: pd.DataFrame, cam_source: str,
                label: str, window: tuple[float, float], opacity: float, colormap: str, threshold: float,

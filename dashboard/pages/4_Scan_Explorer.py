@@ -13,16 +13,16 @@ import re
 from functools import partial
 from typing import Any
 
+import common
 import numpy as np
 import pandas as pd
-import streamlit as st
-
-import common
 import scan_figures
 import scan_tools
+import streamlit as st
 
 from sslmri_core.config import CAM_METHODS
 from sslmri_core.evaluation.metrics import PatientDecision, patient_decision
+from sslmri_core.explain.report import scan_label
 
 SLICE_KEY = "scan_slice"
 STRIP_KEY = "strip"
@@ -31,9 +31,9 @@ HOW_TO = ("**How to read this page:** ① pick a patient (*Subject*) → ② rea
           "③ the strip shows every slice's prediction in order along the slice axis: click a bar, or press ← / →, "
           "to move → ④ on the image, drag to zoom, double-click to reset, hover for the grey value and the map "
           "value; window presets and the overlay are in the sidebar.")
-RAW_CAM_COLUMNS = ["method", "target_label", "confidence", "intensity", "area_pct", "in_brain", "raw_max", "raw_mean",
-                   "deletion_drop", "random_drop", "baseline_drop", "road", "pointing_hit", "pointing_chance",
-                   "lesion_energy"]
+RAW_CAM_COLUMNS = ["method", "target_label", "confidence", "intensity", "area_pct", "in_brain", "head_area",
+                   "raw_max", "raw_mean", "deletion_drop", "random_drop", "baseline_drop", "road", "pointing_hit",
+                   "pointing_chance", "lesion_energy", "lesion_area"]
 
 
 def run_choice(row: pd.Series) -> str:
@@ -192,7 +192,7 @@ def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray 
         readings = scan_tools.cam_readings(stats.iloc[-1].to_dict(), head_area) if not stats.empty else pd.DataFrame()
         if not readings.empty:
             st.caption("Stored Grad-CAM statistics, each beside the reference it must beat:")
-            st.dataframe(readings, hide_index=True, key=f"cam-{key}")
+            st.table(readings, hide_index=True, border="horizontal")  # wraps: a reference is never cut off
             with st.expander("All stored statistics of this scan"):
                 st.dataframe(stats[[c for c in RAW_CAM_COLUMNS if c in stats]], hide_index=True, key=f"camraw-{key}")
         else:
@@ -211,7 +211,7 @@ def report_button(run_id: int, pred: pd.Series, image: np.ndarray, shown: dict[s
     build = partial(scan_tools.report_pdf, image=image, cam=shown["cam"], pred=pred.to_dict(),
                     probs=dict(zip(shown["classes"], map(float, pred["probs"]), strict=False)), decision=decision,
                     decision_note=note, model=model, stats=shown["stats"], cam_source=plain(shown["note"]),
-                    label=scan_tools.scan_label(str(pred["scan"]), roots), window=(max(lo, 0.0), min(hi, 255.0)),
+                    label=scan_label(str(pred["scan"]), roots), window=(max(lo, 0.0), min(hi, 255.0)),
                     opacity=controls["opacity"], colormap=controls["colormap"], threshold=controls["threshold"],
                     method=controls["method"])
     st.download_button("Download report (PDF)", data=build, file_name=f"sslmri-report-run{run_id}.pdf",

@@ -179,6 +179,8 @@ def map_stats(
         "area_pct": area_pct(cam, threshold),
         "threshold": float(threshold),
         "in_brain": energy_share(cam, brain),
+        "head_area": None if brain is None else float(brain.mean()),  # what a map blind to anatomy scores in_brain
+        "lesion_area": None if lesion is None else float(lesion.mean()),
         "pointing_hit": hit,
         "pointing_chance": None if hit is None else pointing_chance(brain, lesion, dilate_px),
         "lesion_energy": energy_share(cam, lesion),

@@ -87,7 +87,8 @@ def _present(row: Mapping[str, Any], key: str) -> bool:
 
 
 def stored_stat_lines(row: Mapping[str, Any], head_share: float | None) -> list[StatLine]:
-    """The statistics of a stored ``cam_stats`` row, each beside its reference; columns a store lacks are skipped."""
+    """The statistics of a stored ``cam_stats`` row, each beside its reference; columns a store lacks are skipped.
+    ``head_share`` is the in-head reference for rows stored before ``head_area`` was (measured on the shown image)."""
     lines = []
     if _present(row, "deletion_drop"):
         refs = [f"random region in the head {_pct(row['random_drop'])}" if _present(row, "random_drop") else "",
@@ -100,11 +101,13 @@ def stored_stat_lines(row: Mapping[str, Any], head_share: float | None) -> list[
         lines.append(StatLine("Pointing game", "hit" if bool(row["pointing_hit"]) else "miss", chance,
                               "is the map's peak inside the lesion mask (dilated)? chance: a random point in the head"))
     if _present(row, "lesion_energy"):
-        lines.append(StatLine("Lesion energy", _pct(row["lesion_energy"]), "the lesion's area share (not stored)",
+        area = f"lesion area {_pct(row['lesion_area'])}" if _present(row, "lesion_area") else "lesion area n/a"
+        lines.append(StatLine("Lesion energy", _pct(row["lesion_energy"]), area,
                               "share of the map's activation inside the lesion mask; a map blind to anatomy scores "
                               "the lesion's area"))
     if _present(row, "in_brain"):
-        lines.append(StatLine("In-head energy", _pct(row["in_brain"]), f"head area {_pct(head_share)}",
+        head = row["head_area"] if _present(row, "head_area") else head_share  # stored at the map's own size
+        lines.append(StatLine("In-head energy", _pct(row["in_brain"]), f"head area {_pct(head)}",
                               "share of the map's activation inside the head; a map blind to anatomy scores the "
                               "head's area"))
     if _present(row, "road"):
@@ -277,7 +280,7 @@ def _stored_key(scan: str, keys: set[str]) -> str | None:
     return None
 
 
-def _scan_label(key: str | None, roots: list[str]) -> str:
+def scan_label(key: str | None, roots: list[str]) -> str:
     """The store's key relative to the run's data folder; never a path from elsewhere."""
     if key is None:
         return OUTSIDE_DATA
@@ -395,7 +398,7 @@ def gather_report(
         image=shown, cam=explained.cam, pred_label=explained.pred_label, confidence=explained.confidence,
         probs=explained.probs, decision=decision, decision_note=note,
         model=_model_facts(detail.run, detail.params, roots, loaded), cam_stats=stats, cam_source=source,
-        scan_label=_scan_label(key, roots), window=window, overlay=overlay, method=method,
+        scan_label=scan_label(key, roots), window=window, overlay=overlay, method=method,
         target_label=explained.target_label,
     )
 

@@ -168,6 +168,8 @@ class CamStat(Base):
     area_pct: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
     in_brain: Mapped[float | None] = mapped_column(Float)
+    head_area: Mapped[float | None] = mapped_column(Float)  # share of the image in the head: in_brain's reference
+    lesion_area: Mapped[float | None] = mapped_column(Float)  # share of the image in the lesion: lesion_energy's
     raw_max: Mapped[float] = mapped_column(Float)
     raw_mean: Mapped[float] = mapped_column(Float)
     deletion_drop: Mapped[float | None] = mapped_column(Float)

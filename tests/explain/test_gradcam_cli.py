@@ -106,9 +106,12 @@ def test_gradcam_run_stores_maps_and_statistics(trained: dict[str, str]) -> None
         image = decode_image(row["scan"], SIZE)
         assert row["in_brain"] == pytest.approx(energy_share(heat, brain_mask(image)), abs=0.01), row["scan"]
         assert row["area_pct"] == pytest.approx(area_pct(heat, 0.5), abs=1.0), row["scan"]
+        # in_brain's reference, measured at the map's own size (the head mask changes with resolution)
+        assert row["head_area"] == pytest.approx(brain_mask(image).mean()), row["scan"]
         if "/blob/" in row["scan"]:
             mask = decode_image(row["scan"].replace(".png", "_mask.png"), SIZE) > 127
             assert row["lesion_energy"] == pytest.approx(energy_share(heat, mask), abs=0.01), row["scan"]
+            assert row["lesion_area"] == pytest.approx(mask.mean()), row["scan"]
             assert row["pointing_chance"] == pytest.approx(pointing_chance(brain_mask(image), mask, 3)), row["scan"]
             assert 0.0 < row["pointing_chance"] < 0.5  # a small lesion in a big head
     # The pointing game and its chance are played on the correctly classified lesion scans only.

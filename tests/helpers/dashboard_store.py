@@ -278,7 +278,8 @@ def add_scan_models(store: Any, root: Path) -> dict[str, int]:
                          "target_label": row["label"], "pred_label": row["label"], "confidence": 0.7,
                          "intensity": 0.21, "area_pct": 12.5, "threshold": 0.5, "in_brain": 0.93, "raw_max": 3.2,
                          "raw_mean": 0.4, "deletion_drop": 0.3, "random_drop": 0.05, "road": None,
-                         "pointing_hit": True, "lesion_energy": 0.6, "heatmap_path": rel})
+                         "pointing_hit": True, "lesion_energy": 0.6, "heatmap_path": rel, "baseline_drop": 0.12,
+                         "pointing_chance": 0.08, "head_area": 0.42, "lesion_area": 0.03})
     store.update_run(cam_run, out_dir=str(cam_dir))
     store.log_cam_stats(cam_run, cam_rows)
     store.end_run(cam_run)

@@ -281,11 +281,14 @@ def test_scan_explorer_window_presets_set_the_sliders(store: dict[str, int]) -> 
 
 def test_scan_explorer_statistics_carry_their_references(store: dict[str, int]) -> None:
     at = open_page("scans", {"run": str(store["scan_ssl"])}, {"on_demand": False})
-    readings = next(d.value for d in at.dataframe if "reference" in d.value)
+    readings = next(t.value for t in at.table if "reference" in t.value)
     rows = readings.set_index("statistic")
     assert "random region in the head 5.0%" in rows.loc["Deletion drop", "reference"]
     assert rows.loc["Deletion drop", "value"] == "30.0%"
-    assert rows.loc["In-head energy", "reference"].startswith("head area ")
+    assert "head-centre region 12.0%" in rows.loc["Deletion drop", "reference"]
+    assert rows.loc["Pointing game", "reference"] == "chance 8.0%"
+    assert rows.loc["In-head energy", "reference"] == "head area 42.0%"  # stored at the map's size
+    assert rows.loc["Lesion energy", "reference"] == "lesion area 3.0%"
     assert readings["what it says"].str.len().min() > 20  # every number explained in one line
 
 

@@ -23,7 +23,8 @@ SCAN_RUN_COLUMNS = ["id", "task", "arm", "fraction", "seed", "model", "checkpoin
 CAM_COLUMNS = [
     "gradcam_run_id", "method", "split", "scan", "subject", "true_label", "target_label", "pred_label", "confidence",
     "intensity", "area_pct", "threshold", "in_brain", "raw_max", "raw_mean", "deletion_drop", "random_drop", "road",
-    "pointing_hit", "lesion_energy", "baseline_drop", "pointing_chance", "heatmap_path", "out_dir",
+    "pointing_hit", "lesion_energy", "baseline_drop", "pointing_chance",
+    "head_area", "lesion_area", "heatmap_path", "out_dir",
 ]
 EMBEDDING_COLUMNS = ["scan", "subject", "label", "split", "source", "x", "y"]
 
