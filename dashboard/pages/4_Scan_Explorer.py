@@ -22,7 +22,7 @@ import streamlit as st
 
 from sslmri_core.config import CAM_METHODS
 from sslmri_core.evaluation.metrics import PatientDecision, patient_decision
-from sslmri_core.explain.report import scan_label
+from sslmri_core.explain.report import model_facts, scan_label
 
 SLICE_KEY = "scan_slice"
 STRIP_KEY = "strip"
@@ -201,13 +201,13 @@ def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray 
     return {"cam": cam if controls["show_cam"] else None, "stats": readings, "note": note, "classes": classes}
 
 
-def report_button(run_id: int, pred: pd.Series, image: np.ndarray, shown: dict[str, Any], decision: PatientDecision,
+def report_button(url: str, run_id: int, pred: pd.Series, image: np.ndarray, shown: dict[str, Any],
+                  decision: PatientDecision,
                   note: str, roots: list[str], controls: dict[str, Any]) -> None:
     """Download the PDF of what is shown (built on click; the file name carries the run id only)."""
     lo, hi = (controls["level"] - controls["width"] / 2, controls["level"] + controls["width"] / 2)
-    row = models.set_index("id").loc[run_id].to_dict()
-    model = {"Run": f"#{run_id}", "Task": str(row.get("task", "?")), "Arm": str(row.get("arm", "?")),
-             "Model": str(row.get("model", "?")), "Data folder": roots[0] if roots else "not recorded"}
+    detail = common.run_detail(url, run_id)
+    model = model_facts(detail.run, detail.params, roots, classes=shown["classes"]) if detail else {"Run": f"#{run_id}"}
     build = partial(scan_tools.report_pdf, image=image, cam=shown["cam"], pred=pred.to_dict(),
                     probs=dict(zip(shown["classes"], map(float, pred["probs"]), strict=False)), decision=decision,
                     decision_note=note, model=model, stats=shown["stats"], cam_source=plain(shown["note"]),
@@ -385,7 +385,7 @@ else:
         show_model(url, int(compare), match.iloc[0] if not match.empty else None, image, head_area,
                    {**controls, "narrow": True}, "b")
 if shown_a is not None and image is not None:
-    report_button(run_id, pred_a, image, shown_a, decision,
+    report_button(url, run_id, pred_a, image, shown_a, decision,
                   f"mean of the stored probabilities of this subject's {decision.n_slices} {split} slice(s), "
                   f"run {run_id}", roots, controls)
 

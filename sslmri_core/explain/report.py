@@ -293,21 +293,28 @@ def scan_label(key: str | None, roots: list[str]) -> str:
     return OUTSIDE_DATA
 
 
-def _model_facts(record: Any, params: Mapping[str, Any], roots: list[str], loaded: Any) -> dict[str, str]:
+def model_facts(record: Any, params: Mapping[str, Any], roots: list[str], *, image_size: int | None = None,
+                classes: Sequence[str] = (), target_layer: str | None = None) -> dict[str, str]:
+    """What the page says about the model (run, arm, task, model, data folder, date, git sha, CAM layer);
+    the CLI passes the loaded model's facts, the dashboard the run's stored ones."""
     from sslmri_core.store.queries import derive_arm
 
     cfg = record.config or {}
     when = record.ended_at or record.created_at
-    return {
+    size = image_size or cfg.get("image_size")
+    facts = {
         "Run": f"{record.id} ({record.kind}, {record.status})",
         "Arm": str(params.get("arm") or derive_arm(cfg.get("init"), cfg.get("mode"))),
         "Task": str(record.task or "?"),
-        "Model": f"{cfg.get('model', '?')} at {loaded.image_size} px, classes {', '.join(loaded.classes)}",
+        "Model": f"{cfg.get('model', '?')}" + (f" at {size} px" if size else "")
+        + (f", classes {', '.join(classes)}" if classes else ""),
         "Data folder": roots[0] if roots else "not recorded",
         "Trained": when.strftime("%Y-%m-%d %H:%M %Z").strip() if when else "?",
         "Git sha": record.git_sha or "not recorded",
-        "Grad-CAM layer": loaded.target_layer,
     }
+    if target_layer:
+        facts["Grad-CAM layer"] = target_layer
+    return facts
 
 
 def _decision(frame: Any, key: str | None, classes: list[str], run_id: int) -> tuple[Any, str]:
@@ -397,7 +404,9 @@ def gather_report(
     return ReportContent(
         image=shown, cam=explained.cam, pred_label=explained.pred_label, confidence=explained.confidence,
         probs=explained.probs, decision=decision, decision_note=note,
-        model=_model_facts(detail.run, detail.params, roots, loaded), cam_stats=stats, cam_source=source,
+        model=model_facts(detail.run, detail.params, roots, image_size=loaded.image_size, classes=loaded.classes,
+                          target_layer=loaded.target_layer),
+        cam_stats=stats, cam_source=source,
         scan_label=scan_label(key, roots), window=window, overlay=overlay, method=method,
         target_label=explained.target_label,
     )

@@ -255,6 +255,12 @@ def test_scan_explorer_keyboard_strip_zoom_hover_and_report(
     download = info.value
     assert download.suggested_filename == f"sslmri-report-run{ids['scan_ssl']}.pdf"
     assert Path(download.path()).read_bytes()[:4] == b"%PDF"
+    from pypdf import PdfReader
+
+    pdf = PdfReader(download.path())
+    text = pdf.pages[0].extract_text()
+    assert len(pdf.pages) == 1 and "not for diagnosis" in text and "Patient-level decision" in text
+    assert "Git sha" in text and "Trained" in text  # the model as the issue names it: run, arm, data, date, sha
 
 
 def _choose(page: object, label: str, option: str) -> None:
