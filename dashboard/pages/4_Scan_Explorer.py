@@ -26,7 +26,7 @@ from sslmri_core.explain.report import model_facts, scan_label
 
 SLICE_KEY = "scan_slice"
 STRIP_KEY = "strip"
-NO_SUBJECT = "(no subject id)"
+NO_SUBJECT = "(no subject id) "  # + the scan key: such an image is its own patient, as the subject metrics count it
 HOW_TO = ("**How to read this page:** ① pick a patient (*Subject*) → ② read the patient-level decision → "
           "③ the strip shows every slice's prediction in order along the slice axis: click a bar, or press ← / →, "
           "to move → ④ on the image, drag to zoom, double-click to reset, hover for the grey value and the map "
@@ -134,6 +134,14 @@ def on_demand(url: str, run_id: int, image: np.ndarray, method: str) -> tuple[An
         return None, f"could not compute Grad-CAM: {common.md(f'{exc.__class__.__name__}: {exc}')}"
 
 
+def patient_name(subject: str) -> str:
+    """A subject id, or for an image without one, ``(no subject id) <class folder>/<file>``."""
+    if not subject.startswith(NO_SUBJECT):
+        return subject
+    path = scan_tools.split_key(subject[len(NO_SUBJECT):])[0].replace("\\", "/").split("/")
+    return NO_SUBJECT + "/".join(path[-2:])
+
+
 def show_decision(subject: str, rows: pd.DataFrame, classes: list[str], split: str) -> PatientDecision:
     """The patient-level decision of ``subject`` (every slice of it in the split), where the eye lands first."""
     probs = np.array([list(p) for p in rows["probs"]], dtype=np.float64)
@@ -146,7 +154,7 @@ def show_decision(subject: str, rows: pd.DataFrame, classes: list[str], split: s
         verdict = "true class: not one label for this subject"
     votes = ", ".join(f"{common.md(label)} {n}" for label, n in decision.votes.items())
     with st.container(border=True):
-        st.markdown(f"#### Patient {common.md(subject)}: **{common.md(decision.label)}** · confidence "
+        st.markdown(f"#### Patient {common.md(patient_name(subject))}: **{common.md(decision.label)}** · confidence "
                     f"{decision.confidence:.0%}")
         st.markdown(f"{verdict} · decided from {decision.n_slices} {common.md(split)} slices · slices predicting each "
                     f"class: {votes}")
@@ -287,7 +295,7 @@ compare = pick[2].selectbox("Side by side with", [None, *others], key="compare",
                             format_func=lambda r: "(one model)" if r is None else names[r])
 
 preds = common.predictions(url, run_id)
-preds = preds.assign(subject=preds["subject"].fillna(NO_SUBJECT))
+preds = preds.assign(subject=preds["subject"].where(preds["subject"].notna(), NO_SUBJECT + preds["scan"]))
 filters = st.columns([1, 1, 2])
 splits = sorted(preds["split"].unique())
 split = filters[0].selectbox("Split", splits, index=splits.index("test") if "test" in splits else 0, key="split")
@@ -305,7 +313,8 @@ if shown.empty:
 subjects = in_split[in_split["subject"].isin(shown["subject"])].groupby("subject").agg(
     n=("scan", "size"), wrong=("correct", lambda c: int((~c).sum())), label=("true_label", "first"))
 subject = st.selectbox("Subject (patient)", sorted(subjects.index, key=scan_tools.natural_key), key="subject",
-                       format_func=lambda s: f"{s} · {subjects.loc[s, 'label']} · {subjects.loc[s, 'n']} slices"
+                       format_func=lambda s: f"{patient_name(s)} · {subjects.loc[s, 'label']} · "
+                       f"{subjects.loc[s, 'n']} slice(s)"
                        + (f" · {subjects.loc[s, 'wrong']} wrong" if subjects.loc[s, "wrong"] else ""))
 rows = in_split[in_split["subject"] == subject]
 n_probs = len(rows["probs"].iloc[0])

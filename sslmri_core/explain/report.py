@@ -325,7 +325,9 @@ def _decision(frame: Any, key: str | None, classes: list[str], run_id: int) -> t
         return None, NOT_IN_DATA
     row = frame[frame["scan"] == key].iloc[0]
     if row["subject"] is None or (isinstance(row["subject"], float) and math.isnan(row["subject"])):
-        return None, "no patient-level decision: the run's data names no subject for this scan"
+        # its own patient, as the subject-level metrics count an image without a subject id
+        probs = np.array([list(row["probs"])], dtype=np.float64)
+        return patient_decision(probs, classes), "this image has no subject id: it is its own patient"
     same = frame[(frame["subject"] == row["subject"]) & (frame["split"] == row["split"])]
     probs = np.array([list(p) for p in same["probs"]], dtype=np.float64)
     return patient_decision(probs, classes), (f"mean of the stored probabilities of this subject's {len(same)} "

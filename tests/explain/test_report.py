@@ -176,3 +176,28 @@ def test_a_run_that_is_not_a_finetune_is_refused(tiny_run: dict[str, str], tmp_p
         code, _, err = _invoke(["report", "--run", run, "--scan", tiny_run["scan"], "--out", str(tmp_path / "r.pdf"),
                                 "--db", tiny_run["db"]])
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_image_without_a_subject_id_is_its_own_patient(synth_tumor: Path, tmp_path: Path) -> None:
+    """As the subject metrics count it: the decision is the image's own, never a vote of unrelated images."""
+    import shutil
+
+    data = tmp_path / "nosubjects"
+    for c, folder in enumerate(sorted(p for p in synth_tumor.iterdir() if p.is_dir())[:2]):
+        (data / folder.name).mkdir(parents=True)
+        for i, png in enumerate(sorted(p for p in folder.glob("*.png") if not p.stem.endswith("_mask"))[:12]):
+            shutil.copy(png, data / folder.name / f"img{c}{i:02d}.png")  # no subject pattern in the name
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, ft, err = _invoke(["finetune", "--min-steps", "2", "--data", str(data), "--init", "scratch", *TINY,
+                             "--epochs", "1", "--batch-size", "8", "--db", db, "--out", str(tmp_path / "runs"),
+                             "--json"])
+    assert code == 0, err
+    from sslmri_core.store.queries import predictions_frame
+
+    test = predictions_frame(db, ft["run_id"], "test")
+    assert test["subject"].isna().all() and len(test) > 1
+    run = {"run": str(ft["run_id"]), "scan": str(test["scan"].iloc[0]), "db": db}
+    code, js, err = _report(run, tmp_path / "r.pdf")
+    assert code == 0, err
+    _, text, _ = _text((tmp_path / "r.pdf").read_bytes())
+    assert js["patient_decision"] == js["pred_label"] and "no subject id: it is its own patient" in text

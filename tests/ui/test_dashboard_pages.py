@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -162,8 +163,6 @@ def test_confusion_page_single_and_side_by_side(store: dict[str, int]) -> None:
 
 def _viewer_spec(at: AppTest) -> dict:
     """The slice viewer's Plotly figure (the chart with an image trace)."""
-    import json
-
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     viewer = [f for f in specs if any(t.get("type") == "image" for t in f["data"])]
     assert viewer, "the slice is shown as a Plotly image"
@@ -172,8 +171,6 @@ def _viewer_spec(at: AppTest) -> dict:
 
 def _strip_order(at: AppTest) -> list[str]:
     """The slice names of the strip, left to right."""
-    import json
-
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     strip = next(f for f in specs if any(t.get("type") == "bar" for t in f["data"]))
     placed = [(x, custom[0]) for t in strip["data"] for x, custom in zip(t["x"], t["customdata"], strict=True)]
@@ -229,8 +226,6 @@ def test_slice_order_falls_back_to_the_number_in_the_name() -> None:
 
 def test_scan_explorer_link_opens_a_run_of_another_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """?run= of a run whose task is not the first in the task picker opens that run, in its task."""
-    import json
-
     from dashboard_store import add_scan_models
 
     from sslmri_core.store.writer import RunStore
@@ -252,6 +247,31 @@ def test_scan_explorer_link_opens_a_run_of_another_task(tmp_path: Path, monkeypa
     assert "Patient v1: **b** · confidence 60%" in plain(at.markdown[0].value)
     first = open_page("scans", {"run": str(ids["scan_scratch"])}, {"on_demand": False})
     assert first.selectbox(key="task").value == "tumor" and first.selectbox(key="model").value == ids["scan_scratch"]
+
+
+def test_images_without_a_subject_id_are_each_their_own_patient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    """A folder without subject ids (the public tumour set) must not become one 'patient' of every test image."""
+    from dashboard_store import add_scan_models
+
+    from sslmri_core.store.writer import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    add_scan_models(store, tmp_path)
+    run = store.start_run("finetune", {"init": "scratch", "mode": "full", "model": "test_resnet"}, task="tumor")
+    store.log_params(run, {"data_root": str(tmp_path / "data" / "tumor"), "classes": json.dumps(["a", "b"])})
+    scans = sorted(str(p) for p in (tmp_path / "data" / "tumor" / "glioma").glob("*.png"))[:2]
+    store.log_predictions(run, [{"split": "test", "scan": s, "subject": None, "true_label": "a", "pred_label": p,
+                                 "confidence": 0.9, "probs": probs}
+                                for s, p, probs in zip(scans, ("a", "b"), ([0.9, 0.1], [0.1, 0.9]), strict=True)])
+    store.end_run(run)
+    store.engine.dispose()
+    monkeypatch.setenv("SSLMRI_DB", url)
+    at = open_page("scans", {"run": str(run)}, {"on_demand": False})
+    assert len(at.selectbox(key="subject").options) == 2  # two images, two patients
+    assert "(no subject id) glioma/" in plain(at.markdown[0].value) and "confidence 90%" in at.markdown[0].value
+    assert "decided from 1 test slices" in plain(at.markdown[1].value)
 
 
 def test_scan_explorer_opens_a_stored_nifti_slice(store: dict[str, int]) -> None:
