@@ -50,6 +50,10 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         local_only = nt_xent(a.detach(), b.detach(), T)
         torch.save({"loss": loss.detach(), "local_only": local_only, "grad_a": a.grad, "grad_b": b.grad},
                    f"{out}/rank{rank}.pt")
+        # Both ranks done before teardown, as the product's own shutdown does: tearing gloo down while the
+        # other rank still finishes its backward's all-gather aborted a rank ("terminate called without an
+        # active exception", SIGABRT) in one CI run.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
