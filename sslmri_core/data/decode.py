@@ -109,6 +109,16 @@ def _open(data: bytes, suffix: str | None, formats: tuple[str, ...]) -> Image.Im
         from None
 
 
+def check_image_size(width: int, height: int, source: str = "") -> None:
+    """Refuse, before any pixel is decoded, an image over :data:`MAX_PIXELS` (a probable decompression
+    bomb) or under :data:`MIN_SIDE` on a side; ``source`` says where the size came from (e.g. "header")."""
+    where = f", {source}" if source else ""
+    if width * height > MAX_PIXELS:
+        raise DecodeError(f"image too large ({width}x{height}{where}): refused as a possible decompression bomb")
+    if min(width, height) < MIN_SIDE:
+        raise DecodeError(f"image too small ({width}x{height}): at least {MIN_SIDE}x{MIN_SIDE} needed")
+
+
 def decode_image_bytes(data: bytes, size: int, *, suffix: str | None = None,
                        formats: tuple[str, ...] = FOLDER_FORMATS) -> tuple[np.ndarray, Facts]:
     """Decode image file bytes: ``(uint8 (size, size), header facts)``; raises DecodeError with the reason.
@@ -128,10 +138,7 @@ def decode_image_bytes(data: bytes, size: int, *, suffix: str | None = None,
         raise DecodeError(f"not a readable image: {exc.__class__.__name__}: {exc}") from exc
     with img:
         facts = Facts(img.width, img.height, img.mode, BIT_DEPTH.get(img.mode, 8))
-        if img.width * img.height > MAX_PIXELS:
-            raise DecodeError(f"image too large ({img.width}x{img.height}): refused as a possible decompression bomb")
-        if min(img.width, img.height) < MIN_SIDE:
-            raise DecodeError(f"image too small ({img.width}x{img.height}): at least {MIN_SIDE}x{MIN_SIDE} needed")
+        check_image_size(img.width, img.height)
         if img.format == "JPEG":
             # Decode at a reduced DCT scale when that still leaves the long side >= size: much faster.
             scale = size / max(img.width, img.height)

@@ -41,7 +41,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sslmri_core.data.decode import MAX_PIXELS, MIN_SIDE, DecodeError, Facts, check_volume_size, square_resize, to_gray
+from sslmri_core.data.decode import (
+    DecodeError,
+    Facts,
+    check_image_size,
+    check_volume_size,
+    square_resize,
+    to_gray,
+)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 MAGIC_OFFSET = 128  # "DICM" follows the 128-byte preamble of a DICOM file
@@ -293,11 +300,8 @@ def decode_dicom_bytes(data: bytes, size: int) -> DicomScan:
     subject = SUBJECT_PREFIX + hash_identifier(patient, "patient", salt) if patient else None
     series = hash_identifier(series_uid, "series", salt) if series_uid else None
     rows, cols, n_frames, samples, allocated, stored, photometric = _header(ds)
-    if rows * cols > MAX_PIXELS:
-        raise DecodeError(f"image too large ({cols}x{rows}, header): refused as a possible decompression bomb")
+    check_image_size(cols, rows, "header")
     check_volume_size((n_frames or 1, rows, cols, samples), max(1, (allocated + 7) // 8))
-    if min(rows, cols) < MIN_SIDE:
-        raise DecodeError(f"image too small ({cols}x{rows}): at least {MIN_SIDE}x{MIN_SIDE} needed")
     if (samples, photometric) not in SUPPORTED:
         shown = photometric if photometric in PHOTOMETRIC else "an unknown PhotometricInterpretation"  # no free text
         raise DecodeError(f"{shown} DICOM images with {samples} sample(s) per pixel are not supported")
