@@ -250,19 +250,20 @@ def window_presets(image: np.ndarray) -> dict[str, tuple[int, int]]:
             "Auto": _window(*np.percentile(img, [1, 99]))}
 
 
-def cam_readings(row: Mapping[str, Any], head_area: float | None) -> pd.DataFrame:
+def cam_readings(row: Mapping[str, Any], image: np.ndarray, cam: np.ndarray | None) -> pd.DataFrame:
     """A stored CAM-statistics row as the report prints it (:func:`sslmri_core.explain.report.stored_stat_lines`):
-    one line per statistic with its value, the reference it must beat and what it says."""
-    lines = stored_stat_lines(row, head_area)
+    one line per statistic with its value, the reference it must beat and what it says.
+
+    A row stored before ``head_area`` was gets the head's share of ``image`` measured at the map's size (the
+    model's input size, where ``in_brain`` was measured: the head mask changes with resolution)."""
+    head = row.get("head_area")
+    if (head is None or pd.isna(head)) and cam is not None:
+        from sslmri_core.explain.cam_stats import brain_mask
+
+        head = float(brain_mask(resize_grey(image, cam.shape[0])).mean())
+    lines = stored_stat_lines(row, head)
     return pd.DataFrame([line._asdict() for line in lines], columns=["name", "value", "reference", "meaning"]).rename(
         columns={"name": "statistic", "meaning": "what it says"})
-
-
-def head_share(image: np.ndarray) -> float:
-    """Share of the image inside the head mask (:func:`sslmri_core.explain.cam_stats.brain_mask`)."""
-    from sslmri_core.explain.cam_stats import brain_mask
-
-    return float(brain_mask(np.asarray(image, np.uint8)).mean())
 
 
 def report_pdf(*, image: np.ndarray, cam: np.ndarray | None, pred: Mapping[str, Any], probs: dict[str, float],

@@ -74,10 +74,10 @@ def run_classes(url: str, run_id: int) -> list[str]:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def scan_view(key: str, roots: tuple[str, ...]) -> tuple[np.ndarray, dict[str, tuple[int, int]], float]:
-    """The slice at the viewer's size, its window presets and its head area (cached: stepping back is instant)."""
+def scan_view(key: str, roots: tuple[str, ...]) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
+    """The slice at the viewer's size and its window presets (cached: stepping back is instant)."""
     image = scan_tools.load_scan(key, list(roots))
-    return image, scan_tools.window_presets(image), scan_tools.head_share(image)
+    return image, scan_tools.window_presets(image)
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
@@ -163,8 +163,8 @@ def show_decision(subject: str, rows: pd.DataFrame, classes: list[str], split: s
     return decision
 
 
-def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray | None, head_area: float | None,
-               controls: dict[str, Any], key: str) -> dict[str, Any] | None:
+def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray | None, controls: dict[str, Any],
+               key: str) -> dict[str, Any] | None:
     """One model's view of the slice: prediction, the zoomable overlay, probabilities, CAM statistics beside their
     references. Returns what was shown (for the report), None when nothing was."""
     if pred is None:
@@ -197,7 +197,7 @@ def show_model(url: str, run_id: int, pred: pd.Series | None, image: np.ndarray 
     classes = class_names(url, run_id, len(pred["probs"]))
     with numbers:
         show_probabilities(probability_table(classes, list(pred["probs"]), pred["true_label"]), key=f"probs-{key}")
-        readings = scan_tools.cam_readings(stats.iloc[-1].to_dict(), head_area) if not stats.empty else pd.DataFrame()
+        readings = scan_tools.cam_readings(stats.iloc[-1].to_dict(), image, cam) if not stats.empty else pd.DataFrame()
         if not readings.empty:
             st.caption("Stored Grad-CAM statistics, each beside the reference it must beat:")
             st.table(readings, hide_index=True, border="horizontal")  # wraps: a reference is never cut off
@@ -347,9 +347,8 @@ scan = str(scan)
 roots = common.data_roots(url, run_id)
 image: np.ndarray | None = None
 presets: dict[str, tuple[int, int]] = {"Full range": (128, 255)}
-head_area: float | None = None
 try:
-    image, presets, head_area = scan_view(scan, tuple(roots))
+    image, presets = scan_view(scan, tuple(roots))
 except Exception as exc:  # outside the run's data folders, moved, unreadable: say which and why
     st.warning(f"Cannot show this scan: {common.md(exc)}")
 
@@ -381,17 +380,17 @@ st.caption(f"Slice {scans.index(scan) + 1} of {len(scans)} · {common.code(scan)
 pred_a = by_scan.loc[scan].copy()
 pred_a["scan"] = scan
 if compare is None:
-    shown_a = show_model(url, run_id, pred_a, image, head_area, {**controls, "narrow": False}, "a")
+    shown_a = show_model(url, run_id, pred_a, image, {**controls, "narrow": False}, "a")
 else:
     preds_b = common.predictions(url, int(compare))
     match = preds_b[preds_b["scan"] == scan]
     left, right = st.columns(2)
     with left:
         st.markdown(f"##### Run #{run_id}")
-        shown_a = show_model(url, run_id, pred_a, image, head_area, {**controls, "narrow": True}, "a")
+        shown_a = show_model(url, run_id, pred_a, image, {**controls, "narrow": True}, "a")
     with right:
         st.markdown(f"##### Run #{compare}")
-        show_model(url, int(compare), match.iloc[0] if not match.empty else None, image, head_area,
+        show_model(url, int(compare), match.iloc[0] if not match.empty else None, image,
                    {**controls, "narrow": True}, "b")
 if shown_a is not None and image is not None:
     report_button(url, run_id, pred_a, image, shown_a, decision,

@@ -312,11 +312,30 @@ def test_scan_explorer_statistics_carry_their_references(store: dict[str, int]) 
     assert readings["what it says"].str.len().min() > 20  # every number explained in one line
 
 
+def test_statistics_stored_before_head_area_get_it_at_the_maps_size() -> None:
+    """in_brain was measured at the model's size, and the head mask changes with resolution: its reference
+    must be too. Two discs joined by a 12 px bridge: one head at 512 px, the bridge gone at 64 px."""
+    from sslmri_core.explain.cam_stats import brain_mask
+
+    yy, xx = np.mgrid[:512, :512]
+    image = np.zeros((512, 512), np.uint8)
+    image[((yy - 256) ** 2 + (xx - 150) ** 2) < 100**2] = 200
+    image[((yy - 256) ** 2 + (xx - 370) ** 2) < 90**2] = 200
+    image[250:262, 240:290] = 200
+    at_map = float(brain_mask(scan_tools.resize_grey(image, 64)).mean())
+    assert abs(at_map - brain_mask(image).mean()) > 0.05  # the two sizes disagree here
+    old_row = {"in_brain": 0.9, "head_area": None}
+    rows = scan_tools.cam_readings(old_row, image, np.zeros((64, 64), np.float32)).set_index("statistic")
+    assert rows.loc["In-head energy", "reference"] == f"head area {100 * at_map:.1f}%"
+    stored = scan_tools.cam_readings({"in_brain": 0.9, "head_area": 0.42}, image, None).set_index("statistic")
+    assert stored.loc["In-head energy", "reference"] == "head area 42.0%"  # a stored reference wins
+
+
 def test_report_pdf_of_the_view(store: dict[str, int], full_store: tuple[str, dict[str, int]]) -> None:
     from sslmri_core.evaluation.metrics import patient_decision
 
     image = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
-    readings = scan_tools.cam_readings({"deletion_drop": 0.3, "random_drop": 0.05, "in_brain": 0.9}, 0.4)
+    readings = scan_tools.cam_readings({"deletion_drop": 0.3, "random_drop": 0.05, "in_brain": 0.9}, image, None)
     pdf = scan_tools.report_pdf(
         image=image, cam=np.ones((8, 8), np.float32), pred={"pred_label": "glioma", "confidence": 0.7},
         probs={"glioma": 0.7, "notumor": 0.3},
