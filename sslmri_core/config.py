@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -339,6 +340,14 @@ def check_values(config: Any, prefix: str = "--") -> None:
         lo, hi = BOUNDS.get(f.name, (-math.inf, math.inf))
         if not lo <= value <= hi:
             raise UsageError(f"{option} must be between {_number(lo)} and {_number(hi)}, got {_number(value)}")
+
+
+def refuse_first(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise ``ValueError(message)`` for the first ``(ok, message)`` whose ``ok`` is false: a validator's
+    option checks in the order they are listed."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def _number(x: float) -> str:

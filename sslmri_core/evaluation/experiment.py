@@ -22,6 +22,7 @@ from sslmri_core.config import (
     PretrainConfig,
     check_values,
     from_dict,
+    refuse_first,
     to_dict,
     with_overrides,
 )
@@ -115,9 +116,7 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
          "the imagenet arm needs --weights PATH (a local timm weights file; nothing is downloaded)"),
         (cfg.bootstrap >= 0, f"--bootstrap must be 0 or more, got {cfg.bootstrap}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    refuse_first(checks)
     if cfg.weights is not None and not Path(cfg.weights).expanduser().is_file():
         raise ValueError(f"--weights: no such file {cfg.weights}")
     check_model_name(cfg.model)

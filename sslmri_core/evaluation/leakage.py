@@ -64,7 +64,7 @@ def resolve_leakage_config(**overrides: Any) -> LeakageConfig:
 
 def validate_leakage(cfg: LeakageConfig) -> None:
     """Reject impossible settings with a message naming the option."""
-    from sslmri_core.config import PRECISIONS, check_values
+    from sslmri_core.config import PRECISIONS, check_values, refuse_first
     from sslmri_core.train.models import check_model_name
 
     check_values(cfg)
@@ -77,9 +77,7 @@ def validate_leakage(cfg: LeakageConfig) -> None:
         (cfg.bootstrap >= 0, f"--bootstrap must be 0 or more, got {cfg.bootstrap}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    refuse_first(checks)
     if not Path(str(cfg.data)).is_dir():
         raise ValueError(f"--data: no such folder {cfg.data}")
     check_model_name(cfg.model)

@@ -24,6 +24,7 @@ from sslmri_core.config import (
     GradcamConfig,
     check_values,
     from_dict,
+    refuse_first,
     to_dict,
 )
 from sslmri_core.explain.cam import (
@@ -70,9 +71,7 @@ def validate_gradcam(cfg: GradcamConfig) -> None:
         (all(0 < int(p) < 100 for p in cfg.road_percentiles),
          f"--road-percentiles must lie in (0, 100), got {cfg.road_percentiles}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    refuse_first(checks)
 
 
 def _load_run_model(

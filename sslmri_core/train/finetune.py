@@ -28,6 +28,7 @@ from sslmri_core.config import (
     PretrainConfig,
     check_values,
     from_dict,
+    refuse_first,
     to_dict,
     with_overrides,
 )
@@ -94,9 +95,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    refuse_first(checks)
     check_model_name(cfg.model)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslmri_core.config import OPTIMIZERS, PRECISIONS, PretrainConfig, check_values, from_dict, to_dict
+from sslmri_core.config import OPTIMIZERS, PRECISIONS, PretrainConfig, check_values, from_dict, refuse_first, to_dict
 from sslmri_core.data.groups import ContentIndex
 from sslmri_core.data.unusable import write_unusable
 from sslmri_core.errors import RunFailed, UsageError
@@ -73,9 +73,7 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
          f"--proj-hidden-dim and --proj-dim must be at least 1, got {cfg.proj_hidden_dim} and {cfg.proj_dim}"),
         (cfg.knn_k >= 1, f"--knn-k must be at least 1, got {cfg.knn_k}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    refuse_first(checks)
     check_model_name(cfg.model)
 
 
