@@ -1,8 +1,8 @@
 """Decoded-image cache: arrays keyed by content hash, and a stat index so unchanged files are not re-read.
 
 One SQLite file, ``$SSLMRI_CACHE/images/cache.db``, holds two tables: ``arrays`` maps ``(content
-hash, slice, size)`` to the raw uint8 ``(size, size)`` array (slice -1 for a plain image), and
-``files`` maps ``(path, size)`` plus the file's byte count, mtime, ctime and inode to the facts
+hash, slice, size, preprocess)`` to the raw uint8 ``(size, size)`` array (slice -1 for a plain image), and
+``files`` maps ``(path, size, preprocess)`` plus the file's byte count, mtime, ctime and inode to the facts
 found when it was last decoded (as git's index does: a file replaced with ``cp -p`` or ``rsync -a``
 keeps its size and mtime, but not its ctime). The same content is decoded once whatever its path,
 and a file is decoded again only when it changes. (One file per array was tried first: creating
@@ -60,25 +60,30 @@ class ImageCache:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         with self.conn:
+            # files_v3 / arrays_v2: keyed by the preprocessing too (a cache from before decodes once more; before
+            # that, files_v2 gained ctime and inode in the stat signature)
             self.conn.execute(
-                # files_v2: the stat signature gained ctime and inode (a cache from before decodes once more)
-                "CREATE TABLE IF NOT EXISTS files_v2 (path TEXT, img_size INTEGER, bytes INTEGER, mtime_ns INTEGER, "
-                "ctime_ns INTEGER, inode INTEGER, facts TEXT, PRIMARY KEY (path, img_size))"
+                "CREATE TABLE IF NOT EXISTS files_v3 (path TEXT, img_size INTEGER, preprocess TEXT, bytes INTEGER, "
+                "mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, facts TEXT, "
+                "PRIMARY KEY (path, img_size, preprocess))"
             )
             self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS arrays (hash TEXT, slice INTEGER, img_size INTEGER, data BLOB, "
-                "PRIMARY KEY (hash, slice, img_size))"
+                "CREATE TABLE IF NOT EXISTS arrays_v2 (hash TEXT, slice INTEGER, img_size INTEGER, preprocess TEXT, "
+                "data BLOB, PRIMARY KEY (hash, slice, img_size, preprocess))"
             )
 
-    def known_files(self, stats: list[FileStat], img_size: int) -> dict[str, list[dict[str, Any]]]:
+    def known_files(self, stats: list[FileStat], img_size: int,
+                    preprocess: str = "none") -> dict[str, list[dict[str, Any]]]:
         """Facts of every file whose stat signature still matches, and whose arrays are all present."""
+        where = (img_size, preprocess)
         known = {
             path: ((nbytes, mtime, ctime, inode), facts)
             for path, nbytes, mtime, ctime, inode, facts in self.conn.execute(
-                "SELECT path, bytes, mtime_ns, ctime_ns, inode, facts FROM files_v2 WHERE img_size = ?", (img_size,)
-            )
+                "SELECT path, bytes, mtime_ns, ctime_ns, inode, facts FROM files_v3 WHERE img_size = ? "
+                "AND preprocess = ?", where)
         }
-        present = set(self.conn.execute("SELECT hash, slice FROM arrays WHERE img_size = ?", (img_size,)))
+        present = set(self.conn.execute("SELECT hash, slice FROM arrays_v2 WHERE img_size = ? AND preprocess = ?",
+                                        where))
         out: dict[str, list[dict[str, Any]]] = {}
         for st in stats:
             hit = known.get(st.path)
@@ -90,24 +95,24 @@ class ImageCache:
         return out
 
     def store(self, img_size: int, files: list[tuple[FileStat, list[dict[str, Any]]]],
-              arrays: list[tuple[str, int | None, bytes]]) -> None:
+              arrays: list[tuple[str, int | None, bytes]], preprocess: str = "none") -> None:
         """Record decoded files and their arrays in one transaction."""
         with self.conn:
             self.conn.executemany(
-                "INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?)",
-                [(h, _slice(z), img_size, data) for h, z, data in arrays],
+                "INSERT OR REPLACE INTO arrays_v2 VALUES (?, ?, ?, ?, ?)",
+                [(h, _slice(z), img_size, preprocess, data) for h, z, data in arrays],
             )
             self.conn.executemany(
-                "INSERT OR REPLACE INTO files_v2 VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(st.path, img_size, *st.signature(), json.dumps(facts)) for st, facts in files],
+                "INSERT OR REPLACE INTO files_v3 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(st.path, img_size, preprocess, *st.signature(), json.dumps(facts)) for st, facts in files],
             )
 
-    def read(self, img_size: int, keys: list[tuple[str, int | None]]) -> np.ndarray:
+    def read(self, img_size: int, keys: list[tuple[str, int | None]], preprocess: str = "none") -> np.ndarray:
         """uint8 ``(len(keys), img_size, img_size)`` for ``(content hash, slice index)`` keys, in order."""
         out = np.empty((len(keys), img_size, img_size), dtype=np.uint8)
-        query = "SELECT data FROM arrays WHERE hash = ? AND slice = ? AND img_size = ?"
+        query = "SELECT data FROM arrays_v2 WHERE hash = ? AND slice = ? AND img_size = ? AND preprocess = ?"
         for i, (h, z) in enumerate(keys):
-            row = self.conn.execute(query, (h, _slice(z), img_size)).fetchone()
+            row = self.conn.execute(query, (h, _slice(z), img_size, preprocess)).fetchone()
             out[i] = np.frombuffer(row[0], dtype=np.uint8).reshape(img_size, img_size)
         return out
 

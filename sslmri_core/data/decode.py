@@ -66,8 +66,13 @@ def to_gray(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def square_resize(gray: Image.Image, size: int) -> np.ndarray:
-    """Pad an L image to a square (centred, black), resize: uint8 ``(size, size)``."""
+def square_resize(gray: Image.Image, size: int, preprocess: str = "none") -> np.ndarray:
+    """Prepare an L image (:func:`sslmri_core.data.head.prepare`: head crop, intensity normalisation), pad it
+    to a square (centred, black), resize: uint8 ``(size, size)``."""
+    if preprocess != "none":
+        from sslmri_core.data.head import prepare
+
+        gray = Image.fromarray(prepare(np.asarray(gray, dtype=np.uint8), preprocess))
     side = max(gray.width, gray.height)
     if gray.width != gray.height:
         square = Image.new("L", (side, side), 0)
@@ -119,12 +124,12 @@ def check_image_size(width: int, height: int, source: str = "") -> None:
         raise DecodeError(f"image too small ({width}x{height}): at least {MIN_SIDE}x{MIN_SIDE} needed")
 
 
-def decode_image_bytes(data: bytes, size: int, *, suffix: str | None = None,
-                       formats: tuple[str, ...] = FOLDER_FORMATS) -> tuple[np.ndarray, Facts]:
+def decode_image_bytes(data: bytes, size: int, *, suffix: str | None = None, formats: tuple[str, ...] = FOLDER_FORMATS,
+                       preprocess: str = "none") -> tuple[np.ndarray, Facts]:
     """Decode image file bytes: ``(uint8 (size, size), header facts)``; raises DecodeError with the reason.
 
     Only ``formats`` are opened; with ``suffix`` (the file name's, e.g. ``.png``) the content must be
-    the format the suffix names.
+    the format the suffix names; ``preprocess`` as in :func:`square_resize`.
     """
     if not data:
         raise DecodeError("empty file (0 bytes)")
@@ -139,7 +144,7 @@ def decode_image_bytes(data: bytes, size: int, *, suffix: str | None = None,
     with img:
         facts = Facts(img.width, img.height, img.mode, BIT_DEPTH.get(img.mode, 8))
         check_image_size(img.width, img.height)
-        if img.format == "JPEG":
+        if img.format == "JPEG" and preprocess == "none":  # a crop is cut from the full resolution
             # Decode at a reduced DCT scale when that still leaves the long side >= size: much faster.
             scale = size / max(img.width, img.height)
             img.draft("L" if img.mode in ("L", "RGB") else img.mode,
@@ -151,12 +156,12 @@ def decode_image_bytes(data: bytes, size: int, *, suffix: str | None = None,
             raise
         except Exception as exc:
             raise DecodeError(f"cannot decode: {exc.__class__.__name__}: {exc}") from exc
-    return square_resize(gray, size), facts
+    return square_resize(gray, size, preprocess), facts
 
 
-def decode_image(path: str | Path, size: int) -> np.ndarray:
+def decode_image(path: str | Path, size: int, preprocess: str = "none") -> np.ndarray:
     """Decode an image file at ``path`` to uint8 ``(size, size)``."""
-    return decode_image_bytes(Path(path).read_bytes(), size, suffix=Path(path).suffix)[0]
+    return decode_image_bytes(Path(path).read_bytes(), size, suffix=Path(path).suffix, preprocess=preprocess)[0]
 
 
 def check_volume_size(shape: tuple[int, ...], itemsize: int) -> None:
@@ -182,7 +187,7 @@ def _intensity_range(vol: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def nifti_slices(path: str | Path, size: int) -> tuple[list[tuple[int, np.ndarray]], Facts]:
+def nifti_slices(path: str | Path, size: int, preprocess: str = "none") -> tuple[list[tuple[int, np.ndarray]], Facts]:
     """Axial slices of a 3-D NIfTI volume: ``[(z, uint8 (size, size))]`` for non-empty slices, and facts.
 
     The header is read first and a volume over :data:`MAX_VOXELS` / :data:`MAX_VOXEL_BYTES` is
@@ -190,6 +195,7 @@ def nifti_slices(path: str | Path, size: int) -> tuple[list[tuple[int, np.ndarra
     scaled to 0-255 by the 0.5 and 99.5 percentiles of its non-zero voxels; NaN and inf voxels
     count as 0. One float32 copy of the volume is held; slices are scaled one at a time. Slices
     are shown with anterior up and the patient's right on the image's left (radiological convention).
+    ``preprocess`` as in :func:`square_resize`, per slice.
     """
     import nibabel as nib
 
@@ -220,7 +226,7 @@ def nifti_slices(path: str | Path, size: int) -> tuple[list[tuple[int, np.ndarra
         if (scaled > 0).mean() < EMPTY_SLICE_SHARE:
             continue
         view = np.fliplr(np.flipud(scaled.T)).astype(np.uint8)  # rows: anterior first; columns: right to left
-        slices.append((z, square_resize(Image.fromarray(np.ascontiguousarray(view)), size)))
+        slices.append((z, square_resize(Image.fromarray(np.ascontiguousarray(view)), size, preprocess)))
     if not slices:
         raise DecodeError("no axial slice with anatomy (all slices empty)")
     return slices, facts

@@ -280,7 +280,7 @@ def _to_uint8(frame: np.ndarray, ds: Any, stored: int, photometric: str, identit
     return to_gray(Image.fromarray(np.ascontiguousarray(values)))  # mode F: the 16-bit PNG path
 
 
-def decode_dicom_bytes(data: bytes, size: int) -> DicomScan:
+def decode_dicom_bytes(data: bytes, size: int, preprocess: str = "none") -> DicomScan:
     """Decode a DICOM file's bytes: every frame at ``size`` px; DecodeError with the reason.
 
     The header's sizes are checked against the NIfTI caps before any pixel is decoded.
@@ -319,7 +319,8 @@ def decode_dicom_bytes(data: bytes, size: int) -> DicomScan:
         name = ds.file_meta.TransferSyntaxUID.name
         raise DecodeError(f"cannot decode the pixel data ({name}): {exc.__class__.__name__}") from None
     stack = pixels.reshape((n_frames or 1, rows, cols, *((samples,) if samples > 1 else ())))
-    images = [square_resize(_to_uint8(frame, ds, stored, photometric, identity), size) for frame in stack]
+    images = [square_resize(_to_uint8(frame, ds, stored, photometric, identity), size, preprocess)
+              for frame in stack]
     frames: list[tuple[int | None, np.ndarray]] = [(k if n_frames else None, im) for k, im in enumerate(images)]
     facts = Facts(cols, rows, f"dicom:{photometric}"[:32], stored)
     return DicomScan(frames, _positions(ds, n_frames), facts, subject, series, salt_id())

@@ -48,12 +48,15 @@ Decoded = tuple[list[dict[str, Any]], list[tuple[str, int | None, bytes]]]
 WORKER_DIED = "the decoder process died on this file (out of memory or a crash)"
 
 
-def process_file(job: tuple[str, str, int]) -> Decoded:
+Job = tuple[str, str, int, str]  # path, kind, size, preprocess
+
+
+def process_file(job: Job) -> Decoded:
     """Read, hash and decode one file: one facts dict per image it holds, and the arrays' bytes.
 
     Runs in worker processes: takes and returns plain data only.
     """
-    path, kind, size = job
+    path, kind, size, preprocess = job
     try:
         data = Path(path).read_bytes()
     except PermissionError:
@@ -63,18 +66,18 @@ def process_file(job: tuple[str, str, int]) -> Decoded:
     digest = _hash(data)
     try:
         if kind == "nifti":
-            slices, facts = nifti_slices(path, size)
+            slices, facts = nifti_slices(path, size, preprocess)
             rows = [_facts(digest, len(data), width=facts.width, height=facts.height, mode=facts.mode,
                            bit_depth=facts.bit_depth, slice_index=z) for z, _ in slices]
             return rows, [(digest, z, array.tobytes()) for z, array in slices]
         if kind == "dicom":
-            scan = decode_dicom_bytes(data, size)
+            scan = decode_dicom_bytes(data, size, preprocess)
             f = scan.facts
             rows = [_facts(digest, len(data), width=f.width, height=f.height, mode=f.mode, bit_depth=f.bit_depth,
                            slice_index=k, position=pos, series=scan.series, dicom_subject=scan.subject,
                            salt_id=scan.salt_id) for (k, _), pos in zip(scan.frames, scan.positions, strict=True)]
             return rows, [(digest, k, array.tobytes()) for k, array in scan.frames]
-        array, facts = decode_image_bytes(data, size, suffix=Path(path).suffix)
+        array, facts = decode_image_bytes(data, size, suffix=Path(path).suffix, preprocess=preprocess)
     except DecodeError as exc:
         return [_facts(digest, len(data), status=UNUSABLE, reason=str(exc))], []
     except Exception as exc:  # a decoder bug must still become a reported reason, not a crash
@@ -94,7 +97,7 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _decode_all(jobs: list[tuple[str, str, int]], workers: int,
+def _decode_all(jobs: list[Job], workers: int,
                 progress: Callable[[int, int], None] | None) -> list[Decoded]:
     results: list[Decoded] = []
     if len(jobs) < INLINE_BELOW or workers <= 1:
@@ -119,7 +122,7 @@ def _decode_all(jobs: list[tuple[str, str, int]], workers: int,
     return results
 
 
-def _isolated(job: tuple[str, str, int]) -> Decoded:
+def _isolated(job: Job) -> Decoded:
     """:func:`process_file` in a process of its own: its death makes this one file unusable."""
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=_mp_context()) as pool:
@@ -176,8 +179,10 @@ def build_manifest(
     workers: int | None = None,
     cache_root: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    preprocess: str = "none",
 ) -> tuple[Manifest, np.ndarray]:
-    """Manifest of ``root`` and its usable images, uint8 ``(N, size, size)`` in ``manifest.usable`` order."""
+    """Manifest of ``root`` and its usable images, uint8 ``(N, size, size)`` in ``manifest.usable`` order,
+    each decoded with ``preprocess`` (:func:`sslmri_core.data.head.prepare`)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
@@ -188,16 +193,17 @@ def build_manifest(
     stats = {f.path: stat_file(f.path) for f in found.files}
     cache = ImageCache(cache_root or default_root())
     try:
-        facts_of = cache.known_files([s for s in stats.values() if s is not None], size)
+        facts_of = cache.known_files([s for s in stats.values() if s is not None], size, preprocess)
         salt = salt_id() if any(f.kind == "dicom" for f in found.files) else None  # made once, before the workers
         facts_of = {path: facts for path, facts in facts_of.items() if _fresh(facts, salt)}
         todo = [f for f in found.files if stats[f.path] is not None and f.path not in facts_of]
-        results = _decode_all([(f.path, f.kind, size) for f in todo], workers or min(os.cpu_count() or 2, 8), progress)
+        results = _decode_all([(f.path, f.kind, size, preprocess) for f in todo],
+                              workers or min(os.cpu_count() or 2, 8), progress)
         facts_of.update({src.path: facts for src, (facts, _) in zip(todo, results, strict=False)})
         # A file whose decoder died is not cached as unusable: next time it is tried again.
         cache.store(size, [(stats[src.path], facts) for src, (facts, _) in zip(todo, results, strict=False)  # type: ignore[misc]
                            if facts[0]["reason"] != WORKER_DIED],
-                    [a for _, arrays in results for a in arrays])
+                    [a for _, arrays in results for a in arrays], preprocess)
 
         rows: list[ManifestRow] = []
         for src in found.files:
@@ -212,7 +218,7 @@ def build_manifest(
         if any(f.get("dicom_subject") for facts in facts_of.values() for f in facts):
             pattern_label = f"{pattern_label}+{DICOM_SUBJECTS}" if pattern_label else DICOM_SUBJECTS
         manifest = Manifest(str(root), rows, pattern_label, found.notes)
-        images = cache.read(size, [(r.content_hash or "", r.slice_index) for r in manifest.usable])
+        images = cache.read(size, [(r.content_hash or "", r.slice_index) for r in manifest.usable], preprocess)
     finally:
         cache.close()
     return manifest, images

@@ -55,12 +55,14 @@ def load_folder(
     size: int,
     subject_pattern: str | None = None,
     class_map: dict[str, str] | None = None,
+    preprocess: str = "none",
 ) -> ImageSet:
-    """Every usable image under ``root`` at ``size`` px (decoded once, then from the cache)."""
+    """Every usable image under ``root`` at ``size`` px after ``preprocess`` (decoded once, then from the
+    cache). Groups and content checks always use the plain decode (``thumbs``)."""
     from sslmri_core.data.ingest import build_manifest
 
     root = Path(root).expanduser().resolve()  # stored and compared as one absolute path, however it was typed
-    manifest, images = build_manifest(root, size, subject_pattern, class_map)
+    manifest, images = build_manifest(root, size, subject_pattern, class_map, preprocess=preprocess)
     data = from_manifest(manifest, images)
     if not data.items:
         first = data.unusable[0] if data.unusable else None
@@ -68,7 +70,8 @@ def load_folder(
             f"no usable images in {root}: {len(manifest.files())} file(s) found, all unusable"
             + (f" (first: {first[0]}: {first[1]})" if first else " (expected ROOT/<class>/<image>)")
         )
-    data.thumbs = images if size == GROUP_SIZE else _group_decode(root, data.items, subject_pattern, class_map)
+    plain = size == GROUP_SIZE and preprocess == "none"
+    data.thumbs = images if plain else _group_decode(root, data.items, subject_pattern, class_map)
     data.grouping = content_grouping(data.subjects, data.thumbs)
     return data
 

@@ -24,14 +24,15 @@ def split_key(key: str) -> tuple[str, int | None]:
     return (match["path"], int(match["z"])) if match else (key, None)
 
 
-def read_scan(key: str, size: int) -> np.ndarray:
+def read_scan(key: str, size: int, preprocess: str = "none") -> np.ndarray:
     """A manifest key (an image or DICOM path, ``path#z=k`` for a NIfTI slice or DICOM frame) decoded
-    as training decodes it: uint8 ``(size, size)``; DecodeError with a one-line reason."""
+    as training decodes it (with the run's ``preprocess``): uint8 ``(size, size)``; DecodeError with a
+    one-line reason."""
     path, z = split_key(key)
     kind = file_kind(path)
     try:
         if kind == "nifti":
-            slices, _ = nifti_slices(path, size)
+            slices, _ = nifti_slices(path, size, preprocess)
             found = dict(slices).get(z if z is not None else -1)
             if found is None:
                 raise DecodeError(f"no usable axial slice {z} in {Path(path).name}" if z is not None else
@@ -39,13 +40,13 @@ def read_scan(key: str, size: int) -> np.ndarray:
             return found
         data = Path(path).read_bytes()
         if kind == "dicom":
-            frames = dict(decode_dicom_bytes(data, size).frames)
+            frames = dict(decode_dicom_bytes(data, size, preprocess).frames)
             if z not in frames:
                 raise DecodeError(f"{Path(path).name} has no frame {z}" if z is not None else
                                   f"{Path(path).name} is a multi-frame DICOM: name one frame as <path>#z=<k>")
             return frames[z]
         if kind == "image" and z is None:
-            return decode_image_bytes(data, size, suffix=Path(path).suffix)[0]
+            return decode_image_bytes(data, size, suffix=Path(path).suffix, preprocess=preprocess)[0]
     except OSError as exc:
         raise DecodeError(f"cannot read {Path(path).name}: {exc.strerror or exc.__class__.__name__}") from None
     raise DecodeError(f"{Path(path).name}: not an image, NIfTI slice or DICOM file")

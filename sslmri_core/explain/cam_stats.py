@@ -9,27 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-
-def brain_mask(image_u8: np.ndarray) -> np.ndarray:
-    """Head/brain foreground of a grey slice: bool ``(H, W)``.
-
-    Otsu threshold on the intensities, holes filled (dark CSF and lesions inside the head count),
-    a small opening to cut thin noise bridges, then the largest connected component.
-    """
-    import cv2
-
-    img = np.ascontiguousarray(image_u8, dtype=np.uint8)
-    if int(img.max()) == int(img.min()):
-        return np.zeros(img.shape, dtype=bool)
-    level, _ = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    mask = img > level
-    mask = ndimage.binary_fill_holes(mask)
-    mask = ndimage.binary_opening(mask, structure=np.ones((3, 3), bool), iterations=max(1, img.shape[0] // 128))
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
-    return ndimage.binary_fill_holes(labels == (int(np.argmax(sizes)) + 1))
+from sslmri_core.data.head import brain_mask as brain_mask  # the head mask lives with the data
 
 
 def intensity(cam: np.ndarray) -> float:

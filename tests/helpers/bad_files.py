@@ -168,7 +168,7 @@ def nifti_bomb(path: Path, shape: tuple[int, int, int] = (2000, 2000, 30)) -> No
         f.write(header.binaryblock + b"\0" * 4 + b"\0" * 4096)
 
 
-def crash_on(job: tuple[str, str, int]) -> object:
+def crash_on(job: tuple[str, str, int, str]) -> object:
     """``ingest.process_file``, except that a file named ``*crash*`` kills its process (as the OOM killer would)."""
     if "crash" in Path(job[0]).name:
         os._exit(137)

@@ -281,7 +281,7 @@ def test_the_image_cache_database_is_not_migrated(tmp_path: Path) -> None:
         code, _, err = invoke([*command, "--db", url])
         assert code == 2 and "not an sslmri run store" in _one_line_error(err)
     assert path.read_bytes() == before  # not a byte changed
-    assert _tables(url) == {"arrays", "files_v2"}
+    assert _tables(url) == {"arrays_v2", "files_v3"}
 
 
 def test_a_foreign_database_is_refused(db_url: str) -> None:
