@@ -1,12 +1,7 @@
-"""sslmri command line: data, pretrain, finetune, runs, db, demo.
-
-A Typer shim: each command declares its options and hands them, by name, to one function of
-``sslmri_core`` (``_run("module:function", locals())``), imported only when the command runs:
-torch and timm take seconds to import and ``--help`` must not. Options shared by several commands
-are declared once below as ``Annotated`` aliases. Options left unset are passed as ``None`` and never
-override the defaults in ``sslmri_core/config.py``. Errors become one line on stderr and an exit code
-(:mod:`sslmri_core.errors`).
-"""
+"""sslmri command line. A Typer shim: each command hands its options, by name, to one function of ``sslmri_core``
+(``_run("module:function", locals())``), imported only when the command runs (``--help`` never imports torch).
+Shared options are ``Annotated`` aliases; unset ones are ``None`` and never override ``sslmri_core/config.py``.
+Errors become one line on stderr and an exit code (:mod:`sslmri_core.errors`)."""
 
 from __future__ import annotations
 
@@ -56,11 +51,15 @@ BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Images p
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate (AdamW).")]
 GivenSplitOpt = Annotated[bool | None, typer.Option("--use-given-split", help=GIVEN_HELP)]
 LeakySplitOpt = Annotated[bool | None, typer.Option("--allow-leaky-split", help=LEAKY_HELP)]
+PresetOpt = Annotated[str | None, typer.Option(help="cpu | gpu: the measured recipe (README); given options win.")]
+UnlabeledOpt = Annotated[list[Path] | None, typer.Option("--unlabeled", help=(
+    "More folders for the SSL pool (repeatable; labels ignored; copies of val/test images left out)."))]
+PreprocessOpt = Annotated[str | None, typer.Option(
+    help="none | crop | norm | crop+norm: crop each slice to the head; percentile-normalise inside it.")]
 
 
 def _fail(message: str, code: int) -> None:
     from sslmri_core.store.engine import mask_text  # only when failing: --help stays free of SQLAlchemy
-
     typer.echo(f"error: {mask_text(message)}", err=True)
     raise typer.Exit(code)
 
@@ -150,6 +149,7 @@ def data_audit(
 def pretrain(
     data: Annotated[list[Path] | None, typer.Option(
         "--data", help="Image folder(s) ROOT/<class>/...; labels only monitor. Default: built-in set.")] = None,
+    unlabeled: UnlabeledOpt = None, preset: PresetOpt = None, preprocess: PreprocessOpt = None,
     model: Annotated[str | None, typer.Option(help="Any timm model name (default resnet50).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Training image side in pixels (default 128).")] = None,
     batch_size: Annotated[int | None, typer.Option(
@@ -165,6 +165,10 @@ def pretrain(
     warmup_epochs: Annotated[float | None, typer.Option(
         help="Linear warm-up epochs before the cosine decay (default 1).")] = None,
     temperature: Annotated[float | None, typer.Option(help="NT-Xent temperature (default 0.2).")] = None,
+    mask_same_subject: Annotated[bool | None, typer.Option("--mask-same-subject/--subject-negatives",
+        help="Slices of one subject are not each other's NT-Xent negatives (default on).")] = None,
+    monitor_share: Annotated[float | None, typer.Option(help="kNN monitor: at most this share of epoch time.")] = None,
+    compile: Annotated[str | None, typer.Option(help="auto | on | off: torch.compile (auto: on CUDA).")] = None,
     proj_hidden_dim: Annotated[int | None, typer.Option(help="Projection head hidden size (default 512).")] = None,
     proj_dim: Annotated[int | None, typer.Option(help="Projection head output size (default 128).")] = None,
     augment: AugmentOpt = None,
@@ -187,13 +191,11 @@ def pretrain(
         help="Also checkpoint mid-epoch after this many minutes (default 10; 0: epoch ends only).")] = None,
     resume: Annotated[int | None, typer.Option(
         help="Continue this interrupted (or killed, or failed) pretraining run from its last checkpoint.")] = None,
-    db: DbOpt = None, out: OutOpt = None, json_out: JsonOpt = False,
-    progress: ProgressOpt = True,
+    db: DbOpt = None, out: OutOpt = None, json_out: JsonOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """SimCLR self-supervised pretraining of an encoder on unlabeled MRI slices.
 
-    Multi-GPU / multi-node: torchrun --nproc_per_node N cli.py pretrain ... (rank 0 writes the store).
-    """
+    Multi-GPU / multi-node: torchrun --nproc_per_node N cli.py pretrain ... (rank 0 writes the store)."""
     _run("train.launch:pretrain", locals())
 
 
@@ -216,7 +218,9 @@ def augment_preview(
 def finetune(
     task: Annotated[str | None, typer.Option(
         help="Task name recorded with the run; picks the built-in set without --data (default tumor).")] = None,
-    data: LabelledDataOpt = None,
+    data: LabelledDataOpt = None, preset: PresetOpt = None, preprocess: PreprocessOpt = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing of the loss (default 0).")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Also average the mirror image.")] = None,
     from_run: Annotated[int | None, typer.Option(help="SSL pretraining run whose encoder to start from.")] = None,
     init: Annotated[str | None, typer.Option(
         help="ssl (with --from-run) | scratch | imagenet (with --weights)")] = None,
@@ -251,8 +255,7 @@ def finetune(
     subject_pattern: SubjectPatternOpt = None,
     seed: Annotated[int | None, typer.Option(
         help="Seed of training and of the label draw (the split's is --split-seed).")] = None,
-    db: DbOpt = None, out: OutOpt = None, json_out: JsonOpt = False,
-    progress: ProgressOpt = True,
+    db: DbOpt = None, out: OutOpt = None, json_out: JsonOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """Train a classifier (linear probe or full fine-tune) on a subject-level split and score it on test."""
     _run("train.launch:finetune", locals())
@@ -264,6 +267,7 @@ def evaluate(
     run: Annotated[int, typer.Option("--run", help="Fine-tuning run whose selected model to score.")],
     data: Annotated[Path, typer.Option(
         "--data", help="External labelled folder ROOT/<class>/... (class names as the model's).")],
+    class_map: ClassMapOpt = None,
     bootstrap: Annotated[int | None, typer.Option(
         help="Bootstrap resamples (by subject) for 95% intervals (default: the run's).")] = None,
     keep_overlap: Annotated[bool, typer.Option("--keep-overlap", help=(
@@ -288,8 +292,7 @@ def experiment(
     pretrain_run: Annotated[int | None, typer.Option(
         help="Use this SSL pretraining run instead of pretraining.")] = None,
     pretrain_epochs: Annotated[int | None, typer.Option(help="SimCLR epochs when pretraining (default 10).")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help="cpu: resnet18 at 64 px, few epochs, 2 seeds (a 2-core machine).")] = None,
+    preset: PresetOpt = None, unlabeled: UnlabeledOpt = None, preprocess: PreprocessOpt = None,
     model: Annotated[str | None, typer.Option(help="timm model name (default resnet50).")] = None,
     image_size: ImageSizeOpt = None,
     batch_size: BatchSizeOpt = None,
@@ -410,8 +413,7 @@ def demo(
 def embed(
     run: Annotated[int, typer.Option("--run", help="Pretrain or finetune run whose encoder features to map.")],
     method: Annotated[str, typer.Option(help="umap (umap-learn) or tsne (scikit-learn).")] = "umap",
-    split: Annotated[str, typer.Option(
-        help="all, or one split of the run (train, val, test; pool for pretraining).")] = "all",
+    split: Annotated[str, typer.Option(help="all, or train | val | test (pool for pretraining).")] = "all",
     max_images: Annotated[int, typer.Option(help="At most this many images (a fixed random subset beyond it).")] = 5000,
     db: DbOpt = None,
     json_out: JsonOpt = False,

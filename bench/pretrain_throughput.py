@@ -2,6 +2,7 @@
 
     python bench/pretrain_throughput.py                       # CPU, ResNet-50, 128 px, batch 64
     python bench/pretrain_throughput.py --device cuda --batch 512 --steps 20
+    python bench/pretrain_throughput.py --cli --batch 512 --steps 300   # `cli.py pretrain` itself (GPU)
 
 (a) ``sslmri``: the pretraining step of ``sslmri_core.train.simclr`` (the code ``pretrain`` runs) from
 uint8 images in memory (what the image cache holds): batches augmented on the training device,
@@ -14,6 +15,13 @@ included), one after the other (the reference's loader workers never run while s
 warm-up steps, then ``--repeats`` timed runs of ``--steps`` steps; images/s counts both views; the JSON's last line
 reports medians and the ratio. Needs only torch, torchvision, timm,
 numpy and pillow (no run store, no pandas).
+
+``--cli`` times the product instead: ``cli.py pretrain`` on a generated folder (``--no-monitor``,
+``--include-test``, the device ``pretrain`` picks, torch.compile where it compiles), then reads the
+run's per-step ``images_per_s`` (both views, from the uint8 pool through augmentation, forward,
+backward and the optimiser step) from its SQLite store: the steady rate after ``--skip-steps``
+(compilation, warm-up), the rate over every step, and the wall times of the run and the command,
+against ``--target`` views/s.
 """
 
 from __future__ import annotations
@@ -220,6 +228,53 @@ def _timed(step: Any, args: argparse.Namespace, device: Any) -> dict[str, Any]:
     return out
 
 
+def run_cli(args: argparse.Namespace) -> dict[str, Any]:
+    """``cli.py pretrain`` on a generated (or ``--data``) folder; rates from the run's stored step metrics."""
+    import sqlite3
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        folder = args.data or make_image_folder(Path(tmp) / "images", args.n_images or max(8192, 16 * args.batch),
+                                                size=args.image_size)
+        generated_s = time.perf_counter() - start
+        db = Path(tmp) / "runs.db"
+        cmd = [sys.executable, str(ROOT / "cli.py"), "pretrain", "--data", str(folder), "--model", args.model,
+               "--image-size", str(args.image_size), "--batch-size", str(args.batch), "--max-steps", str(args.steps),
+               "--epochs", "100000", "--precision", args.precision, "--no-monitor", "--include-test",
+               "--checkpoint-minutes", "0", "--db", f"sqlite:///{db}", "--out", str(Path(tmp) / "runs"),
+               "--no-progress", "--json"]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        command_s = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"cli.py pretrain failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        with sqlite3.connect(db) as con:
+            run_id, started, ended, device = con.execute(
+                "select id, started_at, ended_at, device from runs where kind='pretrain' order by id desc").fetchone()
+            rates = [v for (v,) in con.execute("select value from metrics where run_id=? and key='images_per_s' "
+                                                "order by step", (run_id,))]
+            params = dict(con.execute("select key, value from params where run_id=?", (run_id,)).fetchall())
+    from datetime import datetime
+
+    views = 2 * args.batch * int(params.get("world_size", 1))
+    steady = rates[args.skip_steps :]
+
+    def rate(points: list[float]) -> float:  # views over the summed step times
+        return len(points) * views / sum(views / r for r in points) if points else float("nan")
+
+    run_s = (datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds()
+    return {
+        "steps": len(rates), "views_per_step": views, "views_per_s": round(rate(steady), 1),
+        "views_per_s_every_step": round(rate(rates), 1), "first_step_s": round(views / rates[0], 2),
+        "run_views_per_s": round(len(rates) * views / run_s, 1), "run_wall_s": round(run_s, 1),
+        "command_wall_s": round(command_s, 1), "data_generated_s": round(generated_s, 1),
+        "target_views_per_s": args.target, "meets_target": rate(steady) >= args.target,
+        "compiled": params.get("compiled"), "precision": params.get("precision"),
+        "optimizer": params.get("optimizer"), "n_images": params.get("n_images"),
+        "device": device,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -234,10 +289,20 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="ImageFolder ROOT/<class>/...; default: generated")
     parser.add_argument("--n-images", type=int, default=None, help="generated images (default: max(512, 4 x batch))")
     parser.add_argument("--compile", action="store_true", help="torch.compile sslmri's model")
+    parser.add_argument("--cli", action="store_true", help="time `cli.py pretrain` itself (see the module doc)")
+    parser.add_argument("--skip-steps", type=int, default=30, help="--cli: steps left out of the steady rate")
+    parser.add_argument("--target", type=float, default=20000.0, help="--cli: views/s to reach")
     parser.add_argument("--only", choices=["sslmri", "reference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workers is None:
         args.workers = min(8, os.cpu_count() or 1)
+    if args.cli:
+        import torch
+
+        print(json.dumps({"bench": "cli_pretrain", "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                          else None, "torch": torch.__version__, "model": args.model, "image_size": args.image_size,
+                          "batch": args.batch, "loadavg_end": os.getloadavg()} | run_cli(args)))
+        return
 
     if args.only:  # child process: one pipeline, one JSON line
         folder = args.data

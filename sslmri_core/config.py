@@ -22,6 +22,9 @@ CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "eigencam", "layercam", "scor
 EMBED_METHODS = ("umap", "tsne")
 INITS = ("ssl", "scratch", "imagenet")  # where a fine-tuned encoder starts
 MODES = ("linear", "full")  # linear: frozen encoder, a trained head; full: everything trains
+# How every slice is prepared before it is resized (data.head): crop to the head's bounding box, and/or
+# map the 1st-99th intensity percentiles inside the head to 0-255 (scanner brightness stops mattering).
+PREPROCESS = ("none", "crop", "norm", "crop+norm")
 # An experiment arm is one (init, mode) pair; the order is the display order everywhere.
 ARM_SETTINGS: dict[str, tuple[str, str]] = {
     "ssl-linear": ("ssl", "linear"),
@@ -63,9 +66,11 @@ class SynthConfig:
 
 # The built-in data (generated on first use): a labelled set for fine-tuning and testing, and a
 # pool of other synthetic subjects (another seed) for pretraining, so SSL never sees a test subject.
+# Many subjects of few slices each: a test split of ~18 tumour subjects, one subject per class at a 5%
+# label budget, and an unlabeled pool a third larger than the whole labelled set (4x its tumour task).
 BUILTIN_SETS: dict[str, SynthConfig] = {
-    "labeled": SynthConfig(task="all", subjects=20, seed=0),
-    "pretrain": SynthConfig(task="all", subjects=10, seed=1000),
+    "labeled": SynthConfig(task="all", subjects=30, slices_per_subject=4, seed=0),
+    "pretrain": SynthConfig(task="all", subjects=40, slices_per_subject=4, seed=1000),
 }
 
 
@@ -90,6 +95,10 @@ class AugmentConfig:
     bias_field: float = 0.0  # smooth multiplicative field exp(+-s) (scanner inhomogeneity); 0: off
 
 
+NO_AUGMENT = AugmentConfig(
+    crop_scale_min=1.0, crop_ratio=1.0, flip_p=0.0, rotate_deg=0.0, shear_deg=0.0, brightness=0.0, contrast=0.0,
+    gamma=0.0, blur_p=0.0, noise_std=0.0,
+)  # the identity
 LIGHT_AUGMENT = AugmentConfig(
     crop_scale_min=0.8, crop_ratio=1.1, rotate_deg=5.0, shear_deg=0.0, brightness=0.1, contrast=0.1, gamma=0.1,
     blur_p=0.0, noise_std=0.0,
@@ -101,6 +110,11 @@ class PretrainConfig:
     """SimCLR pretraining."""
 
     data: list[str] = field(default_factory=list)  # empty: the built-in synthetic pool
+    # More folders for the pool, labels ignored; an image copying one of the --data folders' val/test
+    # groups (by content: exact or near copy) is left out and counted.
+    unlabeled: list[str] = field(default_factory=list)
+    preset: str | None = None  # the recipe applied under the user's options (PRESETS)
+    preprocess: str = "none"  # one of PREPROCESS; fine-tuning from this run uses the same
     model: str = "resnet50"
     image_size: int = 128
     batch_size: int = 32
@@ -112,6 +126,10 @@ class PretrainConfig:
     weight_decay: float = 1e-6  # SimCLR's value (with LARS)
     warmup_epochs: float = 1.0
     temperature: float = 0.2  # SimCLR (Chen et al. 2020), Table 5: 0.1-0.5 work best
+    # Slices of one subject are not each other's negatives in NT-Xent (else the encoder learns who a
+    # slice belongs to rather than what it shows); images without a subject id are their own subject.
+    mask_same_subject: bool = True
+    compile: str = "auto"  # torch.compile the model: auto (on CUDA only) | on | off
     proj_hidden_dim: int = 512
     proj_dim: int = 128
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -123,6 +141,7 @@ class PretrainConfig:
     knn_k: int = 20
     knn_bank: int = 2000  # at most this many labelled train images in the bank
     knn_queries: int = 500  # at most this many val images scored
+    monitor_share: float = 0.1  # bank and queries shrink so the monitor costs at most this share of an epoch
     probe_lr: float = 1e-3
     seed: int = 0
     out: str = "runs"
@@ -150,6 +169,8 @@ class FinetuneConfig:
 
     task: str = "tumor"
     data: str | None = None  # None: the built-in synthetic set for ``task``
+    preset: str | None = None  # the recipe applied under the user's options (PRESETS)
+    preprocess: str = "none"  # one of PREPROCESS; taken from the pretraining run when from_run is set
     from_run: int | None = None  # SSL pretraining run to start from
     init: str = "ssl"  # ssl (needs from_run) | scratch | imagenet (needs weights)
     weights: str | None = None  # --init imagenet: a local timm weights file (.pth/.pt/.bin/.safetensors)
@@ -159,6 +180,8 @@ class FinetuneConfig:
     mode: str = "full"  # linear (frozen encoder) | full
     encoder_lr_scale: float = 1.0  # full mode: the encoder's learning rate is lr x this (the head's is lr)
     class_weighted: bool = True  # cross-entropy weighted by inverse class frequency of the labelled images
+    label_smoothing: float = 0.0
+    tta: bool = False  # predictions averaged over the image and its left-right flip
     label_fraction: float = 1.0
     labels_per_class: int | None = None  # instead of a fraction: whole subjects until N images per class
     use_given_split: bool = False  # honour the data set's Training/Testing folders (refused when groups cross them)
@@ -193,6 +216,8 @@ class ExperimentConfig:
     task: str = "tumor"
     data: str | None = None  # None: the built-in synthetic set for ``task``
     fractions: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    unlabeled: list[str] = field(default_factory=list)  # more SSL pool folders (PretrainConfig.unlabeled)
+    preprocess: str = "none"  # one of PREPROCESS, for pretraining and every child
     seeds: int = 3  # training/label-draw seeds 0..seeds-1; the split seed stays fixed
     arms: list[str] = field(default_factory=lambda: list(NO_WEIGHTS_ARMS))
     pretrain_run: int | None = None  # reuse this SSL run instead of pretraining
@@ -217,12 +242,43 @@ class ExperimentConfig:
     preset: str | None = None
 
 
-# ``experiment --preset NAME``: settings applied before the user's own options.
-EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores: 3 fractions x 2 seeds x 3 arms on ~5,700 images well under an hour (README).
-    "cpu": {"model": "resnet18", "image_size": 64, "batch_size": 64, "pretrain_epochs": 2,
-            "finetune_epochs": 3, "seeds": 2, "bootstrap": 1000},
+# Fine-tuning augmentation of the recipes: LIGHT_AUGMENT plus the intensity and sharpness changes another
+# scanner brings (brightness, contrast, gamma, blur, noise, bias field), so a model carries across sources.
+RECIPE_AUGMENT = dataclasses.replace(
+    LIGHT_AUGMENT, brightness=0.25, contrast=0.3, gamma=0.3, blur_p=0.3, blur_sigma=1.0, noise_std=0.02,
+    bias_field=0.2)
+
+# ``--preset NAME`` of pretrain, finetune and experiment: settings applied under the user's own options
+# (defaults, then the preset, then the options). Chosen by measurement on validation splits: README,
+# "Recipes". An experiment's children take the finetune recipe and its pretraining the pretrain recipe.
+_CPU = {"model": "resnet18", "image_size": 128, "preprocess": "crop+norm"}  # 2 CPU cores
+_GPU = {"model": "resnet50", "image_size": 160, "preprocess": "crop+norm"}  # one modern GPU
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {
+        "pretrain": {**_CPU, "batch_size": 128, "epochs": 15},
+        "finetune": {**_CPU, "batch_size": 64, "epochs": 14, "label_smoothing": 0.1, "tta": True,
+                     "augment": RECIPE_AUGMENT},
+        "experiment": {**_CPU, "batch_size": 64, "pretrain_epochs": 15, "finetune_epochs": 14, "seeds": 2},
+    },
+    "gpu": {
+        "pretrain": {**_GPU, "batch_size": 512, "epochs": 50},
+        "finetune": {**_GPU, "batch_size": 128, "epochs": 30, "label_smoothing": 0.1, "tta": True,
+                     "augment": RECIPE_AUGMENT},
+        "experiment": {**_GPU, "batch_size": 128, "pretrain_epochs": 50, "finetune_epochs": 30, "seeds": 3},
+    },
 }
+
+
+def preset_settings(preset: str | None, command: str) -> dict[str, Any]:
+    """The settings ``--preset NAME`` gives ``command`` (pretrain | finetune | experiment), fresh copies;
+    {} without a preset. An unknown name is a ValueError naming the option."""
+    if preset is None:
+        return {}
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    settings = {k: dataclasses.replace(v) if dataclasses.is_dataclass(v) else v  # type: ignore[type-var]
+                for k, v in PRESETS[preset][command].items()}
+    return {**settings, "preset": preset}
 
 
 @dataclass
@@ -288,6 +344,9 @@ class LeakageConfig:
     split_seed: int = 0  # the split seed of all four children
     subject_pattern: str | None = None
     class_map: dict[str, str] = field(default_factory=dict)
+    # fine-tuning's own by default; augmentation hides some of the leak (memorising a patient is harder on
+    # jittered slices), so a small demonstration may turn it off (the demo does)
+    augment: AugmentConfig = field(default_factory=lambda: dataclasses.replace(LIGHT_AUGMENT))
     precision: str = "auto"
     bootstrap: int = 0  # subject-bootstrap resamples per child: the demonstration needs point estimates only
     out: str = "runs"
@@ -295,15 +354,26 @@ class LeakageConfig:
 
 @dataclass
 class DemoConfig:
-    """What ``make demo`` runs on the built-in data (sized for <= 10 min on 2 CPU cores)."""
+    """What ``make demo`` runs on the built-in data (sized for <= 10 min on 2 CPU cores, README "The demo"):
+    an SSL-vs-supervised experiment (every arm x fraction x seed at one budget per fraction), the data
+    audit, the leakage demonstration, Grad-CAM of one fine-tuned model and a map of the SSL encoder."""
 
     task: str = "tumor"
     model: str = "resnet18"
-    image_size: int = 96
-    pretrain_epochs: int = 6
-    finetune_epochs: int = 8
-    min_steps: int | None = None  # None: fine-tuning's own floor (FinetuneConfig.min_steps)
+    image_size: int = 64
     batch_size: int = 32
+    fractions: list[float] = field(default_factory=lambda: [0.05, 0.2, 1.0])
+    seeds: int = 2
+    pretrain_epochs: int = 5
+    finetune_epochs: int = 6  # the budget of a fraction: epochs x batches of its labelled set, at least min_steps
+    min_steps: int = 50
+    preprocess: str = "none"
+    bootstrap: int = 1000
+    leakage_image_size: int = 48
+    leakage_steps: int = 150  # optimiser steps of each of the leakage demonstration's four children
+    leakage_augment: AugmentConfig = field(default_factory=lambda: dataclasses.replace(NO_AUGMENT))
+    gradcam_limit: int | None = None  # Grad-CAM of at most this many test scans; None: all of them
+    precision: str = "auto"
 
 
 # Ranges of numeric settings, by field name (a name means the same in every config). Every float
@@ -319,7 +389,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "gamma": (0.0, 10.0), "blur_sigma": (0.0, 20.0), "noise_std": (0.0, 1.0), "bias_field": (0.0, 3.0),
     "seed": (0, 2**32 - 1), "split_seed": (0, 2**32 - 1),
     "from_run": (1, MAX_RUN_ID), "pretrain_run": (1, MAX_RUN_ID), "run": (1, MAX_RUN_ID),
-    "experiment_run": (1, MAX_RUN_ID),
+    "experiment_run": (1, MAX_RUN_ID), "label_smoothing": (0.0, 0.5), "monitor_share": (0.0, 1.0),
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sslmri_core.output import print_json, print_metrics, result_dict
+from sslmri_core.output import print_json, print_metrics
 
 
 def float_list(text: str | None, option: str) -> list[float] | None:
@@ -34,16 +34,17 @@ def int_list(text: str | None, option: str) -> list[int] | None:
         raise ValueError(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
-def evaluate(*, run: int, data: Path, bootstrap: int | None, keep_overlap: bool, db: str | None, out: Path | None,
-             json_out: bool) -> None:
+def evaluate(*, run: int, data: Path, class_map: str | None, bootstrap: int | None, keep_overlap: bool,
+             db: str | None, out: Path | None, json_out: bool) -> None:
     """``evaluate``: score a fine-tuned run on an external folder, as an ``evaluate`` run."""
 
+    from sslmri_core.data.sources import parse_class_map
     from sslmri_core.evaluation.external import evaluate_external
     from sslmri_core.progress import console
     from sslmri_core.store.writer import RunStore
 
     result = evaluate_external(RunStore(db), run, data, bootstrap=bootstrap, out=str(out) if out else None,
-                               keep_overlap=keep_overlap)
+                               keep_overlap=keep_overlap, class_map=parse_class_map(class_map))
     for key in result.overlap[:20]:
         console.print(f"{'kept' if keep_overlap else 'left out'} {key}: copies an image the "
                       "model trained, selected or pretrained on", style="yellow")
@@ -60,7 +61,8 @@ def evaluate(*, run: int, data: Path, bootstrap: int | None, keep_overlap: bool,
 
 
 def experiment(*, task: str | None, data: Path | None, fractions: str | None, seeds: int | None, arms: str | None,
-               pretrain_run: int | None, pretrain_epochs: int | None, preset: str | None, model: str | None,
+               pretrain_run: int | None, pretrain_epochs: int | None, preset: str | None,
+               unlabeled: list[Path] | None, preprocess: str | None, model: str | None,
                image_size: int | None, batch_size: int | None, epochs: int | None, min_steps: int | None,
                folds: int | None, lr: float | None, encoder_lr_scale: float | None, weights: Path | None,
                split_seed: int | None, use_given_split: bool | None, allow_leaky_split: bool | None,
@@ -80,7 +82,8 @@ def experiment(*, task: str | None, data: Path | None, fractions: str | None, se
         encoder_lr_scale=encoder_lr_scale, weights=str(weights) if weights else None, split_seed=split_seed,
         use_given_split=use_given_split, allow_leaky_split=allow_leaky_split, subject_pattern=subject_pattern,
         class_map=parse_class_map(class_map) or None, precision=precision, bootstrap=bootstrap,
-        out=str(out) if out else None,
+        out=str(out) if out else None, unlabeled=[str(d) for d in unlabeled] if unlabeled else None,
+        preprocess=preprocess,
     )
     result = run_experiment(cfg, store, show_progress=progress)
     if json_out:
@@ -130,13 +133,14 @@ def leakage(*, data: Path, model: str | None, image_size: int | None, batch_size
 
 
 def demo(*, db: str | None, out: Path | None, json_out: bool) -> None:
-    """``demo``: SSL pretraining on the built-in data, then SSL (linear, full) vs scratch fine-tuning."""
+    """``demo``: on the built-in data, the data audit, an SSL-vs-supervised experiment (3 label fractions x 2
+    seeds), the leakage demonstration, Grad-CAM and a UMAP; prints the paired SSL - scratch differences."""
     from sslmri_core.evaluation.demo import run_demo
     from sslmri_core.store.writer import RunStore
 
-    results = run_demo(RunStore(db), out=str(out) if out else None)
+    result = run_demo(RunStore(db), out=str(out) if out else None)
     if json_out:
-        print_json([result_dict(r) for r in results])
+        print_json(result.to_json())
 
 
 def embed(*, run: int, method: str, split: str, max_images: int, db: str | None, json_out: bool) -> None:

@@ -7,6 +7,7 @@ skipped and the rest (failed, interrupted, never started) are run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -16,12 +17,13 @@ from typing import Any
 from sslmri_core.config import (
     ARM_SETTINGS,
     ARMS,
-    EXPERIMENT_PRESETS,
+    PREPROCESS,
     ExperimentConfig,
     FinetuneConfig,
     PretrainConfig,
     check_values,
     from_dict,
+    preset_settings,
     refuse_first,
     to_dict,
     with_overrides,
@@ -66,10 +68,7 @@ def resolve_experiment_config(store: RunStore, preset: str | None = None, **over
     user's options."""
     base = ExperimentConfig()
     check_values(with_overrides(base, **overrides))  # --pretrain-run and every number, before the store is read
-    if preset is not None:
-        if preset not in EXPERIMENT_PRESETS:
-            raise ValueError(f"--preset must be one of {', '.join(EXPERIMENT_PRESETS)}, got {preset!r}")
-        base = with_overrides(base, **EXPERIMENT_PRESETS[preset], preset=preset)
+    base = with_overrides(base, **preset_settings(preset, "experiment"))
     pretrain_run = overrides.get("pretrain_run")
     if pretrain_run is not None:
         if overrides.get("pretrain_epochs") is not None:
@@ -88,6 +87,7 @@ def resolve_experiment_config(store: RunStore, preset: str | None = None, **over
     cfg = with_overrides(base, **overrides)
     if cfg.data is not None:
         cfg.data = str(Path(cfg.data).expanduser().resolve())
+    cfg.unlabeled = [str(Path(d).expanduser().resolve()) for d in cfg.unlabeled]  # one folder, one spelling
     return cfg
 
 
@@ -115,10 +115,14 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
         ("imagenet" not in cfg.arms or cfg.weights is not None,
          "the imagenet arm needs --weights PATH (a local timm weights file; nothing is downloaded)"),
         (cfg.bootstrap >= 0, f"--bootstrap must be 0 or more, got {cfg.bootstrap}"),
+        (cfg.preprocess in PREPROCESS, f"--preprocess must be one of {', '.join(PREPROCESS)}, got {cfg.preprocess!r}"),
     ]
     refuse_first(checks)
     if cfg.weights is not None and not Path(cfg.weights).expanduser().is_file():
         raise ValueError(f"--weights: no such file {cfg.weights}")
+    for folder in cfg.unlabeled:
+        if not Path(folder).expanduser().is_dir():
+            raise ValueError(f"--unlabeled: no such folder {folder}")
     check_model_name(cfg.model)
 
 
@@ -133,10 +137,14 @@ def fingerprint(cfg: ExperimentConfig, data_fingerprint: str = "") -> str:
 def child_config(cfg: ExperimentConfig, arm: str, fraction: float, seed: int, pretrain_run: int | None,
                  experiment_run: int, steps: int | None = None, fold: int | None = None) -> FinetuneConfig:
     """The fine-tuning run of one grid cell: same split (``split_seed``, fold ``fold``) and, at one
-    label fraction, the same optimiser ``steps`` for every arm; the label draw and training vary with ``seed``."""
+    label fraction, the same optimiser ``steps`` for every arm; the label draw and training vary with ``seed``.
+    Settings the experiment does not own (label smoothing, TTA, augmentation, ...) come from its preset's
+    fine-tuning recipe, else the fine-tuning defaults."""
     init, mode = ARM_SETTINGS[arm]
-    return FinetuneConfig(
-        task=cfg.task, data=cfg.data, from_run=pretrain_run if init == "ssl" else None, init=init, mode=mode,
+    recipe = with_overrides(FinetuneConfig(), **preset_settings(cfg.preset, "finetune"))
+    return dataclasses.replace(
+        recipe, task=cfg.task, data=cfg.data, preprocess=cfg.preprocess,
+        from_run=pretrain_run if init == "ssl" else None, init=init, mode=mode,
         weights=cfg.weights if init == "imagenet" else None, model=cfg.model, image_size=cfg.image_size,
         batch_size=cfg.batch_size, label_fraction=fraction, use_given_split=cfg.use_given_split,
         allow_leaky_split=cfg.allow_leaky_split, split_seed=cfg.split_seed, class_map=dict(cfg.class_map),
@@ -201,8 +209,18 @@ def _reopen_experiment(store: RunStore, fp: str) -> int | None:
 def _log_experiment(store: RunStore, run_id: int, cfg: ExperimentConfig, fp: str, data_fingerprint: str) -> None:
     store.log_params(run_id, {"fingerprint": fp, "data_fingerprint": data_fingerprint, "arms": ",".join(cfg.arms),
                               "fractions": ",".join(str(f) for f in cfg.fractions), "seeds": cfg.seeds,
-                              "folds": cfg.folds, "preset": cfg.preset, "model": cfg.model,
-                              "image_size": cfg.image_size})
+                              "folds": cfg.folds, "preset": cfg.preset, "preprocess": cfg.preprocess,
+                              "model": cfg.model, "image_size": cfg.image_size})
+
+
+def pretrain_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What the experiment's pretraining takes from its preset's pretraining recipe (its batch size, ...), before
+    the experiment's own settings. The batch size is the recipe's unless the experiment's differs from what its
+    preset gives (the user's ``--batch-size``: then that one); without a preset, the experiment's."""
+    recipe = preset_settings(cfg.preset, "pretrain")
+    if cfg.batch_size != preset_settings(cfg.preset, "experiment").get("batch_size", -1):
+        recipe["batch_size"] = cfg.batch_size
+    return recipe
 
 
 def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, show_progress: bool,
@@ -222,16 +240,42 @@ def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, s
             if r.status == "finished" and r.config.get("fold") == pool_fold]
     if done:
         return done[-1].id
-    pre_cfg = PretrainConfig(
-        data=[cfg.data] if cfg.data else [], model=cfg.model, image_size=cfg.image_size, batch_size=cfg.batch_size,
-        epochs=cfg.pretrain_epochs, precision=cfg.precision, out=cfg.out, subject_pattern=cfg.subject_pattern,
-        exclude_test=True, exclude_val=True, split_seed=cfg.split_seed, class_map=dict(cfg.class_map),
-        use_given_split=cfg.use_given_split, allow_leaky_split=cfg.allow_leaky_split,
+    recipe = with_overrides(PretrainConfig(), **pretrain_settings(cfg))
+    pre_cfg = dataclasses.replace(
+        recipe, data=[cfg.data] if cfg.data else [], unlabeled=list(cfg.unlabeled), preprocess=cfg.preprocess,
+        model=cfg.model, image_size=cfg.image_size, epochs=cfg.pretrain_epochs, precision=cfg.precision, out=cfg.out,
+        subject_pattern=cfg.subject_pattern, exclude_test=True, exclude_val=True, split_seed=cfg.split_seed,
+        class_map=dict(cfg.class_map), use_given_split=cfg.use_given_split, allow_leaky_split=cfg.allow_leaky_split,
         folds=cfg.folds if cfg.data else None, fold=pool_fold,
     )
     result = pretrain(pre_cfg, store, show_progress=show_progress)
     store.update_run(result.run_id, parent_run_id=experiment_id)  # so a re-run finds and reuses it
     return result.run_id
+
+
+# What the pretraining runs logged about their pool -> the experiment's name for it.
+POOL_PARAMS = {"n_images": "pool_images", "unlabeled_images": "unlabeled_images",
+               "unlabeled_overlap": "unlabeled_overlap"}
+
+
+def pool_counts(store: RunStore, pretrain_runs: list[int | None]) -> dict[str, Any]:
+    """Images in the SSL pool, those of them from ``--unlabeled`` folders, and the ``--unlabeled`` images left
+    out as copies of val/test images, as the (first) pretraining run logged them; a count it did not log is
+    absent. With a pretraining per fold, ``..._per_fold`` lists every fold's count."""
+    runs = list(dict.fromkeys(r for r in pretrain_runs if r is not None))
+    per_run: list[dict[str, int]] = []
+    for run_id in runs:
+        params, counts = store.params(run_id), {}
+        for key, name in POOL_PARAMS.items():
+            try:
+                counts[name] = int(float(str(params.get(key))))
+            except ValueError:  # not logged (None) or not a number
+                continue
+        per_run.append(counts)
+    out: dict[str, Any] = dict(per_run[0]) if per_run else {}
+    if len(per_run) > 1:
+        out.update({f"{name}_per_fold": [c.get(name) for c in per_run] for name in out})
+    return out
 
 
 def _pool_test_overlap(store: RunStore, pretrain_run: int | None, data: ImageSet, child: FinetuneConfig) -> int:
@@ -272,9 +316,10 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
                          for fold in fold_list(cfg)}
         overlap = sum(_pool_test_overlap(store, run, data, child_config(cfg, cfg.arms[0], 1.0, 0, run, 0, fold=fold))
                       for fold, run in pretrain_runs.items())
+        pool = pool_counts(store, list(pretrain_runs.values()))
         if any(r is not None for r in pretrain_runs.values()):
             console.print(f"SSL pool vs the children's test groups, compared by content: {overlap} in common")
-        store.log_params(experiment_id, {
+        store.log_params(experiment_id, {**{k: v for k, v in pool.items() if not isinstance(v, list)},
             "pretrain_run": ",".join(str(r) for r in dict.fromkeys(pretrain_runs.values()) if r is not None) or None,
             "ssl_pool_test_overlap": overlap, "steps": json.dumps({str(f): n for f, n in budgets.items()})})
         done = {_cell(r) for r in _children(store, experiment_id) if r.status == "finished"}
@@ -299,7 +344,7 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
         first = next(iter(pretrain_runs.values()))
         result.pretrain_run, result.children = first, counts
         result.extra.update(folds=cfg.folds, pretrain_runs=[r for r in pretrain_runs.values() if r is not None],
-                            ssl_pool_test_overlap=overlap, steps={str(f): n for f, n in budgets.items()},
+                            ssl_pool_test_overlap=overlap, **pool, steps={str(f): n for f, n in budgets.items()},
                             data_fingerprint=data.manifests[0].fingerprint(), split_level=data.grouping.level
                             if data.grouping else None)
         store.log_result(experiment_id, "summary", result.to_json())
@@ -381,6 +426,12 @@ def print_summary(result: ExperimentResult, cfg: ExperimentConfig) -> None:
                 table.add_row(f"{p['arm']} - {p['baseline']}", _labels(p["fraction"]),
                               _fmt(p["mean"], p["ci"], signed=True), _subjects(p), f"{p['wins']}/{p['n_seeds']}")
             console.print(table)
+    pool = result.extra.get("pool_images")
+    if pool is not None:
+        unlabeled = result.extra.get("unlabeled_images")
+        dropped = result.extra.get("unlabeled_overlap")
+        console.print(f"SSL pool: {pool} unlabeled images" + (f", {unlabeled} of them from --unlabeled" if unlabeled
+                      is not None else "") + (f" ({dropped} copies of val/test images left out)" if dropped else ""))
     notes = dict.fromkeys(r["note"] for r in [*result.summary, *result.paired] if r.get("note"))
     for note in notes:
         console.print(f"note: {note}", style="yellow")

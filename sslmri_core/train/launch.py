@@ -41,25 +41,29 @@ def join_world(db: str | None) -> tuple[World, RunStore]:
     return world, store
 
 
-def pretrain(*, data: list[Path] | None, model: str | None, image_size: int | None, batch_size: int | None,
+def pretrain(*, data: list[Path] | None, unlabeled: list[Path] | None, preset: str | None, preprocess: str | None,
+             model: str | None, image_size: int | None, batch_size: int | None,
              epochs: int | None, max_steps: int | None, optimizer: str | None, lr: float | None,
              weight_decay: float | None, warmup_epochs: float | None, temperature: float | None,
+             mask_same_subject: bool | None, monitor_share: float | None, compile: str | None,
              proj_hidden_dim: int | None, proj_dim: int | None, augment: str | None, precision: str | None,
              monitor: bool | None, subject_pattern: str | None, exclude_test: bool | None, exclude_val: bool | None,
              split_seed: int | None, use_given_split: bool | None, class_map: str | None, seed: int | None,
              checkpoint_minutes: float | None, resume: int | None, db: str | None, out: Path | None,
              json_out: bool, progress: bool) -> None:
     """``pretrain``: a new SimCLR run from the options, or ``resume`` a stored one with its own settings."""
-    from sslmri_core.config import AugmentConfig, PretrainConfig, parse_settings, with_overrides
+    from sslmri_core.config import AugmentConfig, PretrainConfig, parse_settings, preset_settings, with_overrides
     from sslmri_core.data.sources import parse_class_map
     from sslmri_core.train.distributed import leave_world
     from sslmri_core.train.pretrain import pretrain as run_pretrain
     from sslmri_core.train.pretrain import resume_pretrain, validate_pretrain
 
     overrides: dict[str, Any] = dict(
-        data=[str(d) for d in data] if data else None, model=model, image_size=image_size,
+        data=[str(d) for d in data] if data else None, unlabeled=[str(d) for d in unlabeled] if unlabeled else None,
+        preset=preset, preprocess=preprocess, model=model, image_size=image_size,
         batch_size=batch_size, epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, warmup_epochs=warmup_epochs, temperature=temperature,
+        mask_same_subject=mask_same_subject, monitor_share=monitor_share, compile=compile,
         proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim,
         augment=parse_settings(AugmentConfig(), augment, "--augment") if augment else None,
         precision=precision, monitor=monitor, subject_pattern=subject_pattern, seed=seed,
@@ -72,7 +76,7 @@ def pretrain(*, data: list[Path] | None, model: str | None, image_size: int | No
         if given:
             raise ValueError(f"--resume {resume} continues the run with its stored settings; "
                              f"leave out {', '.join(given)}")
-    cfg = with_overrides(PretrainConfig(), **overrides)
+    cfg = with_overrides(with_overrides(PretrainConfig(), **preset_settings(preset, "pretrain")), **overrides)
     if resume is None:
         validate_pretrain(cfg)  # before the store is opened: a bad option never touches it
     world, store = join_world(db)
@@ -109,7 +113,9 @@ def augment_preview(*, out_png: Path, data: Path | None, n: int, image_size: int
         print_json(summary)
 
 
-def finetune(*, task: str | None, data: Path | None, from_run: int | None, init: str | None, weights: Path | None,
+def finetune(*, task: str | None, data: Path | None, preset: str | None, preprocess: str | None,
+             label_smoothing: float | None, tta: bool | None, from_run: int | None, init: str | None,
+             weights: Path | None,
              encoder_lr_scale: float | None, class_weighted: bool | None, bootstrap: int | None, model: str | None,
              image_size: int | None, batch_size: int | None, mode: str | None, label_fraction: float | None,
              labels_per_class: int | None, use_given_split: bool | None, allow_leaky_split: bool | None,
@@ -117,7 +123,7 @@ def finetune(*, task: str | None, data: Path | None, from_run: int | None, init:
              min_steps: int | None, lr: float | None, precision: str | None, subject_pattern: str | None,
              seed: int | None, db: str | None, out: Path | None, json_out: bool, progress: bool) -> None:
     """``finetune``: resolve the config (defaults, the pretraining run's, the options), train, score on test."""
-    from sslmri_core.config import FinetuneConfig, check_values, with_overrides
+    from sslmri_core.config import FinetuneConfig, check_values, preset_settings, with_overrides
     from sslmri_core.data.sources import parse_class_map
     from sslmri_core.store.writer import RunStore
     from sslmri_core.train.finetune import finetune as run_finetune
@@ -130,11 +136,13 @@ def finetune(*, task: str | None, data: Path | None, from_run: int | None, init:
         labels_per_class=labels_per_class, use_given_split=use_given_split, split_seed=split_seed,
         class_map=parse_class_map(class_map) or None, weights=str(weights) if weights else None,
         encoder_lr_scale=encoder_lr_scale, class_weighted=class_weighted, bootstrap=bootstrap,
-        allow_leaky_split=allow_leaky_split, steps=steps, min_steps=min_steps,
+        allow_leaky_split=allow_leaky_split, steps=steps, min_steps=min_steps, preprocess=preprocess,
+        label_smoothing=label_smoothing, tta=tta,
     )
     check_values(with_overrides(FinetuneConfig(), **overrides))  # before the store is opened
+    preset_settings(preset, "finetune")  # an unknown preset, too
     store = RunStore(db)
-    result = run_finetune(resolve_finetune_config(store, **overrides), store, show_progress=progress)
+    result = run_finetune(resolve_finetune_config(store, preset, **overrides), store, show_progress=progress)
     print_metrics(f"finetune run {result.run_id} finished", result.metrics)
     if json_out:
         print_json(result_dict(result))

@@ -26,7 +26,9 @@ POOL_CONTENT = "pool_content.npz"  # in the run folder: the SSL pool by content 
 
 
 def load_pretrain_data(cfg: PretrainConfig) -> tuple[ImageSet, list[str]]:
-    """The pretraining pool and, per image found, its role (``pool`` or ``excluded``).
+    """The pretraining pool and, per image found, its role: ``pool``, ``excluded`` (a --data folder's
+    test split, and its val split with ``exclude_val``) or ``overlap`` (an ``--unlabeled`` image that
+    copies a --data folder's val or test image).
 
     Without ``--data`` the pool is the built-in pretraining set (its subjects are never used for
     fine-tuning, so nothing needs excluding). With ``--data`` and ``exclude_test``, each folder's
@@ -38,13 +40,14 @@ def load_pretrain_data(cfg: PretrainConfig) -> tuple[ImageSet, list[str]]:
 
 
 def load_pretrain_pool(cfg: PretrainConfig) -> tuple[ImageSet, list[str], list[str]]:
-    """As :func:`load_pretrain_data`, plus each image's split (``train``/``val``/``test``) for monitoring."""
+    """As :func:`load_pretrain_data`, plus each image's split for monitoring: ``train``/``val``/``test`` in the
+    labelled folders, ``unlabeled`` in the ``--unlabeled`` ones (never in the monitor's bank or queries)."""
     from sslmri_core.data.builtin import builtin_root
 
     roots = cfg.data or [str(builtin_root("pretrain"))]
-    sets, roles, splits = [], [], []
+    sets, roles, splits, held_out = [], [], [], []
     for root in roots:
-        data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map)
+        data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map, cfg.preprocess)
         # The very split fine-tuning draws with the same settings: its val/test groups stay out of the pool.
         split = split_for(data, cfg.split_seed, use_given=cfg.use_given_split, allow_leaky=cfg.allow_leaky_split,
                           folds=cfg.folds, fold=cfg.fold)
@@ -56,9 +59,22 @@ def load_pretrain_pool(cfg: PretrainConfig) -> tuple[ImageSet, list[str], list[s
         if cfg.data and cfg.exclude_val:
             for i in split.val:
                 role[int(i)] = "excluded"
+        if cfg.data:
+            assert data.thumbs is not None
+            kept = np.sort(np.concatenate([split.val, split.test])).astype(np.int64)
+            held_out.append(ContentIndex.build([data.items[int(i)].content_hash for i in kept], data.thumbs[kept]))
         sets.append(data)
         roles.extend(role)
         splits.extend(names)
+    for root in cfg.unlabeled:
+        extra = load_folder(root, cfg.image_size, cfg.subject_pattern, None, cfg.preprocess)
+        assert extra.thumbs is not None
+        # No task split without --data (the built-in pool's subjects are never fine-tuned on): nothing to copy.
+        copies = ContentIndex.concat(held_out).matches(extra.hashes, extra.thumbs) if held_out \
+            else np.zeros(len(extra.items), dtype=bool)
+        sets.append(extra)
+        roles.extend("overlap" if c else "pool" for c in copies.tolist())
+        splits.extend(["unlabeled"] * len(extra.items))
     return concat_sets(sets), roles, splits
 
 
@@ -88,11 +104,25 @@ def pool_hash(items: list[Any], pool: np.ndarray) -> str:
     return hashlib.sha256("\n".join(items[int(i)].key for i in pool).encode()).hexdigest()
 
 
+def subject_ids(items: list[Any], pool: np.ndarray) -> np.ndarray:
+    """int64 ``(P,)`` subject number of each pool image (for NT-Xent's same-subject mask); an image
+    without a subject id is a subject of its own."""
+    numbers: dict[object, int] = {}
+    return np.array([numbers.setdefault(items[int(i)].subject if items[int(i)].subject is not None else ("#", j),
+                                        len(numbers)) for j, i in enumerate(pool)], dtype=np.int64)
+
+
 def monitor_set(found: ImageSet, pool: np.ndarray, splits: list[str], cfg: PretrainConfig) -> MonitorSet | None:
-    """kNN bank (train split) and queries (val split) inside the pool, capped; None without 2+ classes."""
-    if not cfg.monitor or len(found.classes) < 2:
+    """kNN bank (train split) and queries (val split) inside the pool, capped, in a seeded order (a smaller
+    pass takes a prefix); None without 2+ classes. Only the --data folders' classes count: ``--unlabeled``
+    images get label -1 and are never in the bank or the queries."""
+    task = sorted({found.items[i].label for i, name in enumerate(splits) if name != "unlabeled"})
+    if not cfg.monitor or len(task) < 2:
         return None
-    labels = found.labels[pool]
+    number = {c: i for i, c in enumerate(task)}
+    every = np.array([number[it.label] if name != "unlabeled" else -1
+                      for it, name in zip(found.items, splits, strict=True)], dtype=np.int64)
+    labels = every[pool]
     names = np.array([splits[int(i)] for i in pool])
     picker = np.random.RandomState(cfg.split_seed)  # its own generator: training's random streams stay untouched
     bank = np.flatnonzero(names == "train")
@@ -100,16 +130,16 @@ def monitor_set(found: ImageSet, pool: np.ndarray, splits: list[str], cfg: Pretr
         outside = np.array([i for i, name in enumerate(splits) if name == "val"], dtype=np.int64)
         if len(bank) < 2 or len(outside) < 1:
             return None
-        bank = np.sort(picker.permutation(bank)[: cfg.knn_bank])
-        outside = np.sort(picker.permutation(outside)[: cfg.knn_queries])
-        return MonitorSet(labels, bank, np.empty(0, dtype=np.int64), len(found.classes),
-                          query_images=found.images[outside], query_labels=found.labels[outside])
+        bank = picker.permutation(bank)[: cfg.knn_bank]
+        outside = picker.permutation(outside)[: cfg.knn_queries]
+        return MonitorSet(labels, bank, np.empty(0, dtype=np.int64), len(task),
+                          query_images=found.images[outside], query_labels=every[outside])
     queries = np.flatnonzero(names == "val")
     if len(bank) < 2 or len(queries) < 1:
         return None
-    bank = np.sort(picker.permutation(bank)[: cfg.knn_bank])
-    queries = np.sort(picker.permutation(queries)[: cfg.knn_queries])
-    return MonitorSet(labels, bank, queries, len(found.classes))
+    bank = picker.permutation(bank)[: cfg.knn_bank]
+    queries = picker.permutation(queries)[: cfg.knn_queries]
+    return MonitorSet(labels, bank, queries, len(task))
 
 
 def pool_index(store: RunStore, run_id: int) -> ContentIndex:

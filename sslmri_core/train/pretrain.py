@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslmri_core.config import OPTIMIZERS, PRECISIONS, PretrainConfig, check_values, from_dict, refuse_first, to_dict
+from sslmri_core.config import (
+    OPTIMIZERS,
+    PRECISIONS,
+    PREPROCESS,
+    PretrainConfig,
+    check_values,
+    from_dict,
+    refuse_first,
+    to_dict,
+)
 from sslmri_core.data.groups import ContentIndex
 from sslmri_core.data.unusable import write_unusable
 from sslmri_core.errors import RunFailed, UsageError
@@ -42,11 +51,11 @@ from sslmri_core.train.distributed import (
 # Looked up here at every step: tests patch ``sslmri_core.train.pretrain.nt_xent`` to force a NaN loss.
 from sslmri_core.train.losses import nt_xent
 from sslmri_core.train.models import check_model_name
-from sslmri_core.train.monitor import MonitorSet, evaluate
-from sslmri_core.train.pool import POOL_CONTENT, load_pool_ranked, monitor_set, pool_hash
+from sslmri_core.train.monitor import MonitorBudget, MonitorSet, monitor_pass
+from sslmri_core.train.pool import POOL_CONTENT, load_pool_ranked, monitor_set, pool_hash, subject_ids
 from sslmri_core.train.pretrain_state import Plan, PretrainState, peak_lr, resolve_optimizer
 from sslmri_core.train.result import TrainResult
-from sslmri_core.train.runtime import device_name, pick_device, resolve_precision
+from sslmri_core.train.runtime import COMPILE_MODES, device_name, pick_device, place_pool, resolve_precision
 from sslmri_core.train.simclr import forward_loss, optimizer_step
 
 
@@ -72,9 +81,28 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         (cfg.proj_hidden_dim >= 1 and cfg.proj_dim >= 1,
          f"--proj-hidden-dim and --proj-dim must be at least 1, got {cfg.proj_hidden_dim} and {cfg.proj_dim}"),
         (cfg.knn_k >= 1, f"--knn-k must be at least 1, got {cfg.knn_k}"),
+        (cfg.preprocess in PREPROCESS,
+         f"--preprocess must be one of {', '.join(PREPROCESS)}, got {cfg.preprocess!r}"),
+        (cfg.compile in COMPILE_MODES, f"--compile must be one of {', '.join(COMPILE_MODES)}, got {cfg.compile!r}"),
     ]
     refuse_first(checks)
+    _check_unlabeled(cfg)
     check_model_name(cfg.model)
+
+
+def _check_unlabeled(cfg: PretrainConfig) -> None:
+    """Every ``--unlabeled`` folder exists and holds other files than the --data folders and each other
+    (one folder inside another would put one file in the pool twice)."""
+    seen = [("--data", Path(d).expanduser().resolve()) for d in cfg.data]
+    for folder in cfg.unlabeled:
+        path = Path(folder).expanduser().resolve()
+        if not path.is_dir():
+            raise ValueError(f"--unlabeled: no such folder {folder}")
+        for option, other in seen:
+            if path == other or path.is_relative_to(other) or other.is_relative_to(path):
+                raise ValueError(f"--unlabeled {folder} overlaps {option} {other} (one folder holds the other); "
+                                 "give folders of other images")
+        seen.append(("--unlabeled", path))
 
 
 @contextmanager
@@ -96,7 +124,8 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
     rank 0 alone writes to ``store`` and the checkpoint. ``--data`` folders are stored as absolute paths.
     """
     validate_pretrain(cfg)
-    cfg = dataclasses.replace(cfg, data=[str(Path(d).expanduser().resolve()) for d in cfg.data])
+    cfg = dataclasses.replace(cfg, data=[str(Path(d).expanduser().resolve()) for d in cfg.data],
+                              unlabeled=[str(Path(d).expanduser().resolve()) for d in cfg.unlabeled])
     world = current_world()
     found, roles, splits, pool, store = load_pool_ranked(cfg, store, world)
     if len(pool) < 2 * world.size:
@@ -105,9 +134,11 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
     precision = resolve_precision(cfg.precision, device)
     with _ranked_run(store, world, to_dict(cfg), out=cfg.out, device=device_name(device)) as run:
         out_dir = run.folder
-        n_excluded = len(roles) - len(pool)
+        n_excluded = roles.count("excluded")
+        n_unlabeled, n_overlap = splits.count("unlabeled"), roles.count("overlap")
         store.log_params(run.run_id, {
             "n_images": len(pool), "n_excluded_test": n_excluded, "n_unusable": len(found.unusable),
+            **({"unlabeled_images": n_unlabeled, "unlabeled_overlap": n_overlap} if cfg.unlabeled else {}),
             "precision": precision, "data_roots": found.root, "world_size": world.size,
             "optimizer": resolve_optimizer(cfg, world), "lr": peak_lr(cfg, world),
             "datasets": ",".join(str(store.save_manifest(m)) for m in found.manifests),
@@ -128,19 +159,30 @@ def pretrain(cfg: PretrainConfig, store: RunStore, *, show_progress: bool = True
                 f"{cfg.model} at {cfg.image_size}px on {device_name(device)}"
                 + (f" x {world.size} processes" if world.distributed else "") + f", {precision}"
             )
+            if cfg.unlabeled and cfg.data:
+                console.print(f"--unlabeled: {n_overlap} of {n_unlabeled} images left out: copies of the task's "
+                              "val/test images")
             # The pool by content (hashes, pHashes, 64 px thumbnails): later runs find copies of it.
             ContentIndex.build([found.items[int(i)].content_hash for i in pool],
                                found.thumbs[pool]).save(out_dir / POOL_CONTENT)
         monitor = monitor_set(found, pool, splits, cfg)
         state = PretrainState.create(Plan(cfg, world, device, precision, len(pool)), run.run_id,
-                                     pool_hash(found.items, pool), _probe_classes(monitor, world))
-        checkpoint = _train(state, found.images[pool], store, out_dir, monitor, show_progress, baseline=True)
+                                     pool_hash(found.items, pool), _probe_classes(monitor, world),
+                                     _budget(monitor, cfg, world))
+        store.log_params(run.run_id, {"compiled": state.compiled})
+        checkpoint = _train(state, found.images[pool], subject_ids(found.items, pool), store, out_dir, monitor,
+                            show_progress, baseline=True)
     return TrainResult(run.run_id, "pretrain", "finished", str(checkpoint), state.metrics, str(out_dir))
 
 
 def _probe_classes(monitor: MonitorSet | None, world: World) -> int | None:
     """Classes of the online probe: rank 0 trains one when the pool is monitored."""
     return monitor.n_classes if monitor is not None and world.main else None
+
+
+def _budget(monitor: MonitorSet | None, cfg: PretrainConfig, world: World) -> MonitorBudget | None:
+    """How large rank 0's kNN passes may be (None: no monitoring)."""
+    return MonitorBudget.for_set(monitor, cfg.monitor_share, cfg.knn_k) if monitor is not None and world.main else None
 
 
 def _check_resumable(run_id: int, store: RunStore) -> tuple[PretrainConfig, str | None, str]:
@@ -202,10 +244,11 @@ def resume_pretrain(run_id: int, store: RunStore, *, show_progress: bool = True)
             )
         monitor = monitor_set(found, pool, splits, cfg)
         state = PretrainState.create(Plan(cfg, world, device, precision, len(pool)), run_id, fingerprint,
-                                     _probe_classes(monitor, world))
+                                     _probe_classes(monitor, world), _budget(monitor, cfg, world))
         if checkpoint is not None:
             state.load_state_dict(checkpoint)
-        path = _train(state, found.images[pool], store, run.folder, monitor, show_progress, baseline=False)
+        path = _train(state, found.images[pool], subject_ids(found.items, pool), store, run.folder, monitor,
+                      show_progress, baseline=False)
     return TrainResult(run_id, "pretrain", "finished", str(path), state.metrics, str(run.folder))
 
 
@@ -245,15 +288,15 @@ def _sync_flags(world: World, device: torch.device, *flags: bool) -> list[bool]:
 
 
 def _train(
-    state: PretrainState, images: np.ndarray, store: RunStore, out_dir: Path, monitor: MonitorSet | None,
-    show_progress: bool, *, baseline: bool,
+    state: PretrainState, images: np.ndarray, subjects: np.ndarray, store: RunStore, out_dir: Path,
+    monitor: MonitorSet | None, show_progress: bool, *, baseline: bool,
 ) -> Path:
-    """The SimCLR loop over the pool's uint8 images ``(N, S, S)`` from where ``state`` stands; returns
-    the checkpoint file. ``baseline``: first score the untrained encoder (step 0, where the curve starts)."""
+    """The SimCLR loop over the pool's uint8 images ``(N, S, S)`` (``subjects`` ``(N,)``: their subject
+    numbers) from where ``state`` stands; returns the checkpoint file. ``baseline``: first score the
+    untrained encoder (step 0, where the curve starts)."""
     plan, cfg, world = state.plan, state.plan.cfg, state.plan.world
-    data = torch.from_numpy(images)
-    if plan.device.type == "cuda":
-        data = data.pin_memory()  # uint8 batches cross to the GPU asynchronously
+    data = place_pool(torch.from_numpy(images), plan.device)  # on the GPU when it fits: batches gathered there
+    groups = torch.from_numpy(subjects).to(data.device) if cfg.mask_same_subject else None
     probe_labels = torch.from_numpy(monitor.probe_labels()) if monitor is not None and state.probe is not None else None
     checkpoint = out_dir / "checkpoint.pt"
 
@@ -264,18 +307,30 @@ def _train(
             store.update_run(state.run_id, checkpoint_path=str(checkpoint))
 
     def check_quality() -> None:
-        """kNN (and probe) accuracy on the val images, rank 0 only."""
-        if monitor is None or not world.main:
+        """kNN (and probe) accuracy on the val images, rank 0 only, sized to the training time since the last pass."""
+        budget = state.budget
+        if monitor is None or budget is None or not world.main:
             return
-        quality = evaluate(state.model.encoder, data, monitor, state.probe, plan.device, plan.precision, cfg.knn_k)
-        state.metrics.update(quality)
-        store.log_metrics(state.run_id, quality, step=state.step, epoch=state.epoch)
+        ahead = min(plan.steps_per_epoch - state.batch, plan.total - state.step)  # steps until the next pass
+        result = monitor_pass(state.model.encoder, data, monitor, state.probe, plan.device, plan.precision,
+                              cfg.knn_k, budget, train_views=2 * plan.batch * ahead)
+        if result is None:
+            if budget.note is not None:  # once per run
+                console.print(f"note: {budget.note}")
+                store.log_params(state.run_id, {"monitor_skipped": budget.note})
+                budget.note = None
+            return
+        state.metrics.update({k: v for k, v in result.items() if k.endswith("_acc")})
+        store.log_metrics(state.run_id, result, step=state.step, epoch=state.epoch)
 
     last_save = time.monotonic()
     with _StopSignals() as stop, make_progress(show_progress and world.main) as progress:
         if baseline:
             check_quality()
-        bar = progress.add_task("pretrain", total=plan.total, completed=state.step, info="", ips=0.0)
+        if state.compiled and world.main:
+            console.print("torch.compile: the first steps compile the model (a minute or more), then run faster")
+        bar = progress.add_task("compiling" if state.compiled else "pretrain", total=plan.total,
+                                completed=state.step, info="", ips=0.0)
         while state.epoch < cfg.epochs and state.step < plan.total:
             state.model.train()
             if state.order is None:
@@ -289,11 +344,15 @@ def _train(
                                          f"{plan.total}; checkpoint saved, continue with: "
                                          f"python cli.py pretrain --resume {state.run_id}")
                 start = time.perf_counter()
-                value = _step(state, data, probe_labels, checkpoint)
-                ips = 2 * plan.global_batch / (time.perf_counter() - start)  # both views count
+                value = _step(state, data, groups, probe_labels, checkpoint)
+                took = time.perf_counter() - start
+                if state.budget is not None:
+                    state.budget.train_s += took
+                ips = 2 * plan.global_batch / took  # both views count
                 store.log_metrics(state.run_id, {"loss": value, "lr": float(state.scheduler.get_last_lr()[0]),
                                                  "images_per_s": ips}, step=state.step, epoch=state.epoch)
-                progress.update(bar, advance=1, info=f"epoch {state.epoch + 1}/{cfg.epochs} loss {value:.3f}", ips=ips)
+                progress.update(bar, advance=1, info=f"epoch {state.epoch + 1}/{cfg.epochs} loss {value:.3f}", ips=ips,
+                                description="pretrain")
                 if due and state.batch < plan.steps_per_epoch and state.step < plan.total:
                     save()
                     last_save = time.monotonic()
@@ -308,15 +367,19 @@ def _train(
     return checkpoint
 
 
-def _step(state: PretrainState, data: torch.Tensor, probe_labels: torch.Tensor | None, checkpoint: Path) -> float:
+def _step(state: PretrainState, data: torch.Tensor, groups: torch.Tensor | None, probe_labels: torch.Tensor | None,
+          checkpoint: Path) -> float:
     """One optimiser step on this rank's shard of the next global batch of the uint8 pool ``data`` ``(N, S, S)``;
-    returns the loss averaged over ranks. ``probe_labels`` ``(N,)``: -1 where the online probe must not train."""
+    returns the loss averaged over ranks. ``groups`` ``(N,)``: subject numbers (same-subject views are not
+    negatives), None: no mask. ``probe_labels`` ``(N,)``: -1 where the online probe must not train."""
     plan, cfg = state.plan, state.plan.cfg
     assert state.order is not None  # drawn at the start of every epoch
     idx = plan.shard(state.order, state.batch)
+    on_data = idx.to(data.device, non_blocking=True)
     gather = gather_with_grad if plan.world.distributed else None
-    loss, features = forward_loss(state.net, data[idx], cfg.augment, cfg.temperature, state.aug_gen, plan.device,
-                                  plan.precision, gather, loss_fn=nt_xent)
+    loss, features = forward_loss(state.net, data[on_data], cfg.augment, cfg.temperature, state.aug_gen, plan.device,
+                                  plan.precision, gather, loss_fn=nt_xent,
+                                  groups=groups[on_data] if groups is not None else None)
     value = float(all_mean(loss.detach().reshape(1))[0])
     if not np.isfinite(value):
         raise NonFiniteLossError(f"loss became {value} at step {state.step}; stopped, last good checkpoint kept at "

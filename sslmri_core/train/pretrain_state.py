@@ -16,9 +16,9 @@ from torch import nn
 from sslmri_core.config import PretrainConfig, to_dict
 from sslmri_core.train.distributed import World, gather_objects
 from sslmri_core.train.models import SimCLRModel, create_encoder, feature_dim
-from sslmri_core.train.monitor import OnlineProbe
+from sslmri_core.train.monitor import MonitorBudget, OnlineProbe
 from sslmri_core.train.optim import default_lr, make_optimizer, warmup_cosine
-from sslmri_core.train.runtime import grad_scaler, rng_state, seed_everything, set_rng_state
+from sslmri_core.train.runtime import grad_scaler, rng_state, seed_everything, set_rng_state, use_compile
 
 
 def resolve_optimizer(cfg: PretrainConfig, world: World | None = None) -> str:
@@ -93,9 +93,12 @@ class PretrainState:
     order: torch.Tensor | None = None
     losses: list[float] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    budget: MonitorBudget | None = None  # rank 0's kNN pass sizes (None: no monitoring)
+    compiled: bool = False  # ``net`` is torch.compile'd (its first steps compile)
 
     @classmethod
-    def create(cls, plan: Plan, run_id: int, pool_hash: str, n_classes: int | None = None) -> PretrainState:
+    def create(cls, plan: Plan, run_id: int, pool_hash: str, n_classes: int | None = None,
+               budget: MonitorBudget | None = None) -> PretrainState:
         """A fresh model and optimiser from the run's seed; an online probe over ``n_classes`` on rank 0.
 
         The order of the random draws below is part of the result: seeding, then the encoder and
@@ -113,12 +116,21 @@ class PretrainState:
         if world.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
+        compiled = use_compile(cfg.compile, device)
+        if compiled:
+            if cfg.compile == "auto":  # a machine that cannot compile trains eagerly rather than failing
+                import torch._dynamo as dynamo
+
+                dynamo.config.suppress_errors = True
+            net = cast(nn.Module, torch.compile(net))  # shares the model's parameters: checkpoints are unchanged
         optimizer = make_optimizer(model, resolve_optimizer(cfg, world), peak_lr(cfg, world), cfg.weight_decay)
+        if device.type == "cuda":
+            _fuse(optimizer, True)
         scheduler = warmup_cosine(optimizer, int(cfg.warmup_epochs * plan.steps_per_epoch), plan.total)
         probe = OnlineProbe(feature_dim(model.encoder), n_classes, cfg.probe_lr, device) \
             if n_classes is not None and world.main else None
         return cls(plan, run_id, pool_hash, model, net, optimizer, scheduler, grad_scaler(device, plan.precision),
-                   probe, gen, aug_gen)
+                   probe, gen, aug_gen, budget=budget, compiled=compiled)
 
     def next_epoch(self) -> None:
         """Past an epoch's last batch: the next one starts with a new order and no losses."""
@@ -137,6 +149,7 @@ class PretrainState:
             "rng": rng_state(self.gen), "augment_rng": gather_objects(self.aug_gen.get_state()),
             "world_size": plan.world.size, "precision": plan.precision, "device_type": plan.device.type,
             "pool_hash": self.pool_hash, "metrics": dict(self.metrics), "total": plan.total,
+            "monitor_budget": self.budget.state_dict() if self.budget is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -144,12 +157,16 @@ class PretrainState:
         from before mid-epoch checkpoints, continues at the start of the next epoch)."""
         self.model.encoder.load_state_dict(state["encoder"])
         self.model.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # its groups' flags too: fused only where it was
+        if self.plan.device.type != "cuda":
+            _fuse(self.optimizer, False)  # a GPU run resumed on a CPU
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.probe is not None and state.get("probe"):
             self.probe.load_state_dict(state["probe"])
+        if self.budget is not None and state.get("monitor_budget"):
+            self.budget.load_state_dict(state["monitor_budget"])
         self.step, self.metrics = int(state["step"]), dict(state.get("metrics", {}))
         position = state.get("position") or {"epoch": int(state["epoch"]) + 1, "batch": 0, "order": None, "losses": []}
         self.epoch, self.batch, self.order = position["epoch"], position["batch"], position["order"]
@@ -159,3 +176,15 @@ class PretrainState:
         aug_states = state.get("augment_rng") or []
         if len(aug_states) == self.plan.world.size:  # same number of processes: each continues its own stream
             self.aug_gen.set_state(aug_states[self.plan.world.rank])
+
+
+def _fuse(optimizer: torch.optim.Optimizer, on: bool) -> None:
+    """Use (or stop using) torch's fused kernels of AdamW and SGD: one kernel per step for all parameters
+    on CUDA. Set before the first step (their state is created then, where the fused kernels want it).
+    timm's LARS has no fused kernel; it uses foreach (multi-tensor) kernels by default."""
+    if isinstance(optimizer, (torch.optim.AdamW, torch.optim.SGD)):
+        for group in optimizer.param_groups:
+            if on:
+                group["fused"], group["foreach"] = True, None
+            elif group.get("fused"):
+                group["fused"] = None  # torch's default again

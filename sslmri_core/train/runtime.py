@@ -19,6 +19,27 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+COMPILE_MODES = ("auto", "on", "off")  # --compile: auto = on CUDA only
+
+
+def use_compile(setting: str, device: torch.device) -> bool:
+    """Whether to ``torch.compile`` the training model: ``on``, or ``auto`` on a CUDA device (on a CPU the
+    compile time is rarely won back, and it needs a C++ toolchain)."""
+    if setting not in COMPILE_MODES:
+        raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {setting!r}")
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def place_pool(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where the uint8 pool ``(N, S, S)`` lives while training: on the GPU when it takes under a quarter of
+    its free memory (each batch is then gathered there), else in pinned host memory (batches cross
+    asynchronously); on a CPU, as it is."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.to(device) if images.nbytes < free // 4 else images.pin_memory()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"

@@ -30,18 +30,20 @@ def two_views(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, de
 def forward_loss(
     net: nn.Module, images: torch.Tensor, cfg: AugmentConfig, temperature: float, gen: torch.Generator,
     device: torch.device, precision: str, gather: Gather | None = None,
-    loss_fn: Callable[..., torch.Tensor] = nt_xent,
+    loss_fn: Callable[..., torch.Tensor] = nt_xent, groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """NT-Xent of one batch: both views in ONE forward pass (BN sees both, half the kernel launches).
 
-    ``net``: a :class:`~sslmri_core.train.models.SimCLRModel` (possibly inside DistributedDataParallel).
-    Returns the loss (float32 scalar) and the first view's detached encoder features ``(B, F)``.
+    ``net``: a :class:`~sslmri_core.train.models.SimCLRModel` (possibly inside DistributedDataParallel,
+    possibly compiled). ``groups`` ``(B,)``: the images' subject numbers, for NT-Xent's same-subject
+    mask. Returns the loss (float32 scalar) and the first view's detached encoder features ``(B, F)``.
     """
     b = images.shape[0]
     views = two_views(images, cfg, gen, device)
     with autocast(device, precision):
         h, z = net(views, return_features=True)
-    loss = loss_fn(z[:b], z[b:], temperature, gather)
+    loss = loss_fn(z[:b], z[b:], temperature, gather) if groups is None \
+        else loss_fn(z[:b], z[b:], temperature, gather, groups=groups)
     return loss, h[:b].detach()
 
 

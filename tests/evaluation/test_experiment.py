@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_json import invoke as _invoke
 
 from sslmri_core.store.writer import RunStore
-from cli_json import invoke as _invoke
 
 TINY = ["--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--min-steps", "4",
         "--pretrain-epochs", "1", "--bootstrap", "20", "--precision", "fp32", "--no-progress"]
@@ -54,7 +54,8 @@ def test_grid_children_share_one_split_and_the_summary_pairs_by_seed(synth_tumor
     child_split = next(iter(splits.values()))
     assert pool and pool == {k for k, v in child_split.items() if v == "train"}
 
-    labelled = {(c.config["arm"], c.config["label_fraction"], c.config["seed"]): _labelled(store, c.id) for c in children}
+    labelled = {(c.config["arm"], c.config["label_fraction"], c.config["seed"]): _labelled(store, c.id)
+                for c in children}
     for arm in ("ssl-linear", "scratch"):
         for seed in (0, 1):  # label budgets are nested, and the same for every arm at a fraction and seed
             assert labelled[(arm, 0.5, seed)] < labelled[(arm, 1.0, seed)]
@@ -209,6 +210,88 @@ def test_an_interrupted_grid_resumes_where_it_stopped(
     code, out2, err = _invoke([*args[:-1], "--seeds", "1", "--json"])
     assert code == 0, err
     assert out2["run_id"] != exp.id
+
+
+def test_the_presets_recipes_reach_the_children_and_the_pretraining(synth_tumor: Path, tmp_path: Path) -> None:
+    """--preset cpu: every child takes the fine-tuning recipe (label smoothing, TTA, augmentation) and the
+    pretraining run the pretraining recipe (its batch size), under the experiment's own settings."""
+    from dataclasses import asdict
+
+    from sslmri_core.config import PRESETS
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    fast = [a for a in TINY if a not in ("--batch-size", "8")]  # the preset's batch sizes
+    code, out, err = _invoke(["experiment", "--data", str(synth_tumor), "--preset", "cpu", "--fractions", "1.0",
+                              "--seeds", "1", "--arms", "ssl-linear,scratch", *fast, "--db", db,
+                              "--out", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    store = RunStore(db)
+    recipe, pretrain_recipe = PRESETS["cpu"]["finetune"], PRESETS["cpu"]["pretrain"]
+    children = _children(store, out["run_id"])
+    assert len(children) == 2
+    for child in children:
+        assert child.config["label_smoothing"] == recipe["label_smoothing"] > 0
+        assert child.config["tta"] is recipe["tta"] is True
+        assert child.config["augment"] == asdict(recipe["augment"])
+        assert child.config["preset"] == "cpu" and child.config["preprocess"] == recipe["preprocess"]
+        # ... the experiment's own settings win: its model, size, epochs, and its preset's batch size
+        assert (child.config["model"], child.config["image_size"]) == ("test_resnet", 64)
+        assert child.config["batch_size"] == PRESETS["cpu"]["experiment"]["batch_size"]
+    (pre,) = _children(store, out["run_id"], "pretrain")
+    assert pre.config["batch_size"] == pretrain_recipe["batch_size"] != PRESETS["cpu"]["experiment"]["batch_size"]
+    assert pre.config["preset"] == "cpu" and pre.config["preprocess"] == pretrain_recipe["preprocess"]
+    assert (pre.config["model"], pre.config["image_size"], pre.config["epochs"]) == ("test_resnet", 64, 1)
+
+
+def test_a_batch_size_given_with_a_preset_reaches_the_pretraining_too() -> None:
+    from sslmri_core.config import PRESETS, ExperimentConfig
+    from sslmri_core.evaluation.experiment import pretrain_settings
+
+    preset = PRESETS["cpu"]
+    assert pretrain_settings(ExperimentConfig(preset="cpu", batch_size=preset["experiment"]["batch_size"]))[
+        "batch_size"] == preset["pretrain"]["batch_size"]
+    assert pretrain_settings(ExperimentConfig(preset="cpu", batch_size=8))["batch_size"] == 8
+    assert pretrain_settings(ExperimentConfig(batch_size=8)) == {"batch_size": 8}  # no preset: the experiment's
+
+
+def test_preprocess_and_unlabeled_folders_reach_the_pretraining_and_every_child(
+    synth_tumor: Path, tmp_path: Path
+) -> None:
+    from sslmri_core.config import SynthConfig
+    from sslmri_core.data.synth import generate
+
+    generate(tmp_path / "more", SynthConfig(task="tumor", subjects=1, slices_per_subject=1, size=64, seed=77))
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _invoke(["experiment", "--data", str(synth_tumor), "--preprocess", "crop",
+                              "--unlabeled", str(tmp_path / "more"), "--fractions", "1.0", "--seeds", "1",
+                              "--arms", "ssl-linear,scratch", *TINY, "--db", db, "--out", str(tmp_path / "runs"),
+                              "--json"])
+    assert code == 0, err
+    store = RunStore(db)
+    (pre,) = _children(store, out["run_id"], "pretrain")
+    assert pre.config["preprocess"] == "crop" and pre.config["unlabeled"] == [str((tmp_path / "more").resolve())]
+    assert pre.config["batch_size"] == 8  # no preset: the experiment's batch size
+    children = _children(store, out["run_id"])
+    assert len(children) == 2 and {c.config["preprocess"] for c in children} == {"crop"}
+    assert store.get_run(out["run_id"]).config["preprocess"] == "crop"
+    # The summary says how big the SSL pool was (and, where pretraining logged it, how much came from --unlabeled).
+    params = store.params(pre.id)
+    assert out["pool_images"] == int(params["n_images"])
+    for name in ("unlabeled_images", "unlabeled_overlap"):
+        assert out.get(name) == (int(params[name]) if params.get(name) is not None else None)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--preprocess", "sharpen"], "--preprocess must be one of none, crop, norm, crop+norm"),
+    (["--unlabeled", "/no/such/folder"], "--unlabeled: no such folder /no/such/folder"),
+])
+def test_a_bad_preprocess_or_unlabeled_folder_is_one_line_and_stores_nothing(
+    synth_tumor: Path, tmp_path: Path, args: list[str], expected: str
+) -> None:
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    code, _, err = _invoke(["experiment", "--data", str(synth_tumor), *args, *TINY, "--db", db])
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert RunStore(db).list_runs() == []
 
 
 @pytest.mark.parametrize("args, expected", [
