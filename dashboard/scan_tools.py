@@ -151,17 +151,28 @@ def forget_upload(state: MutableMapping[Any, Any]) -> None:
     state.pop(UPLOAD_STATE_KEY, None)
 
 
-def load_scan(key: str, roots: list[str], size: int = VIEW_PX) -> np.ndarray:
+def load_scan(key: str, roots: list[str], size: int = VIEW_PX, preprocess: str = "none") -> np.ndarray:
     """A stored scan (a prediction's ``scan``: an image or DICOM file, a NIfTI slice or DICOM frame ``path#z=k``)
     read only inside the run's data folders (:func:`sslmri_core.paths.scan_file` checks the file part), then
-    decoded as training decoded it (:func:`sslmri_core.data.scans.read_scan`): uint8 ``(size, size)``."""
+    decoded as training decoded it (:func:`sslmri_core.data.scans.read_scan`, with the run's ``preprocess``):
+    uint8 ``(size, size)``."""
     from sslmri_core.paths import scan_file
 
     path, z = split_key(key)
     safe = scan_file(path, roots)
     if not safe.is_file():
         raise DecodeError(f"the file is not there any more: {safe}")
-    return read_scan(str(safe) if z is None else f"{safe}#z={z}", size)
+    return read_scan(str(safe) if z is None else f"{safe}#z={z}", size, preprocess)
+
+
+def model_view(image: np.ndarray, preprocess: str, size: int = VIEW_PX) -> np.ndarray:
+    """An uploaded slice (uint8 ``(S, S)``) as a model trained with ``preprocess`` sees it, at ``size``: the
+    head crop and intensity normalisation of training (on the decoded upload, not the file's full resolution)."""
+    from PIL import Image
+
+    from sslmri_core.data.decode import square_resize
+
+    return square_resize(Image.fromarray(np.asarray(image, np.uint8)), size, preprocess)
 
 
 def load_heatmap(out_dir: str | None, heatmap_path: str) -> np.ndarray:

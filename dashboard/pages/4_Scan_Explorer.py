@@ -74,9 +74,10 @@ def run_classes(url: str, run_id: int) -> list[str]:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def scan_view(key: str, roots: tuple[str, ...]) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
-    """The slice at the viewer's size and its window presets (cached: stepping back is instant)."""
-    image = scan_tools.load_scan(key, list(roots))
+def scan_view(key: str, roots: tuple[str, ...], preprocess: str) -> tuple[np.ndarray, dict[str, tuple[int, int]]]:
+    """The slice at the viewer's size, prepared as the model's training was, and its window presets (cached:
+    stepping back is instant)."""
+    image = scan_tools.load_scan(key, list(roots), preprocess=preprocess)
     return image, scan_tools.window_presets(image)
 
 
@@ -123,6 +124,12 @@ def cam_for(url: str, run_id: int, scan: str, method: str) -> tuple[np.ndarray |
         hint = " · run `python cli.py gradcam --run ID` to store them" if "no stored" in note else ""
         return None, chosen, note + hint
     return None, chosen, note
+
+
+def run_preprocess(url: str, run_id: int) -> str:
+    """How run ``run_id`` prepared its images (``--preprocess``; "none" for runs from before it existed)."""
+    detail = common.run_detail(url, run_id)
+    return str((detail.run.config.get("preprocess") if detail else None) or "none")
 
 
 def on_demand(url: str, run_id: int, image: np.ndarray, method: str) -> tuple[Any | None, str]:
@@ -251,11 +258,12 @@ def show_upload(url: str, models: pd.DataFrame, controls: dict[str, Any]) -> Non
     names = {int(row["id"]): run_choice(row) for row in models.to_dict("records")}
     model = st.selectbox("Model", list(names), key="upload_model", format_func=lambda r: names.get(r, str(r)))
     left, right = st.columns(2)
-    result, why = on_demand(url, int(model if model is not None else next(iter(names))), chosen.image,
-                            controls["method"])
+    model_id = int(model if model is not None else next(iter(names)))
+    shown = scan_tools.model_view(chosen.image, run_preprocess(url, model_id))  # what the model reads
+    result, why = on_demand(url, model_id, shown, controls["method"])
     with left:
         cam = None if result is None or not controls["show_cam"] else np.asarray(result.cam, np.float32)
-        rgb = scan_tools.overlay(chosen.image, cam, opacity=controls["opacity"], colormap=controls["colormap"],
+        rgb = scan_tools.overlay(shown, cam, opacity=controls["opacity"], colormap=controls["colormap"],
                                  threshold=controls["threshold"], level=controls["level"], width=controls["width"],
                                  size=scan_tools.VIEW_PX)
         st.image(rgb, caption=f"{common.md(chosen.name)} · {common.md(chosen.note)}", width=scan_tools.VIEW_PX)
@@ -348,7 +356,7 @@ roots = common.data_roots(url, run_id)
 image: np.ndarray | None = None
 presets: dict[str, tuple[int, int]] = {"Full range": (128, 255)}
 try:
-    image, presets = scan_view(scan, tuple(roots))
+    image, presets = scan_view(scan, tuple(roots), run_preprocess(url, run_id))
 except Exception as exc:  # outside the run's data folders, moved, unreadable: say which and why
     st.warning(f"Cannot show this scan: {common.md(exc)}")
 

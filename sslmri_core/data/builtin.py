@@ -1,7 +1,8 @@
 """The built-in synthetic data, generated on first use into a cache folder.
 
 Two disjoint sets of synthetic subjects: a labelled set for fine-tuning and evaluation, and an
-unlabelled pool for pretraining (different seed), so SSL never sees a test subject.
+unlabelled pool for pretraining (different seed), so SSL never sees a test subject. The pool holds more
+images than the labelled set (``BUILTIN_SETS``): SSL has more to learn from than the labels it is compared with.
 """
 
 from __future__ import annotations

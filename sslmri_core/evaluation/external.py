@@ -74,11 +74,13 @@ def seen_index(store: RunStore, record: RunRecord, cfg: FinetuneConfig) -> Conte
 
 def evaluate_external(
     store: RunStore, run_id: int, data_dir: str | Path, *, bootstrap: int | None = None, out: str | None = None,
-    keep_overlap: bool = False,
+    keep_overlap: bool = False, class_map: dict[str, str] | None = None,
 ) -> ExternalResult:
     """Score run ``run_id``'s selected weights on the usable images of ``data_dir`` that are not copies
     of what the model saw (its train/val images, its SSL pool; all of them with ``keep_overlap``);
-    store an ``evaluate`` run (parent: the model's run) with metrics, intervals, confusions and predictions."""
+    store an ``evaluate`` run (parent: the model's run) with metrics, intervals, confusions and predictions.
+    ``class_map`` renames the folder's classes to the model's (``glioma_tumor=glioma``); without one the
+    model's own class map applies (a folder laid out like its training folder)."""
     import torch
 
     from sslmri_core.data.unusable import write_unusable
@@ -96,7 +98,7 @@ def evaluate_external(
     model = classifier_from(found.state, f"--run {run_id}", record.config)
     cfg, classes = model.cfg, model.classes
     root = str(Path(data_dir).expanduser().resolve())
-    data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map)
+    data = load_folder(root, cfg.image_size, cfg.subject_pattern, class_map or cfg.class_map, cfg.preprocess)
     mapping = match_classes(data.classes, classes, root)
     data = dataclasses.replace(
         data, classes=classes, items=[dataclasses.replace(it, label=mapping[it.label]) for it in data.items])
@@ -119,7 +121,7 @@ def evaluate_external(
     device = pick_device()
     precision = resolve_precision(cfg.precision, device)
     config = {"model_run": run_id, "data": root, "bootstrap": n_boot, "model": cfg.model,
-              "image_size": cfg.image_size, "classes": classes, "class_map": cfg.class_map,
+              "image_size": cfg.image_size, "classes": classes, "class_map": class_map or cfg.class_map,
               "subject_pattern": cfg.subject_pattern, "out": out or cfg.out, "keep_overlap": keep_overlap}
     with open_run(store, "evaluate", config, out=out or cfg.out, task=record.task, parent_run_id=run_id,
                   device=device_name(device)) as run:
@@ -141,7 +143,7 @@ def evaluate_external(
             f"({'kept' if keep_overlap else 'left out, listed in overlap.tsv'}), "
             f"{len(unusable)} of {files} files unusable")
         classifier = model.model.to(device).to(memory_format=torch.channels_last)
-        probs = predict(classifier, torch.from_numpy(data.images), scored, device, precision)
+        probs = predict(classifier, torch.from_numpy(data.images), scored, device, precision, tta=cfg.tta)
         result = evaluate_split(data.labels[scored], probs, units(data, scored, data.grouping.keys), classes, SPLIT,
                                 n_boot=n_boot, seed=0, n_bins=cfg.ece_bins)
         store.log_metrics(eval_id, result.metrics)

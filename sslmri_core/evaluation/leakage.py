@@ -97,7 +97,7 @@ def child_config(cfg: LeakageConfig, unit: str, labels: str, steps: int) -> Fine
         batch_size=cfg.batch_size, split_unit=SPLIT_UNIT[unit], split_seed=cfg.split_seed,
         class_map=dict(cfg.class_map), epochs=cfg.epochs, steps=steps, min_steps=1, lr=cfg.lr,
         precision=cfg.precision, seed=cfg.seed, out=cfg.out, subject_pattern=cfg.subject_pattern,
-        bootstrap=cfg.bootstrap, arm=f"leakage-{unit}-{labels}",
+        bootstrap=cfg.bootstrap, arm=f"leakage-{unit}-{labels}", augment=dataclasses.replace(cfg.augment),
     )
 
 

@@ -234,6 +234,7 @@ class LoadedModel:
     run_id: int | None
     precision: str = "fp32"
     device: str = "cpu"
+    preprocess: str = "none"  # how its images were prepared (``--preprocess``): scans are shown and read so
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, precision: str = "fp32",
@@ -250,7 +251,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, pr
         p.requires_grad_(False)
     size = int(found.cfg.image_size)
     return LoadedModel(model, found.classes, size, resolve_target_layer(model, target_layer, size), run_id,
-                       resolve_precision(precision, device), str(device))
+                       resolve_precision(precision, device), str(device), found.cfg.preprocess)
 
 
 def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None = None,

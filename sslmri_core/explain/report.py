@@ -255,7 +255,7 @@ def split_key(scan: str) -> tuple[str, int | None]:
     return data_split_key(scan)
 
 
-def read_scan(key: str, size: int) -> np.ndarray:
+def read_scan(key: str, size: int, preprocess: str = "none") -> np.ndarray:
     """The scan a key names (an image, a DICOM file, ``path#z=k`` for a NIfTI slice or DICOM frame) decoded as
     training decodes it, uint8 ``(size, size)``: the one place a report decodes a file."""
     from sslmri_core.data.decode import DecodeError
@@ -265,7 +265,7 @@ def read_scan(key: str, size: int) -> np.ndarray:
     if not Path(path).is_file():
         raise UsageError(f"--scan: no such file: {path}")
     try:
-        return data_read_scan(key, size)
+        return data_read_scan(key, size, preprocess)
     except DecodeError as exc:
         raise DecodeError(f"--scan: {exc}") from None
 
@@ -384,13 +384,13 @@ def gather_report(
         layer = (cam_run.params.get("target_layer") if cam_run else None) or None
     loaded = loaded or load_model_for_run(db_url, run_id, precision=precision or defaults.precision,
                                           target_layer=layer, file_rule=file_rule or run_file)
-    model_image = read_scan(key or scan, loaded.image_size) if image is None else image
+    model_image = read_scan(key or scan, loaded.image_size, loaded.preprocess) if image is None else image
     explained = explain_image(loaded, model_image, method=method)
     size = display_size or defaults.display_size
     if image is not None:
         shown = prepare_image(image, size)
     else:
-        shown = explained.image_u8 if size == loaded.image_size else read_scan(key or scan, size)
+        shown = explained.image_u8 if size == loaded.image_size else read_scan(key or scan, size, loaded.preprocess)
     head = brain_mask(explained.image_u8)
     if row is not None:
         stats = stored_stat_lines(row, float(head.mean()))

@@ -24,10 +24,12 @@ from sslmri_core.config import (
     INITS,
     MODES,
     PRECISIONS,
+    PREPROCESS,
     FinetuneConfig,
     PretrainConfig,
     check_values,
     from_dict,
+    preset_settings,
     refuse_first,
     to_dict,
     with_overrides,
@@ -51,16 +53,17 @@ from sslmri_core.train.runtime import autocast, device_name, pick_device, resolv
 EVAL_POINTS = 10  # validation passes per run (evenly spaced in steps); the best one's weights are kept
 
 
-def resolve_finetune_config(store: RunStore, **overrides: Any) -> FinetuneConfig:
-    """Defaults, then the pretraining run's model and image size, then what the user set."""
-    base = FinetuneConfig()
+def resolve_finetune_config(store: RunStore, preset: str | None = None, **overrides: Any) -> FinetuneConfig:
+    """Defaults, then the preset, then the pretraining run's model, image size and preprocessing, then
+    what the user set."""
+    base = with_overrides(FinetuneConfig(), **preset_settings(preset, "finetune"))
     from_run = overrides.get("from_run")
     if from_run is not None:
         parent = store.get_run_for("--from-run", from_run)
         if parent.kind != "pretrain":
             raise ValueError(f"--from-run {from_run} is a {parent.kind} run, not a pretraining run")
         pre = from_dict(PretrainConfig, parent.config)
-        base = with_overrides(base, model=pre.model, image_size=pre.image_size, init="ssl")
+        base = with_overrides(base, model=pre.model, image_size=pre.image_size, preprocess=pre.preprocess, init="ssl")
     elif overrides.get("init") is None:
         raise ValueError("say where the encoder starts: --from-run ID (an SSL pretraining run), --init scratch "
                          "or --init imagenet --weights PATH")
@@ -94,6 +97,7 @@ def validate_finetune(cfg: FinetuneConfig) -> None:
         (cfg.image_size >= 16, f"--image-size must be at least 16, got {cfg.image_size}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"),
+        (cfg.preprocess in PREPROCESS, f"--preprocess must be one of {', '.join(PREPROCESS)}, got {cfg.preprocess!r}"),
     ]
     refuse_first(checks)
     check_model_name(cfg.model)
@@ -104,7 +108,7 @@ def load_finetune_data(cfg: FinetuneConfig) -> ImageSet:
     from sslmri_core.data.builtin import builtin_task_root
 
     root = cfg.data or str(builtin_task_root(cfg.task))
-    data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map)
+    data = load_folder(root, cfg.image_size, cfg.subject_pattern, cfg.class_map, cfg.preprocess)
     if len(data.classes) < 2:
         raise ValueError(f"{root} has {len(data.classes)} class folder(s) with usable images; need at least 2")
     return data
@@ -309,20 +313,27 @@ class _Trainer:
         self._cached: dict[str, torch.Tensor] = {}  # linear mode: frozen features of val, computed once
 
     # -- prediction -----------------------------------------------------------------------------
-    def encode(self, idx: np.ndarray) -> torch.Tensor:
+    def encode(self, idx: np.ndarray, flip: bool = False) -> torch.Tensor:
         """Encoder features ``(len(idx), D)``, without augmentation (leaves the model in eval mode)."""
         self.model.eval()
-        return encode(self.model.encoder, self.images, self.device, self.precision, idx)
+        return encode(self.model.encoder, self.images, self.device, self.precision, idx, flip=flip)
+
+    def _features_of(self, idx: np.ndarray, cache_as: str | None, flip: bool) -> torch.Tensor:
+        """Features of ``idx`` (mirrored with ``flip``); a frozen encoder's are kept under ``cache_as``."""
+        if cache_as is None or self.cfg.mode != "linear":
+            return self.encode(idx, flip)
+        key = f"{cache_as}/flip" if flip else cache_as
+        if key not in self._cached:
+            self._cached[key] = self.encode(idx, flip)
+        return self._cached[key]
 
     def predict(self, idx: np.ndarray, cache_as: str | None = None) -> np.ndarray:
-        """Class probabilities ``(len(idx), K)``; with a frozen encoder, ``cache_as`` keeps the features."""
-        if cache_as is not None and self.cfg.mode == "linear":
-            if cache_as not in self._cached:
-                self._cached[cache_as] = self.encode(idx)
-            feats = self._cached[cache_as]
-        else:
-            feats = self.encode(idx)
-        return head_probabilities(self.model, feats)
+        """Class probabilities ``(len(idx), K)``, averaged with the mirror image's under ``tta``; with a
+        frozen encoder, ``cache_as`` keeps the features."""
+        probs = head_probabilities(self.model, self._features_of(idx, cache_as, False))
+        if self.cfg.tta:
+            probs = (probs + head_probabilities(self.model, self._features_of(idx, cache_as, True))) / 2
+        return probs
 
     # -- training -------------------------------------------------------------------------------
     def _epoch_losses(self, idx: np.ndarray) -> Iterator[torch.Tensor]:
@@ -335,7 +346,8 @@ class _Trainer:
             for b in range(0, len(idx), self.cfg.batch_size):
                 sel = order[b : b + self.cfg.batch_size]
                 logits = self.model.fc(self._features[sel].to(self.device))
-                yield F.cross_entropy(logits, self.labels[idx][sel].to(self.device), weight=self.class_weights)
+                yield F.cross_entropy(logits, self.labels[idx][sel].to(self.device), weight=self.class_weights,
+                                      label_smoothing=self.cfg.label_smoothing)
             return
         self.model.train()
         for b in range(0, len(idx), self.cfg.batch_size):
@@ -346,7 +358,8 @@ class _Trainer:
             x = normalize(augment_batch(x, self.cfg.augment, self.gen)).contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.precision):
                 logits = self.model(x)
-            yield F.cross_entropy(logits.float(), self.labels[sel].to(self.device), weight=self.class_weights)
+            yield F.cross_entropy(logits.float(), self.labels[sel].to(self.device), weight=self.class_weights,
+                                  label_smoothing=self.cfg.label_smoothing)
 
     def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler: Any) -> float:
         optimizer.zero_grad(set_to_none=True)

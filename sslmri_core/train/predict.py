@@ -21,10 +21,10 @@ BATCH = 64  # images per forward pass
 @torch.no_grad()
 def encode(
     encoder: nn.Module, images: torch.Tensor, device: torch.device, precision: str,
-    idx: np.ndarray | None = None, batch: int = BATCH,
+    idx: np.ndarray | None = None, batch: int = BATCH, flip: bool = False,
 ) -> torch.Tensor:
     """Features float32 ``(M, D)`` on ``device`` of uint8 ``images`` ``(N, S, S)`` at ``idx`` ``(M,)``
-    (all ``N`` without ``idx``); an empty selection gives ``(0, D)`` on the CPU.
+    (all ``N`` without ``idx``), left-right flipped with ``flip``; an empty selection gives ``(0, D)`` on the CPU.
 
     The encoder is put in eval mode (BatchNorm's running statistics) and left there: fine-tuning
     sets its modes again where it trains. Batches are normalised on the CPU, then moved.
@@ -34,6 +34,7 @@ def encode(
     out = []
     for b in range(0, n, batch):
         rows = images[b : b + batch] if idx is None else images[idx[b : b + batch]]
+        rows = rows.flip(-1) if flip else rows
         x = normalize(to_float(rows)).to(device)
         with autocast(device, precision):
             out.append(encoder(x.contiguous(memory_format=torch.channels_last)).float())
@@ -49,6 +50,12 @@ def head_probabilities(model: Classifier, features: torch.Tensor) -> np.ndarray:
 
 def predict(
     model: Classifier, images: torch.Tensor, idx: np.ndarray, device: torch.device, precision: str,
+    tta: bool = False,
 ) -> np.ndarray:
-    """Class probabilities ``(len(idx), K)`` of uint8 ``images`` ``(N, S, S)`` at ``idx``; ``model`` on ``device``."""
-    return head_probabilities(model, encode(model.encoder, images, device, precision, idx))
+    """Class probabilities ``(len(idx), K)`` of uint8 ``images`` ``(N, S, S)`` at ``idx``; ``model`` on ``device``.
+    With ``tta`` the mean of the image's and its left-right mirror's (brains are nearly symmetric)."""
+    probs = head_probabilities(model, encode(model.encoder, images, device, precision, idx))
+    if tta:
+        mirrored = encode(model.encoder, images, device, precision, idx, flip=True)
+        probs = (probs + head_probabilities(model, mirrored)) / 2
+    return probs

@@ -229,6 +229,11 @@ def test_evaluate_refuses_unknown_classes_and_non_model_runs(synth_tumor, tmp_pa
     (odd / "glioma").rename(odd / "astrocytoma")
     code, _, err = _invoke(["evaluate", "--run", str(ft["run_id"]), "--data", str(odd), "--db", db])
     assert code == 2 and "'astrocytoma'" in err and "not among the model's classes" in err
+    # another collection's folder names are mapped onto the model's classes, not renamed by hand
+    code, ev, err = _invoke(["evaluate", "--run", str(ft["run_id"]), "--data", str(odd), "--class-map",
+                             "astrocytoma=glioma", "--db", db, "--json"])
+    assert code == 0, err
+    assert ev["usable"] == 40 and ev["usable"] - ev["overlap_excluded"] > 0
     shutil.rmtree(odd / "astrocytoma")
     code, _, err = _invoke(["evaluate", "--run", str(ft["run_id"]), "--data", str(odd), "--db", db])
     assert code == 2 and "'glioma'" in err and "no usable images of the model's class" in err

@@ -211,3 +211,48 @@ def test_nifti_slices_are_stored_one_prediction_each(tmp_path: Path) -> None:
     scans = predictions_frame(store.url, result.run_id)["scan"].tolist()
     assert scans and len(set(scans)) == len(scans)
     assert all("#z=" in s and s.split("#z=")[0].endswith(".nii.gz") for s in scans)
+
+
+# -- recipes: --preset, --preprocess, label smoothing, test-time flips ---------------------------------------
+def test_a_preset_sets_the_recipe_and_the_options_given_win(synth_tumor: Path, tmp_path: Path) -> None:
+    from sslmri_core.config import PRESETS
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _invoke(["finetune", "--data", str(synth_tumor), "--init", "scratch", "--preset", "cpu",
+                              "--model", "test_resnet", "--image-size", "64", "--batch-size", "8", "--steps", "2",
+                              "--bootstrap", "0", "--preprocess", "crop", "--no-progress", "--db", db,
+                              "--out", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    cfg = RunStore(db).get_run(out["run_id"]).config
+    recipe = PRESETS["cpu"]["finetune"]
+    assert cfg["preset"] == "cpu" and cfg["label_smoothing"] == recipe["label_smoothing"] > 0
+    assert cfg["tta"] is True and cfg["augment"] == dataclasses.asdict(recipe["augment"])
+    assert (cfg["model"], cfg["image_size"], cfg["preprocess"]) == ("test_resnet", 64, "crop")  # given options win
+    code, _, err = _invoke(["finetune", "--data", str(synth_tumor), "--init", "scratch", "--preset", "laptop",
+                            "--db", db])
+    assert code == 2 and err.strip().splitlines() == ["error: --preset must be one of cpu, gpu, got 'laptop'"]
+
+
+def test_test_time_flips_average_the_image_and_its_mirror() -> None:
+    from sslmri_core.train.models import Classifier, create_encoder
+    from sslmri_core.train.predict import predict
+
+    torch.manual_seed(0)
+    model = Classifier(create_encoder("test_resnet"), 3).eval()
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (5, 32, 32), dtype=np.uint8))
+    idx = np.arange(5)
+    plain = predict(model, images, idx, torch.device("cpu"), "fp32")
+    mirrored = predict(model, images.flip(-1), idx, torch.device("cpu"), "fp32")
+    both = predict(model, images, idx, torch.device("cpu"), "fp32", tta=True)
+    assert not np.allclose(plain, mirrored)
+    np.testing.assert_allclose(both, (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_label_smoothing_reaches_the_loss(synth_tumor: Path, tmp_path: Path) -> None:
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    first_loss = {}
+    for smoothing in (0.0, 0.3):  # same seed, data and start: only the loss's targets differ
+        run = ft.finetune(_cfg(synth_tumor, tmp_path, steps=1, label_smoothing=smoothing, bootstrap=0, seed=3),
+                          store, show_progress=False)
+        first_loss[smoothing] = store.metric_series(run.run_id, "train_loss")[0][2]
+    assert first_loss[0.0] != pytest.approx(first_loss[0.3], abs=1e-3)
