@@ -214,13 +214,9 @@ def _log_experiment(store: RunStore, run_id: int, cfg: ExperimentConfig, fp: str
 
 
 def pretrain_settings(cfg: ExperimentConfig) -> dict[str, Any]:
-    """What the experiment's pretraining takes from its preset's pretraining recipe (its batch size, ...), before
-    the experiment's own settings. The batch size is the recipe's unless the experiment's differs from what its
-    preset gives (the user's ``--batch-size``: then that one); without a preset, the experiment's."""
-    recipe = preset_settings(cfg.preset, "pretrain")
-    if cfg.batch_size != preset_settings(cfg.preset, "experiment").get("batch_size", -1):
-        recipe["batch_size"] = cfg.batch_size
-    return recipe
+    """What the experiment's pretraining takes from its preset's pretraining recipe, under the experiment's own
+    settings; its batch is ``pretrain_batch_size``, else ``batch_size``."""
+    return {**preset_settings(cfg.preset, "pretrain"), "batch_size": cfg.pretrain_batch_size or cfg.batch_size}
 
 
 def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, show_progress: bool,

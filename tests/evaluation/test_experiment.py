@@ -243,14 +243,13 @@ def test_the_presets_recipes_reach_the_children_and_the_pretraining(synth_tumor:
     assert (pre.config["model"], pre.config["image_size"], pre.config["epochs"]) == ("test_resnet", 64, 1)
 
 
-def test_a_batch_size_given_with_a_preset_reaches_the_pretraining_too() -> None:
-    from sslmri_core.config import PRESETS, ExperimentConfig
+def test_the_pretraining_batch_is_its_own_else_the_experiments() -> None:
+    from sslmri_core.config import PRESETS, ExperimentConfig, preset_settings, with_overrides
     from sslmri_core.evaluation.experiment import pretrain_settings
 
-    preset = PRESETS["cpu"]
-    assert pretrain_settings(ExperimentConfig(preset="cpu", batch_size=preset["experiment"]["batch_size"]))[
-        "batch_size"] == preset["pretrain"]["batch_size"]
-    assert pretrain_settings(ExperimentConfig(preset="cpu", batch_size=8))["batch_size"] == 8
+    cpu = with_overrides(ExperimentConfig(), **preset_settings("cpu", "experiment"))
+    assert pretrain_settings(cpu)["batch_size"] == PRESETS["cpu"]["pretrain"]["batch_size"] != cpu.batch_size
+    assert pretrain_settings(with_overrides(cpu, batch_size=8))["batch_size"] == cpu.pretrain_batch_size
     assert pretrain_settings(ExperimentConfig(batch_size=8)) == {"batch_size": 8}  # no preset: the experiment's
 
 
