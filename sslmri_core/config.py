@@ -253,14 +253,14 @@ RECIPE_AUGMENT = dataclasses.replace(
 # (defaults, then the preset, then the options). Chosen by measurement on validation splits: README,
 # "Recipes". An experiment's children take the finetune recipe and its pretraining the pretrain recipe.
 _CPU = {"model": "resnet18", "image_size": 128, "preprocess": "crop+norm"}  # 2 CPU cores
-_GPU = {"model": "resnet50", "image_size": 160, "preprocess": "crop+norm"}  # one modern GPU
+_GPU = {"model": "resnet50", "image_size": 128, "preprocess": "crop+norm"}  # one modern GPU (not yet measured)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "pretrain": {**_CPU, "batch_size": 128, "epochs": 15},
-        "finetune": {**_CPU, "batch_size": 64, "epochs": 14, "label_smoothing": 0.1, "tta": True,
+        "finetune": {**_CPU, "batch_size": 64, "epochs": 30, "label_smoothing": 0.1, "tta": True,
                      "augment": RECIPE_AUGMENT},
         "experiment": {**_CPU, "batch_size": 64, "pretrain_batch_size": 128, "pretrain_epochs": 15,
-                       "finetune_epochs": 14, "seeds": 2},
+                       "finetune_epochs": 30, "seeds": 2},
     },
     "gpu": {
         "pretrain": {**_GPU, "batch_size": 512, "epochs": 50},
