@@ -367,9 +367,9 @@ class DemoConfig:
     batch_size: int = 32
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.2, 1.0])
     seeds: int = 2
-    pretrain_epochs: int = 5
+    pretrain_epochs: int = 20
     finetune_epochs: int = 6  # the budget of a fraction: epochs x batches of its labelled set, at least min_steps
-    min_steps: int = 50
+    min_steps: int = 100
     preprocess: str = "none"
     bootstrap: int = 1000
     leakage_image_size: int = 48
