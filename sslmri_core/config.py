@@ -25,6 +25,7 @@ MODES = ("linear", "full")  # linear: frozen encoder, a trained head; full: ever
 # How every slice is prepared before it is resized (data.head): crop to the head's bounding box, and/or
 # map the 1st-99th intensity percentiles inside the head to 0-255 (scanner brightness stops mattering).
 PREPROCESS = ("none", "crop", "norm", "crop+norm")
+COMPILE_MODES = ("auto", "on", "off")  # pretrain --compile: auto = torch.compile on CUDA only
 # An experiment arm is one (init, mode) pair; the order is the display order everywhere.
 ARM_SETTINGS: dict[str, tuple[str, str]] = {
     "ssl-linear": ("ssl", "linear"),

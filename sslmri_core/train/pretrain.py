@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from sslmri_core.config import (
+    COMPILE_MODES,
     OPTIMIZERS,
     PRECISIONS,
     PREPROCESS,
@@ -55,7 +56,7 @@ from sslmri_core.train.monitor import MonitorBudget, MonitorSet, monitor_pass
 from sslmri_core.train.pool import POOL_CONTENT, load_pool_ranked, monitor_set, pool_hash, subject_ids
 from sslmri_core.train.pretrain_state import Plan, PretrainState, peak_lr, resolve_optimizer
 from sslmri_core.train.result import TrainResult
-from sslmri_core.train.runtime import COMPILE_MODES, device_name, pick_device, place_pool, resolve_precision
+from sslmri_core.train.runtime import device_name, pick_device, place_pool, resolve_precision
 from sslmri_core.train.simclr import forward_loss, optimizer_step
 
 

@@ -11,15 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslmri_core.config import PRECISIONS
+from sslmri_core.config import COMPILE_MODES, PRECISIONS
 
 
 def pick_device() -> torch.device:
     """The first CUDA GPU when there is one, else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-COMPILE_MODES = ("auto", "on", "off")  # --compile: auto = on CUDA only
 
 
 def use_compile(setting: str, device: torch.device) -> bool:
