@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-measure the README's result tables on the shared real data (2 CPU cores: about 50 minutes).
+# Re-measure the README's result tables on the shared real data (2 CPU cores: about 3 hours).
 #
 #   bash bench/readme_results.sh [DATA_ROOT] [OUT]     (defaults: ../shared/data, /tmp/sslmri-results)
 #
@@ -34,3 +34,18 @@ run tumor experiment "${SMALL[@]}" --task tumor --data "$DATA/tumor/Training" "$
 run ms experiment "${SMALL[@]}" --task ms --data "$DATA/ms/FLAIR" --folds 5 --fractions 0.5,1.0 --seeds 1 "${COMMON[@]}"
 run oasis experiment "${SMALL[@]}" --task alzheimer --data "$DATA/alzheimer_oasis" --folds 5 --fractions 0.1,1.0 \
   --seeds 1 "${COMMON[@]}"
+# The cpu recipe (README "Recipes"): the plain defaults, the recipe at 12 epochs, the recipe; then each run's
+# shifted test copy (bench/robustness.py --run ID, by hand: the run ids are in OUT/recipe*.json).
+run recipe_defaults finetune --data "$DATA/tumor/Training" --task tumor --init scratch --model resnet18 \
+  --image-size 128 --batch-size 64 --epochs 12 "${COMMON[@]}"
+run recipe_short finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --epochs 12 "${COMMON[@]}"
+run recipe finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu "${COMMON[@]}"
+run ssl10 experiment --preset cpu --task tumor --data "$DATA/tumor/Training" --fractions 0.1 --arms ssl-full,scratch \
+  --seeds 2 "${COMMON[@]}"
+# OASIS: plain SimCLR negatives, the same-subject mask, the mask with a bias field (kNN on validation subjects).
+for v in subject-negatives mask-same-subject; do
+  run "oasis_$v" pretrain --data "$DATA/alzheimer_oasis" --model resnet18 --image-size 64 --batch-size 128 --epochs 8 \
+    --exclude-val --monitor-share 1.0 "--$v" "${COMMON[@]}"
+done
+run oasis_bias pretrain --data "$DATA/alzheimer_oasis" --model resnet18 --image-size 64 --batch-size 128 --epochs 8 \
+  --exclude-val --monitor-share 1.0 --augment bias_field=0.3 "${COMMON[@]}"
