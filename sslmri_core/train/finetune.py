@@ -46,7 +46,7 @@ from sslmri_core.train.checkpoints import atomic_save, checkpoint_of, encoder_st
 from sslmri_core.train.models import Classifier, check_model_name, create_encoder
 from sslmri_core.train.optim import param_groups, warmup_cosine
 from sslmri_core.train.pool import pool_index
-from sslmri_core.train.predict import encode, head_probabilities
+from sslmri_core.train.predict import encode, tta_probabilities
 from sslmri_core.train.result import TrainResult
 from sslmri_core.train.runtime import autocast, device_name, pick_device, resolve_precision, seed_everything
 
@@ -330,10 +330,7 @@ class _Trainer:
     def predict(self, idx: np.ndarray, cache_as: str | None = None) -> np.ndarray:
         """Class probabilities ``(len(idx), K)``, averaged with the mirror image's under ``tta``; with a
         frozen encoder, ``cache_as`` keeps the features."""
-        probs = head_probabilities(self.model, self._features_of(idx, cache_as, False))
-        if self.cfg.tta:
-            probs = (probs + head_probabilities(self.model, self._features_of(idx, cache_as, True))) / 2
-        return probs
+        return tta_probabilities(self.model, lambda flip: self._features_of(idx, cache_as, flip), self.cfg.tta)
 
     # -- training -------------------------------------------------------------------------------
     def _epoch_losses(self, idx: np.ndarray) -> Iterator[torch.Tensor]:

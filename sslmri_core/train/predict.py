@@ -6,6 +6,8 @@ folder, and ``embed``'s feature maps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,14 +50,17 @@ def head_probabilities(model: Classifier, features: torch.Tensor) -> np.ndarray:
     return F.softmax(model.fc(features.to(model.fc.weight.device)), dim=1).cpu().numpy()
 
 
+def tta_probabilities(model: Classifier, features: Callable[[bool], torch.Tensor], tta: bool) -> np.ndarray:
+    """Class probabilities ``(M, K)`` from ``features(flip)`` (encoder features ``(M, D)`` of the images, mirrored
+    left-right when ``flip``); with ``tta`` the mean of the image's and its mirror's (brains are nearly symmetric)."""
+    probs = head_probabilities(model, features(False))
+    return (probs + head_probabilities(model, features(True))) / 2 if tta else probs
+
+
 def predict(
     model: Classifier, images: torch.Tensor, idx: np.ndarray, device: torch.device, precision: str,
     tta: bool = False,
 ) -> np.ndarray:
-    """Class probabilities ``(len(idx), K)`` of uint8 ``images`` ``(N, S, S)`` at ``idx``; ``model`` on ``device``.
-    With ``tta`` the mean of the image's and its left-right mirror's (brains are nearly symmetric)."""
-    probs = head_probabilities(model, encode(model.encoder, images, device, precision, idx))
-    if tta:
-        mirrored = encode(model.encoder, images, device, precision, idx, flip=True)
-        probs = (probs + head_probabilities(model, mirrored)) / 2
-    return probs
+    """Class probabilities ``(len(idx), K)`` of uint8 ``images`` ``(N, S, S)`` at ``idx``; ``model`` on ``device``
+    (:func:`tta_probabilities` with ``tta``)."""
+    return tta_probabilities(model, lambda flip: encode(model.encoder, images, device, precision, idx, flip=flip), tta)
