@@ -29,7 +29,7 @@ from sslmri_core.config import (
     LeakageConfig,
     with_overrides,
 )
-from sslmri_core.evaluation.experiment import ExperimentResult
+from sslmri_core.evaluation.experiment import ExperimentResult, format_interval, label_share
 from sslmri_core.evaluation.leakage import LeakageResult
 from sslmri_core.evaluation.stats import SLICE_METRIC
 from sslmri_core.progress import console
@@ -179,7 +179,7 @@ def verdict(row: dict[str, Any]) -> str:
 def _labels(fraction: float, counts: list[int] | None) -> str:
     """``5% (28)``: the label budget and its labelled images (per seed when the draws differ)."""
     images = "/".join(str(n) for n in dict.fromkeys(counts or []))
-    return f"{fraction * 100:g}% ({images})" if images else f"{fraction * 100:g}%"
+    return f"{label_share(fraction)} ({images})" if images else label_share(fraction)
 
 
 def print_answer(result: DemoResult, cfg: DemoConfig) -> None:
@@ -195,11 +195,10 @@ def print_answer(result: DemoResult, cfg: DemoConfig) -> None:
     for col in ("labels", "steps", "arm", "diff. [95% CI]", "wins", "reading"):
         table.add_column(col, justify="left" if col in ("labels", "arm", "reading") else "right", no_wrap=True)
     for p in sorted(result.answer(), key=lambda p: (p["fraction"], p["arm"])):
-        lo, hi = p["ci"]
-        ci = "[no interval]" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
         fraction = float(p["fraction"])
         table.add_row(_labels(fraction, result.label_counts.get(fraction)), str(steps.get(str(p["fraction"]), "?")),
-                      p["arm"], f"{p['mean']:+.3f} {ci}", f"{p['wins']}/{p['n_seeds']}", verdict(p))
+                      p["arm"], format_interval(p["mean"], p["ci"], signed=True), f"{p['wins']}/{p['n_seeds']}",
+                      verdict(p))
     console.print(table)
     console.print(f"Labels: fraction of the training subjects (labelled images); every arm trains the same steps at "
                   f"a fraction. {cfg.model} at {cfg.image_size}px, SSL pretrained once on "

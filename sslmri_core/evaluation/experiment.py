@@ -367,7 +367,8 @@ def summarise(store: RunStore, experiment_id: int) -> ExperimentResult:
                             interval=out["interval"], pretraining=out["pretraining"])
 
 
-def _fmt(mean: float, ci: list[float | None], signed: bool = False) -> str:
+def format_interval(mean: float, ci: list[float | None], signed: bool = False) -> str:
+    """``0.828 [0.799, 0.853]`` (``signed``: ``+0.052 [+0.033, +0.069]``); ``[no interval]`` when it has none."""
     body = f"{mean:+.3f}" if signed else f"{mean:.3f}"
     if ci[0] is None or ci[1] is None:
         return f"{body} [no interval]"
@@ -382,7 +383,8 @@ def _subjects(row: dict[str, Any]) -> str:
     return f"{row['n_test_subjects']} ({per_class})"
 
 
-def _labels(fraction: float) -> str:
+def label_share(fraction: float) -> str:
+    """A label fraction as the tables show it: ``0.05`` -> ``5%``."""
     return f"{fraction * 100:g}%"
 
 
@@ -407,8 +409,8 @@ def print_summary(result: ExperimentResult, cfg: ExperimentConfig) -> None:
             table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=col != "test subjects")
         for r in rows:
             exact = "*" if r.get("ci_method") == EXACT_METHOD else ""
-            table.add_row(r["arm"], _labels(r["fraction"]), _fmt(r["mean"], r["ci"]) + exact, _subjects(r),
-                          str(r["n_seeds"]), _steps(r))
+            table.add_row(r["arm"], label_share(r["fraction"]), format_interval(r["mean"], r["ci"]) + exact,
+                          _subjects(r), str(r["n_seeds"]), _steps(r))
         console.print(table)
         if any(r.get("ci_method") == EXACT_METHOD for r in rows):
             console.print("* exact Clopper-Pearson interval of the seed-mean count of correct subjects")
@@ -419,8 +421,9 @@ def print_summary(result: ExperimentResult, cfg: ExperimentConfig) -> None:
                 table.add_column(col, justify="left" if col == "comparison" else "right",
                                  no_wrap=col != "test subjects")
             for p in pairs:
-                table.add_row(f"{p['arm']} - {p['baseline']}", _labels(p["fraction"]),
-                              _fmt(p["mean"], p["ci"], signed=True), _subjects(p), f"{p['wins']}/{p['n_seeds']}")
+                table.add_row(f"{p['arm']} - {p['baseline']}", label_share(p["fraction"]),
+                              format_interval(p["mean"], p["ci"], signed=True), _subjects(p),
+                              f"{p['wins']}/{p['n_seeds']}")
             console.print(table)
     pool = result.extra.get("pool_images")
     if pool is not None:
