@@ -17,7 +17,7 @@ reports medians and the ratio. Needs only torch, torchvision, timm,
 numpy and pillow (no run store, no pandas).
 
 ``--cli`` times the product instead: ``cli.py pretrain`` on a generated folder (``--no-monitor``,
-``--include-test``, the device ``pretrain`` picks, torch.compile where it compiles), then reads the
+``--include-test``, the device ``pretrain`` picks, ``--compile`` from ``--cli-compile``), then reads the
 run's per-step ``images_per_s`` (both views, from the uint8 pool through augmentation, forward,
 backward and the optimiser step) from its SQLite store: the steady rate after ``--skip-steps``
 (compilation, warm-up), the rate over every step, and the wall times of the run and the command,
@@ -241,7 +241,8 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
         cmd = [sys.executable, str(ROOT / "cli.py"), "pretrain", "--data", str(folder), "--model", args.model,
                "--image-size", str(args.image_size), "--batch-size", str(args.batch), "--max-steps", str(args.steps),
                "--epochs", "100000", "--precision", args.precision, "--no-monitor", "--include-test",
-               "--checkpoint-minutes", "0", "--db", f"sqlite:///{db}", "--out", str(Path(tmp) / "runs"),
+               "--compile", args.cli_compile, "--checkpoint-minutes", "0", "--db", f"sqlite:///{db}",
+               "--out", str(Path(tmp) / "runs"),
                "--no-progress", "--json"]
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -290,6 +291,7 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=None, help="generated images (default: max(512, 4 x batch))")
     parser.add_argument("--compile", action="store_true", help="torch.compile sslmri's model")
     parser.add_argument("--cli", action="store_true", help="time `cli.py pretrain` itself (see the module doc)")
+    parser.add_argument("--cli-compile", default="auto", help="--cli: pretrain's --compile (auto | on | off)")
     parser.add_argument("--skip-steps", type=int, default=30, help="--cli: steps left out of the steady rate")
     parser.add_argument("--target", type=float, default=20000.0, help="--cli: views/s to reach")
     parser.add_argument("--only", choices=["sslmri", "reference"], help=argparse.SUPPRESS)
