@@ -116,7 +116,7 @@ class PretrainState:
         if world.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        compiled = use_compile(cfg.compile, device)
+        compiled = use_compile(cfg.compile, device, plan.total)
         if compiled:
             if cfg.compile == "auto":  # a machine that cannot compile trains eagerly rather than failing
                 import torch._dynamo as dynamo

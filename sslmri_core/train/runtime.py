@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslmri_core.config import COMPILE_MODES, PRECISIONS
+from sslmri_core.config import COMPILE_AUTO_MIN_STEPS, COMPILE_MODES, PRECISIONS
 
 
 def pick_device() -> torch.device:
@@ -19,12 +19,13 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def use_compile(setting: str, device: torch.device) -> bool:
-    """Whether to ``torch.compile`` the training model: ``on``, or ``auto`` on a CUDA device (on a CPU the
-    compile time is rarely won back, and it needs a C++ toolchain)."""
+def use_compile(setting: str, device: torch.device, steps: int) -> bool:
+    """Whether to ``torch.compile`` the training model for a run of ``steps`` optimiser steps: ``on``, or
+    ``auto`` on a CUDA device when the run is long enough to win the compile time back
+    (``COMPILE_AUTO_MIN_STEPS``; on a CPU it rarely is, and compiling needs a C++ toolchain)."""
     if setting not in COMPILE_MODES:
         raise ValueError(f"--compile must be one of {', '.join(COMPILE_MODES)}, got {setting!r}")
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    return setting == "on" or (setting == "auto" and device.type == "cuda" and steps >= COMPILE_AUTO_MIN_STEPS)
 
 
 def place_pool(images: torch.Tensor, device: torch.device) -> torch.Tensor:
