@@ -332,3 +332,16 @@ def test_store_text_in_figures_is_never_html() -> None:
     assert all("<a " not in str(s) for s in shown) and "&lt;a href" in fig.data[0].x[0]
     balance = plots.class_balance_figure({evil: 3})
     assert "<a " not in balance.data[0].x[0]
+
+
+def test_the_leakage_demonstrations_runs_are_not_listed_as_results(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    demo = store.start_run("leakage", {}, task="tumor")
+    ids = {}
+    for name, parent in (("demo child", demo), ("single run", None)):
+        ids[name] = store.start_run("finetune", {"init": "scratch", "mode": "full"}, task="tumor",
+                                    parent_run_id=parent)
+        store.end_run(ids[name])
+    store.end_run(demo)
+    assert queries.finetune_results(url)["run_id"].tolist() == [ids["single run"]]

@@ -102,7 +102,8 @@ def _finetune_runs(engine: Engine, where: Sequence[Any]) -> pd.DataFrame:
 
 def finetune_results(store: Store = None, task: str | None = None) -> pd.DataFrame:
     """Finished finetune runs, one row each: task, arm, label fraction, seed, fold, parent experiment, steps,
-    leakage, test metrics (the runs' last values; a run without subject metrics has NaN there).
+    leakage, test metrics (the runs' last values; a run without subject metrics has NaN there). The leakage
+    demonstration's runs are not results and are left out.
 
     A listing, not a summary: runs of different experiments (or none) are never averaged here.
     """
@@ -113,7 +114,10 @@ def finetune_results(store: Store = None, task: str | None = None) -> pd.DataFra
     if frame.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     with engine.connect() as conn:
-        parents = {int(i) for i in conn.execute(select(Run.id).where(Run.kind == "experiment")).scalars()}
+        kinds = dict(conn.execute(select(Run.id, Run.kind).where(Run.kind.in_(("experiment", "leakage")))).all())
+    # The leakage demonstration trains leaky on purpose (image split, shuffled labels); the Data page shows it.
+    frame = frame[frame["parent_run_id"].map(lambda p: pd.isna(p) or kinds.get(int(p)) != "leakage")].copy()
+    parents = {int(i) for i, kind in kinds.items() if kind == "experiment"}
     frame["experiment_id"] = frame["parent_run_id"].map(
         lambda p: int(p) if not pd.isna(p) and int(p) in parents else pd.NA).astype("Int64")
     frame["created_at"] = to_utc(frame["created_at"])
