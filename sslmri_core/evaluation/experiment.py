@@ -18,6 +18,7 @@ from sslmri_core.config import (
     ARM_SETTINGS,
     ARMS,
     PREPROCESS,
+    SSL_ARMS,
     ExperimentConfig,
     FinetuneConfig,
     PretrainConfig,
@@ -126,12 +127,26 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
     check_model_name(cfg.model)
 
 
-def fingerprint(cfg: ExperimentConfig, data_fingerprint: str = "") -> str:
+def fingerprint(cfg: ExperimentConfig, data_fingerprint: str = "", unlabeled_fingerprint: str = "") -> str:
     """What makes two ``experiment`` commands the same experiment: every setting but the output folder,
-    and the data's content (files added, removed, changed or relabelled make another experiment)."""
+    and the content of the data and of the ``--unlabeled`` folders (files added, removed, changed or
+    relabelled make another experiment)."""
     values = {k: v for k, v in to_dict(cfg).items() if k != "out"}
     values["data_fingerprint"] = data_fingerprint
+    if unlabeled_fingerprint:  # absent without --unlabeled, so earlier experiments keep their fingerprint
+        values["unlabeled_fingerprint"] = unlabeled_fingerprint
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def unlabeled_fingerprint(cfg: ExperimentConfig) -> str:
+    """Content of the ``--unlabeled`` folders the experiment pretrains on ('' when it pretrains on none).
+    They are read as pretraining reads them, so the image cache serves pretraining afterwards."""
+    if not cfg.unlabeled or cfg.pretrain_run is not None or not set(cfg.arms) & set(SSL_ARMS):
+        return ""
+    from sslmri_core.data.loading import load_folder
+
+    return ",".join(load_folder(root, cfg.image_size, cfg.subject_pattern, None, cfg.preprocess)
+                    .manifests[0].fingerprint() for root in cfg.unlabeled)
 
 
 def child_config(cfg: ExperimentConfig, arm: str, fraction: float, seed: int, pretrain_run: int | None,
@@ -302,7 +317,7 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
     cells = [(arm, f, s, fold) for fold in fold_list(cfg) for f in cfg.fractions for s in range(cfg.seeds)
              for arm in cfg.arms]
     data_fp = data.manifests[0].fingerprint()
-    fp = fingerprint(cfg, data_fp)
+    fp = fingerprint(cfg, data_fp, unlabeled_fingerprint(cfg))
     resumed = _reopen_experiment(store, fp)
     with open_run(store, "experiment", {**to_dict(cfg), "fingerprint": fp}, task=cfg.task, run_id=resumed) as run:
         experiment_id = run.run_id

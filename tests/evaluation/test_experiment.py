@@ -278,6 +278,15 @@ def test_preprocess_and_unlabeled_folders_reach_the_pretraining_and_every_child(
     assert out["pool_images"] == int(params["n_images"])
     for name in ("unlabeled_images", "unlabeled_overlap"):
         assert out.get(name) == (int(params[name]) if params.get(name) is not None else None)
+    # The same command resumes; another unlabeled pool is another experiment (its children never mix in).
+    command = ["experiment", "--data", str(synth_tumor), "--preprocess", "crop", "--unlabeled", str(tmp_path / "more"),
+               "--fractions", "1.0", "--seeds", "1", "--arms", "ssl-linear,scratch", *TINY, "--db", db,
+               "--out", str(tmp_path / "runs"), "--json"]
+    again = _invoke(command)[1]
+    assert again["run_id"] == out["run_id"] and again["children"]["skipped"] == 2
+    generate(tmp_path / "more" / "extra", SynthConfig(task="tumor", subjects=1, slices_per_subject=1, size=64, seed=78))
+    other = _invoke(command)[1]
+    assert other["run_id"] != out["run_id"] and other["children"]["ran"] == 2
 
 
 @pytest.mark.parametrize("args, expected", [
