@@ -177,10 +177,11 @@ def compute_cams(
     x: torch.Tensor,
     *,
     method: str = "gradcam",
-    target: int | None = None,
+    target: int | np.ndarray | None = None,
     precision: str = "fp32",
 ) -> CamBatch:
-    """CAMs for a batch ``x`` ``(B, 1, S, S)``: for class ``target``, or each image's predicted class.
+    """CAMs for a batch ``x`` ``(B, 1, S, S)``: for class ``target`` (one for all, or ``(B,)`` one per image),
+    or each image's predicted class.
 
     One forward pass gives both the prediction and the map. The library's hooks live only inside
     this call (context manager), and so does the hook that starts the gradient at ``layer``. A ViT
@@ -194,7 +195,8 @@ def compute_cams(
         if p.requires_grad:
             p.requires_grad_(False)
     module = model.get_submodule(layer)
-    targets = None if target is None else [ClassifierOutputTarget(int(target))] * x.shape[0]
+    per_image = None if target is None else np.broadcast_to(np.asarray(target, dtype=np.int64), (x.shape[0],))
+    targets = None if per_image is None else [ClassifierOutputTarget(int(t)) for t in per_image]
     wrapped = _FloatLogits(model)
     encoder = getattr(model, "encoder", model)
     prefix_tokens = int(getattr(encoder, "num_prefix_tokens", 0)) if is_token_model(encoder) else 0
@@ -212,7 +214,7 @@ def compute_cams(
             cam.raw_cams = []
             cam.outputs = None
     probs = torch.softmax(logits, dim=1).cpu().numpy()
-    chosen = probs.argmax(axis=1) if target is None else np.full(x.shape[0], int(target))
+    chosen = probs.argmax(axis=1) if per_image is None else per_image
     return CamBatch(
         cams=np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0),
         raw_max=raw.reshape(len(raw), -1).max(axis=1),
@@ -235,6 +237,19 @@ class LoadedModel:
     precision: str = "fp32"
     device: str = "cpu"
     preprocess: str = "none"  # how its images were prepared (``--preprocess``): scans are shown and read so
+    tta: bool = False  # the run scored the mean of each image and its mirror (``--tta``): predictions do so too
+
+
+def scored_probabilities(loaded: LoadedModel, images: np.ndarray) -> np.ndarray | None:
+    """Class probabilities ``(B, K)`` of uint8 ``images`` ``(B, S, S)`` as the run scored its test split (the
+    mean over the image and its mirror), or None when the run used no test-time flips (the CAM pass's own
+    probabilities are then the run's)."""
+    if not loaded.tta:
+        return None
+    from sslmri_core.train.predict import predict
+
+    return predict(loaded.model, torch.from_numpy(images), np.arange(len(images)),  # type: ignore[arg-type]
+                   torch.device(loaded.device), loaded.precision, tta=True)
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, precision: str = "fp32",
@@ -251,7 +266,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, pr
         p.requires_grad_(False)
     size = int(found.cfg.image_size)
     return LoadedModel(model, found.classes, size, resolve_target_layer(model, target_layer, size), run_id,
-                       resolve_precision(precision, device), str(device), found.cfg.preprocess)
+                       resolve_precision(precision, device), str(device), found.cfg.preprocess, found.cfg.tta)
 
 
 def load_model_for_run(db_url: str | None, run_id: int, *, precision: str | None = None,
@@ -327,11 +342,15 @@ def explain_image(loaded: LoadedModel, image: np.ndarray, *, method: str = "grad
     u8 = prepare_image(image, loaded.image_size)
     x = to_input(u8[None], loaded.device)
     idx = None if target is None else loaded.classes.index(target)
+    scored = scored_probabilities(loaded, u8[None])
+    if scored is not None and idx is None:  # explain the class the run predicts
+        idx = int(scored[0].argmax())
     out = compute_cams(loaded.model, loaded.target_layer, x, method=method, target=idx, precision=loaded.precision)
-    pred = int(out.probs[0].argmax())
+    probs = out.probs[0] if scored is None else scored[0]
+    pred = int(probs.argmax())
     return ImageExplanation(
-        image_u8=u8, cam=out.cams[0], probs={c: float(p) for c, p in zip(loaded.classes, out.probs[0], strict=False)},
-        pred_label=loaded.classes[pred], confidence=float(out.probs[0, pred]), raw_max=float(out.raw_max[0]),
+        image_u8=u8, cam=out.cams[0], probs={c: float(p) for c, p in zip(loaded.classes, probs, strict=False)},
+        pred_label=loaded.classes[pred], confidence=float(probs[pred]), raw_max=float(out.raw_max[0]),
         raw_mean=float(out.raw_mean[0]), method=method, target_label=loaded.classes[int(out.targets[0])],
     )
 

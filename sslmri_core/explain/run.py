@@ -32,6 +32,7 @@ from sslmri_core.explain.cam import (
     check_method,
     compute_cams,
     model_from_checkpoint,
+    scored_probabilities,
     to_input,
 )
 from sslmri_core.explain.cam_stats import brain_mask, map_stats
@@ -168,9 +169,12 @@ def _explain_batch(cfg: GradcamConfig, loaded: LoadedModel, data: Any, sel: list
     """CAMs, statistics and heat-map files of the images ``sel`` (indices into ``data``)."""
     images = data.images[sel]  # uint8 (B, S, S)
     x = to_input(images, loaded.device)
-    cb = compute_cams(loaded.model, loaded.target_layer, x, method=cfg.method, target=target,
+    scored = scored_probabilities(loaded, images)
+    cb = compute_cams(loaded.model, loaded.target_layer, x, method=cfg.method,
+                      target=target if target is not None or scored is None else scored.argmax(1),
                       precision=loaded.precision)
-    confidence = cb.probs[np.arange(len(sel)), cb.targets]
+    confidence = cb.probs[np.arange(len(sel)), cb.targets]  # the CAM pass's own: the deletion drops start there
+    probs = cb.probs if scored is None else scored  # as the run scored (test-time flips where it used them)
     heads = np.stack([brain_mask(im) for im in images])
     drops = deletion_drops(loaded.model, x, cb.cams, cb.targets, confidence, topk_pct=cfg.topk_pct, rng=rng,
                            heads=heads, precision=loaded.precision)
@@ -183,12 +187,13 @@ def _explain_batch(cfg: GradcamConfig, loaded: LoadedModel, data: Any, sel: list
         name = _heatmap_name(offset + j, item.key)
         Image.fromarray(np.round(cb.cams[j] * 255).astype(np.uint8), mode="L").save(out_dir / "cams" / name,
                                                                                    optimize=True)
-        pred = int(cb.probs[j].argmax())
+        pred = int(probs[j].argmax())
         out.append({
             "model_run_id": cfg.run, "checkpoint": checkpoint, "method": cfg.method, "split": cfg.split,
             "scan": item.key, "subject": item.subject, "true_label": item.label,
             "target_label": loaded.classes[int(cb.targets[j])], "pred_label": loaded.classes[pred],
-            "confidence": float(confidence[j]), "raw_max": float(cb.raw_max[j]), "raw_mean": float(cb.raw_mean[j]),
+            "confidence": float(probs[j, cb.targets[j]]), "raw_max": float(cb.raw_max[j]),
+            "raw_mean": float(cb.raw_mean[j]),
             "deletion_drop": float(drops.deletion[j]), "random_drop": float(drops.random[j]),
             "baseline_drop": float(drops.baseline[j]),
             "road": None if road is None else float(road[j]), "heatmap_path": f"cams/{name}", **stats,

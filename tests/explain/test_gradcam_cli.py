@@ -174,6 +174,37 @@ def test_on_demand_map_matches_the_stored_one(trained: dict[str, str]) -> None:
     assert out.raw_max == pytest.approx(row["raw_max"], rel=1e-3)
 
 
+def test_a_run_with_test_time_flips_is_explained_with_its_own_predictions(trained: dict[str, str]) -> None:
+    """`gradcam` and the dashboard give a --tta run's prediction and confidence as the run scored them
+    (the mean over each image and its mirror), not one unflipped pass's."""
+    from sqlalchemy import select
+
+    from sslmri_core.explain.cam import explain_image, load_model_for_run
+    from sslmri_core.store import queries
+    from sslmri_core.store.schema import CamStat
+    from sslmri_core.store.writer import RunStore
+
+    code, ft, err = _invoke(["finetune", "--data", trained["data"], "--init", "scratch", "--model", "test_resnet",
+                             "--image-size", str(SIZE), "--epochs", "1", "--batch-size", "16", "--tta", "--seed", "0",
+                             "--precision", "fp32", "--no-progress", "--db", trained["db"], "--out", trained["out"], "--json"])
+    assert code == 0, err
+    stored = queries.predictions_frame(trained["db"], ft["run_id"], "test").set_index("scan")
+    code, summary, err = _invoke(["gradcam", "--run", str(ft["run_id"]), "--limit", "6", "--no-progress",
+                                  "--db", trained["db"], "--out", trained["out"], "--json"])
+    assert code == 0, err
+    with RunStore(trained["db"]).engine.connect() as conn:
+        rows = conn.execute(select(CamStat).where(CamStat.run_id == summary["run_id"])).mappings().all()
+    loaded = load_model_for_run(trained["db"], ft["run_id"])
+    assert loaded.tta and len(rows) == 6
+    for row in rows:
+        run_said = stored.loc[row["scan"]]
+        assert row["pred_label"] == run_said["pred_label"]
+        assert row["confidence"] == pytest.approx(run_said["confidence"], abs=1e-4)
+        out = explain_image(loaded, np.asarray(Image.open(row["scan"])))
+        assert out.pred_label == run_said["pred_label"]
+        assert out.confidence == pytest.approx(run_said["confidence"], abs=1e-4)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
