@@ -398,7 +398,15 @@ else:
         shown_a = show_model(url, run_id, pred_a, image, {**controls, "narrow": True}, "a")
     with right:
         st.markdown(f"##### Run #{compare}")
-        show_model(url, int(compare), match.iloc[0] if not match.empty else None, image,
+        image_b = image  # each model is shown the slice as it reads it (its own --preprocess)
+        if image is not None and run_preprocess(url, int(compare)) != run_preprocess(url, run_id):
+            try:
+                image_b = scan_view(scan, tuple(common.data_roots(url, int(compare))),
+                                    run_preprocess(url, int(compare)))[0]
+            except Exception as exc:  # the same file read another way: unreadable only if it moved meanwhile
+                image_b = None
+                st.warning(f"Cannot show this scan as run #{compare} reads it: {common.md(exc)}")
+        show_model(url, int(compare), match.iloc[0] if not match.empty else None, image_b,
                    {**controls, "narrow": True}, "b")
 if shown_a is not None and image is not None:
     report_button(url, run_id, pred_a, image, shown_a, decision,

@@ -358,6 +358,29 @@ def test_scan_explorer_side_by_side_and_filters(store: dict[str, int]) -> None:
     assert "No scan matches these filters." in page_text(at)
 
 
+def test_side_by_side_shows_each_model_the_slice_as_it_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """Two models trained with different --preprocess: each column shows that model's own input."""
+    from dashboard_store import add_scan_models
+
+    from sslmri_core.store.writer import RunStore
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = RunStore(url)
+    ids = add_scan_models(store, tmp_path)
+    cropped = store.get_run(ids["scan_scratch"]).config
+    store.update_run(ids["scan_scratch"], config={**cropped, "preprocess": "crop"})
+    store.engine.dispose()
+    monkeypatch.setenv("SSLMRI_DB", url)
+    at = open_page("scans", {"run": str(ids["scan_ssl"])}, {"on_demand": False})
+    at.selectbox(key="compare").set_value(ids["scan_scratch"]).run()
+    assert_no_exception(at)
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    greys = [t["z"] for f in specs if any(t.get("type") == "image" for t in f["data"])
+             for t in f["data"] if t.get("type") == "heatmap"]
+    assert len(greys) == 2 and greys[0] != greys[1]  # the second model's slice is cropped to its head
+
+
 def test_scan_explorer_refuses_scans_outside_the_data_folder(
     full_store: tuple[str, dict[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
