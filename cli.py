@@ -168,7 +168,7 @@ def pretrain(
     mask_same_subject: Annotated[bool | None, typer.Option("--mask-same-subject/--subject-negatives",
         help="Slices of one subject are not each other's NT-Xent negatives (default on).")] = None,
     monitor_share: Annotated[float | None, typer.Option(help="kNN monitor: at most this share of epoch time.")] = None,
-    compile: Annotated[str | None, typer.Option(help="auto | on | off: torch.compile (auto: CUDA, 2,000+ steps).")] = None,
+    compile: Annotated[str | None, typer.Option(help="auto | on | off: torch.compile (auto: CUDA, 2k+ steps).")] = None,
     proj_hidden_dim: Annotated[int | None, typer.Option(help="Projection head hidden size (default 512).")] = None,
     proj_dim: Annotated[int | None, typer.Option(help="Projection head output size (default 128).")] = None,
     augment: AugmentOpt = None,

@@ -257,7 +257,7 @@ RECIPE_AUGMENT = dataclasses.replace(
 # (defaults, then the preset, then the options). Chosen by measurement on validation splits: README,
 # "Recipes". An experiment's children take the finetune recipe and its pretraining the pretrain recipe.
 _CPU = {"model": "resnet18", "image_size": 128, "preprocess": "crop+norm"}  # 2 CPU cores
-_GPU = {"model": "resnet50", "image_size": 128, "preprocess": "crop+norm"}  # one modern GPU (measured on an H200: README)
+_GPU = {"model": "resnet50", "image_size": 128, "preprocess": "crop+norm"}  # one modern GPU (an H200: README)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "pretrain": {**_CPU, "batch_size": 128, "epochs": 15},
