@@ -49,3 +49,23 @@ for v in subject-negatives mask-same-subject; do
 done
 run oasis_bias pretrain --data "$DATA/alzheimer_oasis" --model resnet18 --image-size 64 --batch-size 128 --epochs 8 \
   --exclude-val --monitor-share 1.0 --augment bias_field=0.3 "${COMMON[@]}"
+# The cpu recipe on the other tasks: SSL arms and scratch at 1/10/100% labels.
+run parkinsons experiment --preset cpu --task parkinsons --data "$DATA/parkinsons" --fractions 0.01,0.1,1.0 \
+  --arms ssl-linear,ssl-full,scratch --seeds 1 "${COMMON[@]}"
+run ms_recipe experiment --preset cpu --task ms --data "$DATA/ms/FLAIR" --fractions 0.01,0.1,1.0 \
+  --arms ssl-linear,ssl-full,scratch --seeds 2 "${COMMON[@]}"
+# SSL on every shared folder (--unlabeled) against the task alone, at the same 465 SimCLR steps; the task-only
+# pretraining is the ssl10 experiment's. Fine-tuning from it: ONLY=unlabeled_ft PRETRAIN_RUN=<id> bash ...
+run unlabeled pretrain --preset cpu --data "$DATA/tumor/Training" --unlabeled "$DATA/alzheimer_oasis" \
+  --unlabeled "$DATA/parkinsons" --unlabeled "$DATA/ms" --max-steps 465 --exclude-val "${COMMON[@]}"
+run unlabeled_ft experiment --preset cpu --task tumor --data "$DATA/tumor/Training" --fractions 0.01,0.1 \
+  --arms ssl-full,scratch --seeds 2 --pretrain-run "${PRETRAIN_RUN:-1}" "${COMMON[@]}"
+# What each recipe choice buys: the recipe with one choice undone.
+run ablate_nopre finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --preprocess none \
+  "${COMMON[@]}"
+run ablate_crop finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --preprocess crop \
+  "${COMMON[@]}"
+run ablate_norm finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --preprocess norm \
+  "${COMMON[@]}"
+run ablate_nols finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --label-smoothing 0 \
+  --no-tta "${COMMON[@]}"
