@@ -248,7 +248,7 @@ def scored_probabilities(loaded: LoadedModel, images: np.ndarray) -> np.ndarray 
         return None
     from sslmri_core.train.predict import predict
 
-    return predict(loaded.model, torch.from_numpy(images), np.arange(len(images)),  # type: ignore[arg-type]
+    return predict(loaded.model, torch.from_numpy(images.copy()), np.arange(len(images)),  # type: ignore[arg-type]
                    torch.device(loaded.device), loaded.precision, tta=True)
 
 
