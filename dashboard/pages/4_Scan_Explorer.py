@@ -399,10 +399,10 @@ else:
     with right:
         st.markdown(f"##### Run #{compare}")
         image_b = image  # each model is shown the slice as it reads it (its own --preprocess)
-        if image is not None and run_preprocess(url, int(compare)) != run_preprocess(url, run_id):
+        preprocess_b = run_preprocess(url, int(compare))
+        if image is not None and preprocess_b != run_preprocess(url, run_id):
             try:
-                image_b = scan_view(scan, tuple(common.data_roots(url, int(compare))),
-                                    run_preprocess(url, int(compare)))[0]
+                image_b = scan_view(scan, tuple(common.data_roots(url, int(compare))), preprocess_b)[0]
             except Exception as exc:  # the same file read another way: unreadable only if it moved meanwhile
                 image_b = None
                 st.warning(f"Cannot show this scan as run #{compare} reads it: {common.md(exc)}")

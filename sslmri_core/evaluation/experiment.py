@@ -18,7 +18,6 @@ from sslmri_core.config import (
     ARM_SETTINGS,
     ARMS,
     PREPROCESS,
-    SSL_ARMS,
     ExperimentConfig,
     FinetuneConfig,
     PretrainConfig,
@@ -138,10 +137,15 @@ def fingerprint(cfg: ExperimentConfig, data_fingerprint: str = "", unlabeled_fin
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def has_ssl_arm(cfg: ExperimentConfig) -> bool:
+    """Whether an arm starts from an SSL encoder (else the experiment neither pretrains nor reads one)."""
+    return any(ARM_SETTINGS[a][0] == "ssl" for a in cfg.arms)
+
+
 def unlabeled_fingerprint(cfg: ExperimentConfig) -> str:
     """Content of the ``--unlabeled`` folders the experiment pretrains on ('' when it pretrains on none).
     They are read as pretraining reads them, so the image cache serves pretraining afterwards."""
-    if not cfg.unlabeled or cfg.pretrain_run is not None or not set(cfg.arms) & set(SSL_ARMS):
+    if not cfg.unlabeled or cfg.pretrain_run is not None or not has_ssl_arm(cfg):
         return ""
     from sslmri_core.data.loading import load_folder
 
@@ -242,7 +246,7 @@ def _pretrain_once(store: RunStore, cfg: ExperimentConfig, experiment_id: int, s
     pretrain on their own pool of other subjects, once for every fold."""
     from sslmri_core.train.pretrain import pretrain
 
-    if not any(ARM_SETTINGS[a][0] == "ssl" for a in cfg.arms):
+    if not has_ssl_arm(cfg):
         return None
     if cfg.pretrain_run is not None:
         return cfg.pretrain_run

@@ -252,6 +252,17 @@ def scored_probabilities(loaded: LoadedModel, images: np.ndarray) -> np.ndarray 
                    torch.device(loaded.device), loaded.precision, tta=True)
 
 
+def cams_as_scored(loaded: LoadedModel, images: np.ndarray, x: torch.Tensor, method: str,
+                   target: int | None) -> tuple[CamBatch, np.ndarray]:
+    """CAMs of uint8 ``images`` ``(B, S, S)`` (``x``: them as model input) and their class probabilities
+    ``(B, K)`` as the run scored them: without a ``target`` each image's map explains the class the run
+    predicts (with ``--tta``, that of the image and its mirror)."""
+    scored = scored_probabilities(loaded, images)
+    chosen: int | np.ndarray | None = target if target is not None or scored is None else scored.argmax(1)
+    cb = compute_cams(loaded.model, loaded.target_layer, x, method=method, target=chosen, precision=loaded.precision)
+    return cb, cb.probs if scored is None else scored
+
+
 def model_from_checkpoint(ckpt: dict[str, Any], run_id: int | None = None, *, precision: str = "fp32",
                           target_layer: str | None = None) -> LoadedModel:
     """Rebuild the classifier a fine-tuning checkpoint holds (config, classes and weights inside it),
@@ -342,11 +353,8 @@ def explain_image(loaded: LoadedModel, image: np.ndarray, *, method: str = "grad
     u8 = prepare_image(image, loaded.image_size)
     x = to_input(u8[None], loaded.device)
     idx = None if target is None else loaded.classes.index(target)
-    scored = scored_probabilities(loaded, u8[None])
-    if scored is not None and idx is None:  # explain the class the run predicts
-        idx = int(scored[0].argmax())
-    out = compute_cams(loaded.model, loaded.target_layer, x, method=method, target=idx, precision=loaded.precision)
-    probs = out.probs[0] if scored is None else scored[0]
+    out, scored = cams_as_scored(loaded, u8[None], x, method, idx)
+    probs = scored[0]
     pred = int(probs.argmax())
     return ImageExplanation(
         image_u8=u8, cam=out.cams[0], probs={c: float(p) for c, p in zip(loaded.classes, probs, strict=False)},

@@ -29,10 +29,9 @@ from sslmri_core.config import (
 )
 from sslmri_core.explain.cam import (
     LoadedModel,
+    cams_as_scored,
     check_method,
-    compute_cams,
     model_from_checkpoint,
-    scored_probabilities,
     to_input,
 )
 from sslmri_core.explain.cam_stats import brain_mask, map_stats
@@ -169,12 +168,8 @@ def _explain_batch(cfg: GradcamConfig, loaded: LoadedModel, data: Any, sel: list
     """CAMs, statistics and heat-map files of the images ``sel`` (indices into ``data``)."""
     images = data.images[sel]  # uint8 (B, S, S)
     x = to_input(images, loaded.device)
-    scored = scored_probabilities(loaded, images)
-    cb = compute_cams(loaded.model, loaded.target_layer, x, method=cfg.method,
-                      target=target if target is not None or scored is None else scored.argmax(1),
-                      precision=loaded.precision)
+    cb, probs = cams_as_scored(loaded, images, x, cfg.method, target)  # probs: as the run scored them
     confidence = cb.probs[np.arange(len(sel)), cb.targets]  # the CAM pass's own: the deletion drops start there
-    probs = cb.probs if scored is None else scored  # as the run scored (test-time flips where it used them)
     heads = np.stack([brain_mask(im) for im in images])
     drops = deletion_drops(loaded.model, x, cb.cams, cb.targets, confidence, topk_pct=cfg.topk_pct, rng=rng,
                            heads=heads, precision=loaded.precision)
