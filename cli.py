@@ -251,7 +251,7 @@ def finetune(
     steps: Annotated[int | None, typer.Option(help="Optimiser steps in all (instead of --epochs).")] = None,
     min_steps: Annotated[int | None, typer.Option(help="Never fewer optimiser steps than this (default 300).")] = None,
     lr: LrOpt = None,
-    precision: PrecisionOpt = None,
+    precision: PrecisionOpt = None, augment: AugmentOpt = None,
     subject_pattern: SubjectPatternOpt = None,
     seed: Annotated[int | None, typer.Option(
         help="Seed of training and of the label draw (the split's is --split-seed).")] = None,

@@ -120,10 +120,12 @@ def finetune(*, task: str | None, data: Path | None, preset: str | None, preproc
              image_size: int | None, batch_size: int | None, mode: str | None, label_fraction: float | None,
              labels_per_class: int | None, use_given_split: bool | None, allow_leaky_split: bool | None,
              split_seed: int | None, class_map: str | None, epochs: int | None, steps: int | None,
-             min_steps: int | None, lr: float | None, precision: str | None, subject_pattern: str | None,
-             seed: int | None, db: str | None, out: Path | None, json_out: bool, progress: bool) -> None:
+             min_steps: int | None, lr: float | None, precision: str | None, augment: str | None,
+             subject_pattern: str | None, seed: int | None, db: str | None, out: Path | None, json_out: bool,
+             progress: bool) -> None:
     """``finetune``: resolve the config (defaults, the pretraining run's, the options), train, score on test."""
-    from sslmri_core.config import FinetuneConfig, check_values, preset_settings, with_overrides
+    from sslmri_core.config import (AugmentConfig, FinetuneConfig, check_values, parse_settings, preset_settings,
+                                    with_overrides)
     from sslmri_core.data.sources import parse_class_map
     from sslmri_core.store.writer import RunStore
     from sslmri_core.train.finetune import finetune as run_finetune
@@ -141,8 +143,11 @@ def finetune(*, task: str | None, data: Path | None, preset: str | None, preproc
     )
     check_values(with_overrides(FinetuneConfig(), **overrides))  # before the store is opened
     preset_settings(preset, "finetune")  # an unknown preset, too
+    if augment:
+        parse_settings(AugmentConfig(), augment, "--augment")  # a bad name or number, too
     store = RunStore(db)
-    result = run_finetune(resolve_finetune_config(store, preset, **overrides), store, show_progress=progress)
+    cfg = resolve_finetune_config(store, preset, augment_settings=augment, **overrides)
+    result = run_finetune(cfg, store, show_progress=progress)
     print_metrics(f"finetune run {result.run_id} finished", result.metrics)
     if json_out:
         print_json(result_dict(result))

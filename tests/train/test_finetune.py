@@ -233,6 +233,26 @@ def test_a_preset_sets_the_recipe_and_the_options_given_win(synth_tumor: Path, t
     assert code == 2 and err.strip().splitlines() == ["error: --preset must be one of cpu, gpu, got 'laptop'"]
 
 
+def test_augment_changes_only_the_named_settings_of_the_recipes_augmentation(synth_tumor: Path,
+                                                                              tmp_path: Path) -> None:
+    from sslmri_core.config import PRESETS
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    args = ["finetune", "--data", str(synth_tumor), "--init", "scratch", "--preset", "cpu", "--model", "test_resnet",
+            "--image-size", "64", "--steps", "2", "--bootstrap", "0", "--no-progress", "--db", db,
+            "--out", str(tmp_path / "runs"), "--json"]
+    code, out, err = _invoke([*args, "--augment", "bias_field=0,noise_std=0"])
+    assert code == 0, err
+    stored = RunStore(db).get_run(out["run_id"]).config["augment"]
+    recipe = dataclasses.asdict(PRESETS["cpu"]["finetune"]["augment"])
+    assert recipe["bias_field"] > 0 and recipe["noise_std"] > 0
+    assert stored == {**recipe, "bias_field": 0.0, "noise_std": 0.0}  # the rest stays the recipe's
+    runs_before = len(RunStore(db).list_runs())
+    code, _, err = _invoke([*args, "--augment", "sharpness=2"])
+    assert code == 2 and err.strip().splitlines()[0].startswith("error: --augment: expected name=value")
+    assert len(RunStore(db).list_runs()) == runs_before
+
+
 def test_test_time_flips_average_the_image_and_its_mirror() -> None:
     from sslmri_core.train.models import Classifier, create_encoder
     from sslmri_core.train.predict import predict
