@@ -124,8 +124,14 @@ def finetune(*, task: str | None, data: Path | None, preset: str | None, preproc
              subject_pattern: str | None, seed: int | None, db: str | None, out: Path | None, json_out: bool,
              progress: bool) -> None:
     """``finetune``: resolve the config (defaults, the pretraining run's, the options), train, score on test."""
-    from sslmri_core.config import (AugmentConfig, FinetuneConfig, check_values, parse_settings, preset_settings,
-                                    with_overrides)
+    from sslmri_core.config import (
+        AugmentConfig,
+        FinetuneConfig,
+        check_values,
+        parse_settings,
+        preset_settings,
+        with_overrides,
+    )
     from sslmri_core.data.sources import parse_class_map
     from sslmri_core.store.writer import RunStore
     from sslmri_core.train.finetune import finetune as run_finetune
