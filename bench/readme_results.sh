@@ -69,3 +69,11 @@ run ablate_norm finetune --data "$DATA/tumor/Training" --task tumor --init scrat
   "${COMMON[@]}"
 run ablate_nols finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --label-smoothing 0 \
   --no-tta "${COMMON[@]}"
+run ablate_noaug finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu \
+  --augment brightness=0.1,contrast=0.1,gamma=0.1,blur_p=0,noise_std=0,bias_field=0 "${COMMON[@]}"
+# The same 30-minute budget spent on resolution instead of epochs, and on more epochs.
+run size160 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --image-size 160 \
+  --epochs 20 "${COMMON[@]}"
+run size144 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --image-size 144 \
+  --epochs 24 "${COMMON[@]}"
+run epochs40 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --epochs 40 "${COMMON[@]}"

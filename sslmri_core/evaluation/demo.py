@@ -15,6 +15,7 @@ and, last, the paired SSL - scratch difference per label fraction with its 95% i
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ from sslmri_core.config import (
     ExperimentConfig,
     GradcamConfig,
     LeakageConfig,
+    to_dict,
     with_overrides,
 )
 from sslmri_core.evaluation.experiment import ExperimentResult, format_interval, label_share
+from sslmri_core.evaluation.leakage import RESULT_NAME as LEAKAGE_RESULT
 from sslmri_core.evaluation.leakage import LeakageResult
 from sslmri_core.evaluation.stats import SLICE_METRIC
 from sslmri_core.progress import console
@@ -87,7 +90,8 @@ def leakage_config(cfg: DemoConfig, root: Path, out: str | None) -> LeakageConfi
 def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = None, *,
              show_progress: bool = True) -> DemoResult:
     """Audits, leakage demonstration, experiment, Grad-CAM and UMAP on the built-in data; print the answer.
-    Run again on the same store, the experiment resumes (its finished runs are reused); the rest runs anew."""
+    Run again on the same store, the experiment resumes and a finished leakage demonstration and Grad-CAM run
+    with the same settings are reused (a second ``make demo`` opens the dashboard without training again)."""
     from sslmri_core.data.builtin import builtin_root, builtin_task_root
     from sslmri_core.evaluation.experiment import run_experiment
     from sslmri_core.evaluation.leakage import run_leakage
@@ -96,7 +100,10 @@ def run_demo(store: RunStore, out: str | None = None, cfg: DemoConfig | None = N
     root, pool_root = builtin_task_root(cfg.task), builtin_root("pretrain")  # both generated on first use
     # The labelled set last: in a fresh store it is the newest data set, the one the Data page opens on.
     pool_audit, audit = _audit(store, pool_root), _audit(store, root)
-    leakage = run_leakage(leakage_config(cfg, root, out), store, show_progress=show_progress)
+    leak_cfg = leakage_config(cfg, root, out)
+    done = finished_with(store, "leakage", leak_cfg)
+    leakage = (LeakageResult.from_json(store.results(done.id)[LEAKAGE_RESULT]) if done is not None
+               else run_leakage(leak_cfg, store, show_progress=show_progress))
     experiment = run_experiment(experiment_config(cfg, out), store, show_progress=show_progress)
     children = [r for r in store.list_runs("finetune") if r.parent_run_id == experiment.run_id
                 and r.status == "finished"]
@@ -118,6 +125,17 @@ def _audit(store: RunStore, root: Path) -> dict[str, Any]:
                   f"{summary.get('near_duplicate_groups', 0)} near-duplicate groups, "
                   f"{summary.get('subject_leaks', 0)} subjects across splits (audit {summary['audit_id']})")
     return summary
+
+
+def finished_with(store: RunStore, kind: str, cfg: Any) -> Any:
+    """The newest finished ``kind`` run stored with exactly the settings ``cfg`` (a RunRecord), else None."""
+    settings = json.loads(json.dumps(to_dict(cfg)))  # as the store holds it (tuples become lists)
+    found = [r for r in store.list_runs(kind) if r.status == "finished" and r.config == settings]
+    if not found:
+        return None
+    run = max(found, key=lambda r: r.id)
+    console.print(f"reusing {kind} run {run.id} (finished, same settings)")
+    return run
 
 
 def label_counts(store: RunStore, children: list[Any]) -> dict[float, list[int]]:
@@ -148,7 +166,11 @@ def _explain(store: RunStore, run_id: int, cfg: DemoConfig, out: str | None) -> 
     """Grad-CAM maps and statistics of one fine-tuned run's test scans, for the Scan Explorer."""
     from sslmri_core.explain.run import run_gradcam
 
-    done = run_gradcam(with_overrides(GradcamConfig(), run=run_id, limit=cfg.gradcam_limit, out=out), store)
+    cam_cfg = with_overrides(GradcamConfig(), run=run_id, limit=cfg.gradcam_limit, out=out)
+    reused = finished_with(store, "gradcam", cam_cfg)
+    if reused is not None:
+        return int(reused.id)
+    done = run_gradcam(cam_cfg, store)
     console.print(f"grad-cam: run {run_id}, {done.summary['scans']} scans (gradcam run {done.run_id})")
     return done.run_id
 
@@ -156,8 +178,14 @@ def _explain(store: RunStore, run_id: int, cfg: DemoConfig, out: str | None) -> 
 def _embed(store: RunStore, runs: list[int]) -> list[int]:
     """UMAP maps of these runs' encoder features, for the Embeddings page."""
     from sslmri_core.evaluation.embed import embed_run
+    from sslmri_core.store.queries import embedding_runs
 
+    stored = embedding_runs(store.engine)
+    mapped = set(stored.loc[stored["method"] == "umap", "run_id"].astype(int))
     for run_id in runs:
+        if run_id in mapped:  # a rerun: the encoder has not changed, nor has its map
+            console.print(f"embeddings: run {run_id} already mapped (UMAP)")
+            continue
         done = embed_run(store, run_id, "umap")
         console.print(f"embeddings: run {run_id}, {done.n_points} images (UMAP)")
     return runs

@@ -50,6 +50,13 @@ class LeakageResult:
         return {"run_id": self.run_id, **self.cells, "chance": self.chance, "children": self.children,
                 "steps": self.steps, "n_subjects": self.n_subjects, "subjects_across_train_test": self.subjects_across}
 
+    @classmethod
+    def from_json(cls, payload: dict[str, Any]) -> LeakageResult:
+        """The result as :meth:`to_json` stored it."""
+        return cls(int(payload["run_id"]), {u: payload[u] for u in UNITS}, float(payload["chance"]),
+                   payload["children"], int(payload["steps"]), int(payload["n_subjects"]),
+                   payload["subjects_across_train_test"])
+
 
 # -- configuration ------------------------------------------------------------------------------------
 def resolve_leakage_config(**overrides: Any) -> LeakageConfig:

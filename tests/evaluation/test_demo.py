@@ -103,6 +103,13 @@ def test_demo_stores_an_experiment_an_audit_a_leakage_run_a_gradcam_run_and_an_e
     assert len(data.get("plotly_chart")) >= 2  # class balance and the leakage 2x2
     assert _open_page("pages/4_Scan_Explorer.py").selectbox(key="model").value == explained.id
 
+    # A second `make demo` trains nothing again: the experiment resumes, leakage and Grad-CAM are reused.
+    before = {r.id: r.kind for r in store.list_runs()}
+    again = run_demo(store, out=str(tmp_path / "runs"), cfg=cfg, show_progress=False)
+    assert {r.id: r.kind for r in store.list_runs()} == before
+    assert again.leakage == result.leakage and again.gradcam_run == cam.id
+    assert again.answer() == answer
+
 
 def _open_page(page: str) -> Any:
     from streamlit.testing.v1 import AppTest
