@@ -36,6 +36,7 @@ from sslmri_core.evaluation.leakage import RESULT_NAME as LEAKAGE_RESULT
 from sslmri_core.evaluation.leakage import LeakageResult
 from sslmri_core.evaluation.stats import SLICE_METRIC
 from sslmri_core.progress import console
+from sslmri_core.store.status import RunRecord
 from sslmri_core.store.writer import RunStore
 
 # The arms that need no weights file, in the order they run: the last child (SSL full fine-tuning, the largest
@@ -127,8 +128,8 @@ def _audit(store: RunStore, root: Path) -> dict[str, Any]:
     return summary
 
 
-def finished_with(store: RunStore, kind: str, cfg: Any) -> Any:
-    """The newest finished ``kind`` run stored with exactly the settings ``cfg`` (a RunRecord), else None."""
+def finished_with(store: RunStore, kind: str, cfg: Any) -> RunRecord | None:
+    """The newest finished ``kind`` run stored with exactly the settings ``cfg``, else None."""
     settings = json.loads(json.dumps(to_dict(cfg)))  # as the store holds it (tuples become lists)
     found = [r for r in store.list_runs(kind) if r.status == "finished" and r.config == settings]
     if not found:

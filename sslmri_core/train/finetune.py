@@ -29,7 +29,6 @@ from sslmri_core.config import (
     PretrainConfig,
     check_values,
     from_dict,
-    parse_settings,
     preset_settings,
     refuse_first,
     to_dict,
@@ -54,11 +53,9 @@ from sslmri_core.train.runtime import autocast, device_name, pick_device, resolv
 EVAL_POINTS = 10  # validation passes per run (evenly spaced in steps); the best one's weights are kept
 
 
-def resolve_finetune_config(store: RunStore, preset: str | None = None, augment_settings: str | None = None,
-                            **overrides: Any) -> FinetuneConfig:
+def resolve_finetune_config(store: RunStore, preset: str | None = None, **overrides: Any) -> FinetuneConfig:
     """Defaults, then the preset, then the pretraining run's model, image size and preprocessing, then
-    what the user set. ``augment_settings`` ("name=value,...", ``--augment``) changes only the named
-    fields of the preset's (else the default) fine-tuning augmentation."""
+    what the user set."""
     base = with_overrides(FinetuneConfig(), **preset_settings(preset, "finetune"))
     from_run = overrides.get("from_run")
     if from_run is not None:
@@ -70,8 +67,6 @@ def resolve_finetune_config(store: RunStore, preset: str | None = None, augment_
     elif overrides.get("init") is None:
         raise ValueError("say where the encoder starts: --from-run ID (an SSL pretraining run), --init scratch "
                          "or --init imagenet --weights PATH")
-    if augment_settings:
-        overrides["augment"] = parse_settings(base.augment, augment_settings, "--augment")
     return with_overrides(base, **overrides)
 
 

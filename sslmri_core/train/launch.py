@@ -125,7 +125,6 @@ def finetune(*, task: str | None, data: Path | None, preset: str | None, preproc
              progress: bool) -> None:
     """``finetune``: resolve the config (defaults, the pretraining run's, the options), train, score on test."""
     from sslmri_core.config import (
-        AugmentConfig,
         FinetuneConfig,
         check_values,
         parse_settings,
@@ -147,13 +146,12 @@ def finetune(*, task: str | None, data: Path | None, preset: str | None, preproc
         allow_leaky_split=allow_leaky_split, steps=steps, min_steps=min_steps, preprocess=preprocess,
         label_smoothing=label_smoothing, tta=tta,
     )
+    recipe = with_overrides(FinetuneConfig(), **preset_settings(preset, "finetune"))  # an unknown preset: refused
+    if augment:  # only the named settings change, on the preset's augmentation (else the default)
+        overrides["augment"] = parse_settings(recipe.augment, augment, "--augment")
     check_values(with_overrides(FinetuneConfig(), **overrides))  # before the store is opened
-    preset_settings(preset, "finetune")  # an unknown preset, too
-    if augment:
-        parse_settings(AugmentConfig(), augment, "--augment")  # a bad name or number, too
     store = RunStore(db)
-    cfg = resolve_finetune_config(store, preset, augment_settings=augment, **overrides)
-    result = run_finetune(cfg, store, show_progress=progress)
+    result = run_finetune(resolve_finetune_config(store, preset, **overrides), store, show_progress=progress)
     print_metrics(f"finetune run {result.run_id} finished", result.metrics)
     if json_out:
         print_json(result_dict(result))
