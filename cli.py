@@ -49,6 +49,7 @@ PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="auto | bf
 ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", help="Image side in pixels (default 128).")]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per step.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate (AdamW).")]
+WeightDecayOpt = Annotated[float | None, typer.Option(help="Weight decay (default: pretrain 1e-6, finetune 1e-4).")]
 GivenSplitOpt = Annotated[bool | None, typer.Option("--use-given-split", help=GIVEN_HELP)]
 LeakySplitOpt = Annotated[bool | None, typer.Option("--allow-leaky-split", help=LEAKY_HELP)]
 PresetOpt = Annotated[str | None, typer.Option(help="cpu | gpu: the measured recipe (README); given options win.")]
@@ -160,8 +161,7 @@ def pretrain(
         help="auto | lars | adamw | sgd (auto: LARS from a global batch of 256).")] = None,
     lr: Annotated[float | None, typer.Option(
         help="Peak learning rate (default: 0.3 x batch/256 LARS, 1e-3 AdamW).")] = None,
-    weight_decay: Annotated[float | None, typer.Option(
-        help="Weight decay on weights, never norms/biases (default 1e-6).")] = None,
+    weight_decay: WeightDecayOpt = None,
     warmup_epochs: Annotated[float | None, typer.Option(
         help="Linear warm-up epochs before the cosine decay (default 1).")] = None,
     temperature: Annotated[float | None, typer.Option(help="NT-Xent temperature (default 0.2).")] = None,
@@ -250,7 +250,7 @@ def finetune(
         help="Budget: epochs x batches per epoch optimiser steps, at least --min-steps (default 10).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps in all (instead of --epochs).")] = None,
     min_steps: Annotated[int | None, typer.Option(help="Never fewer optimiser steps than this (default 300).")] = None,
-    lr: LrOpt = None,
+    lr: LrOpt = None, weight_decay: WeightDecayOpt = None,
     precision: PrecisionOpt = None, augment: AugmentOpt = None,
     subject_pattern: SubjectPatternOpt = None,
     seed: Annotated[int | None, typer.Option(

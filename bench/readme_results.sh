@@ -77,3 +77,5 @@ run size160 finetune --data "$DATA/tumor/Training" --task tumor --init scratch -
 run size144 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --image-size 144 \
   --epochs 24 "${COMMON[@]}"
 run epochs40 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --epochs 40 "${COMMON[@]}"
+run wd05 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --weight-decay 0.05 \
+  "${COMMON[@]}"

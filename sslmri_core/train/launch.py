@@ -120,9 +120,9 @@ def finetune(*, task: str | None, data: Path | None, preset: str | None, preproc
              image_size: int | None, batch_size: int | None, mode: str | None, label_fraction: float | None,
              labels_per_class: int | None, use_given_split: bool | None, allow_leaky_split: bool | None,
              split_seed: int | None, class_map: str | None, epochs: int | None, steps: int | None,
-             min_steps: int | None, lr: float | None, precision: str | None, augment: str | None,
-             subject_pattern: str | None, seed: int | None, db: str | None, out: Path | None, json_out: bool,
-             progress: bool) -> None:
+             min_steps: int | None, lr: float | None, weight_decay: float | None, precision: str | None,
+             augment: str | None, subject_pattern: str | None, seed: int | None, db: str | None, out: Path | None,
+             json_out: bool, progress: bool) -> None:
     """``finetune``: resolve the config (defaults, the pretraining run's, the options), train, score on test."""
     from sslmri_core.config import (
         FinetuneConfig,
@@ -144,7 +144,7 @@ def finetune(*, task: str | None, data: Path | None, preset: str | None, preproc
         class_map=parse_class_map(class_map) or None, weights=str(weights) if weights else None,
         encoder_lr_scale=encoder_lr_scale, class_weighted=class_weighted, bootstrap=bootstrap,
         allow_leaky_split=allow_leaky_split, steps=steps, min_steps=min_steps, preprocess=preprocess,
-        label_smoothing=label_smoothing, tta=tta,
+        label_smoothing=label_smoothing, tta=tta, weight_decay=weight_decay,
     )
     recipe = with_overrides(FinetuneConfig(), **preset_settings(preset, "finetune"))  # an unknown preset: refused
     if augment:  # only the named settings change, on the preset's augmentation (else the default)

@@ -253,6 +253,24 @@ def test_augment_changes_only_the_named_settings_of_the_recipes_augmentation(syn
     assert len(RunStore(db).list_runs()) == runs_before
 
 
+def test_weight_decay_option_shrinks_the_weights_and_is_stored(synth_tumor: Path, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    args = ["finetune", "--data", str(synth_tumor), "--init", "scratch", "--model", "test_resnet", "--image-size", "64",
+            "--steps", "3", "--lr", "0.01", "--bootstrap", "0", "--no-progress", "--db", db, "--json"]
+    norms = {}
+    for decay in ("0", "10"):  # same seed, data and start: only the decay differs
+        code, out, err = _invoke([*args, "--weight-decay", decay, "--out", str(tmp_path / decay)])
+        assert code == 0, err
+        assert RunStore(db).get_run(out["run_id"]).config["weight_decay"] == float(decay)
+        ckpt = torch.load(out["checkpoint"], weights_only=True)["model"]
+        norms[decay] = float(ckpt["encoder.layer4.0.conv1.weight"].norm())
+    assert norms["10"] < 0.95 * norms["0"]  # AdamW's decoupled decay: x (1 - 0.01 x 10) per step
+    runs_before = len(RunStore(db).list_runs())
+    code, _, err = _invoke([*args, "--weight-decay", "-1"])
+    assert code == 2 and "--weight-decay" in err and len(err.strip().splitlines()) == 1
+    assert len(RunStore(db).list_runs()) == runs_before
+
+
 def test_test_time_flips_average_the_image_and_its_mirror() -> None:
     from sslmri_core.train.models import Classifier, create_encoder
     from sslmri_core.train.predict import predict
