@@ -128,6 +128,13 @@ def split_data(data: ImageSet, cfg: FinetuneConfig) -> tuple[Split, np.ndarray]:
     return split, labeled
 
 
+def untrained_classes(data: ImageSet, split: Split, labeled: np.ndarray) -> list[str]:
+    """Classes of the test images that no labelled training image has: the model never learns them, so
+    their recall is 0 by construction (e.g. a class of one subject, tested by the fold that holds it)."""
+    missing = set(data.labels[split.test].tolist()) - set(data.labels[labeled].tolist())
+    return [data.classes[k] for k in sorted(missing)]
+
+
 def plan_steps(cfg: FinetuneConfig, n_labeled: int) -> int:
     """Optimiser steps of a run: ``--steps``, else epochs x batches per epoch, never fewer than ``min_steps``."""
     if cfg.steps is not None:
@@ -209,7 +216,7 @@ def pool_overlap(store: RunStore, from_run: int, data: ImageSet, idx: np.ndarray
 
 
 def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, labeled: np.ndarray,
-              device: torch.device, precision: str, steps: int) -> None:
+              device: torch.device, precision: str, steps: int, untrained: list[str]) -> None:
     console.print(
         f"finetune run {run_id}: {cfg.init}/{cfg.mode} {cfg.model} at {cfg.image_size}px, task {cfg.task}, "
         f"{len(data.classes)} classes; split by {split.level} ({split.source}): "
@@ -217,6 +224,9 @@ def _announce(cfg: FinetuneConfig, run_id: int, data: ImageSet, split: Split, la
         f"test {len(split.test)} images in {split.n_groups('test')} groups "
         f"({len(data.unusable)} unusable); {steps} optimiser steps on {device_name(device)}, {precision}"
     )
+    if untrained:
+        console.print(f"note: test class(es) {', '.join(untrained)} have no labelled training image in this "
+                      "split, so the model cannot learn them (untrained_test_classes in the run's params)")
     if "test" in data.given_splits and not cfg.use_given_split and cfg.folds is None:
         console.print("note: the folder's own Training/Testing split is not used: its images are pooled and split by "
                       "group (pass --use-given-split to keep it; it is checked for leaks)")
@@ -254,6 +264,7 @@ def finetune(
         reasons.append(f"{overlap[0]} test group(s) ({overlap[1]} images) were in the SSL pretraining pool of run "
                        f"{cfg.from_run} (compared by content)")
     steps = plan_steps(cfg, len(labeled))
+    untrained = untrained_classes(data, split, labeled)
     class_weights = _class_weights(data.labels[labeled], len(data.classes)) if cfg.class_weighted else None
     parent = parent_run_id if parent_run_id is not None else cfg.from_run
     with open_run(store, "finetune", to_dict(cfg), out=cfg.out, task=cfg.task, device=device_name(device),
@@ -266,12 +277,12 @@ def finetune(
             "dataset": store.save_manifest(data.manifests[0]), "optimizer_steps": steps,
             "arm": arm_name(cfg), "fraction": cfg.label_fraction, "seed": cfg.seed, "label_count": len(labeled),
             "labels_per_class": cfg.labels_per_class, "from_run": cfg.from_run, "experiment_run": cfg.experiment_run,
-            "fold": cfg.fold, "folds": cfg.folds,
+            "fold": cfg.fold, "folds": cfg.folds, "untrained_test_classes": json.dumps(untrained),
             "class_weights": json.dumps(None if class_weights is None else [round(float(w), 4) for w in class_weights]),
         })
         store.log_split(run_id, split_rows(data, split, labeled))
         write_unusable(out_dir, data.unusable)
-        _announce(cfg, run_id, data, split, labeled, device, precision, steps)
+        _announce(cfg, run_id, data, split, labeled, device, precision, steps, untrained)
         for reason in reasons:
             console.print(f"leakage-prone: {reason}", style="bold red")
         seed_everything(cfg.seed)  # the classifier head (and a scratch encoder) start from the run's seed

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +271,26 @@ def test_weight_decay_option_shrinks_the_weights_and_is_stored(synth_tumor: Path
     code, _, err = _invoke([*args, "--weight-decay", "-1"])
     assert code == 2 and "--weight-decay" in err and len(err.strip().splitlines()) == 1
     assert len(RunStore(db).list_runs()) == runs_before
+
+
+def test_a_test_class_with_no_training_image_is_named(synth_tumor: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"  # notumor down to one subject: the fold that tests it trains without the class
+    shutil.copytree(synth_tumor, data)
+    lonely = re.match(r"sub-[^_]+", sorted(p.name for p in (data / "notumor").iterdir())[0])
+    assert lonely
+    for path in (data / "notumor").iterdir():
+        if not path.name.startswith(lonely[0]):
+            path.unlink()
+    cfg = _cfg(data, tmp_path, folds=5, fold=0, steps=1, bootstrap=0)
+    loaded = ft.load_finetune_data(cfg)
+    flagged = [ft.untrained_classes(loaded, *ft.split_data(loaded, dataclasses.replace(cfg, fold=k)))
+               for k in range(5)]
+    assert sorted(flagged) == [[], [], [], [], ["notumor"]]
+    store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    run = ft.finetune(dataclasses.replace(cfg, fold=flagged.index(["notumor"])), store, show_progress=False)
+    assert json.loads(store.params(run.run_id)["untrained_test_classes"] or "") == ["notumor"]
+    assert "notumor have no labelled training image" in " ".join(capsys.readouterr().err.split())
 
 
 def test_test_time_flips_average_the_image_and_its_mirror() -> None:
