@@ -77,5 +77,6 @@ run size160 finetune --data "$DATA/tumor/Training" --task tumor --init scratch -
 run size144 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --image-size 144 \
   --epochs 24 "${COMMON[@]}"
 run epochs40 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --epochs 40 "${COMMON[@]}"
+run seed1 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --seed 1 "${COMMON[@]}"
 run wd05 finetune --data "$DATA/tumor/Training" --task tumor --init scratch --preset cpu --weight-decay 0.05 \
   "${COMMON[@]}"
