@@ -52,6 +52,8 @@ run oasis_bias pretrain --data "$DATA/alzheimer_oasis" --model resnet18 --image-
 # The cpu recipe on the other tasks: SSL arms and scratch at 1/10/100% labels.
 run parkinsons experiment --preset cpu --task parkinsons --data "$DATA/parkinsons" --fractions 0.01,0.1,1.0 \
   --arms ssl-linear,ssl-full,scratch --seeds 1 "${COMMON[@]}"
+run ms_folds experiment --preset cpu --task ms --data "$DATA/ms/FLAIR" --folds 5 --fractions 0.1,1.0 \
+  --arms ssl-full,scratch --seeds 1 "${COMMON[@]}"
 run ms_recipe experiment --preset cpu --task ms --data "$DATA/ms/FLAIR" --fractions 0.01,0.1,1.0 \
   --arms ssl-linear,ssl-full,scratch --seeds 2 "${COMMON[@]}"
 # SSL on every shared folder (--unlabeled) against the task alone, at the same 465 SimCLR steps; the task-only
