@@ -4,6 +4,7 @@ outside pytest's temporary folders."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -61,6 +62,19 @@ def synth_tumor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate(out, SynthConfig(task="tumor", subjects=5, slices_per_subject=2, size=64, seed=0))
     return out / "tumor"
+
+
+@pytest.fixture(scope="session")
+def synth_lonely_class(synth_tumor: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``synth_tumor`` with ``notumor`` cut down to one subject: under subject folds, the fold that tests
+    that subject trains without the class."""
+    data = tmp_path_factory.mktemp("lonely") / "tumor"
+    shutil.copytree(synth_tumor, data)
+    keep = sorted(p.name for p in (data / "notumor").iterdir())[0].split("_")[0]  # sub-<id>
+    for path in (data / "notumor").iterdir():
+        if path.name.split("_")[0] != keep:
+            path.unlink()
+    return data
 
 
 def postgres_base_url() -> str:

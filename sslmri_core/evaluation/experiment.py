@@ -207,6 +207,18 @@ def _cell(record: RunRecord) -> tuple[str, float, int, int | None]:
             int(record.config.get("seed", 0)), None if fold is None else int(fold))
 
 
+def untrained_by_fold(store: RunStore, experiment_id: int) -> dict[str, list[str]]:
+    """Per fold (1-based, "all" without folds), the test classes that no finished child had a training
+    image of (their recall is 0 by construction); folds without any are left out."""
+    found: dict[str, set[str]] = {}
+    for record in _children(store, experiment_id):
+        classes = json.loads(store.params(record.id).get("untrained_test_classes") or "[]")
+        if record.status == "finished" and classes:
+            fold = _cell(record)[3]
+            found.setdefault("all" if fold is None else str(fold + 1), set()).update(classes)
+    return {fold: sorted(classes) for fold, classes in sorted(found.items())}
+
+
 def _reopen_experiment(store: RunStore, fp: str) -> int | None:
     """The stored experiment run with fingerprint ``fp``, reopened (``running`` again); None when there is none."""
     from sslmri_core.progress import console
@@ -361,7 +373,8 @@ def run_experiment(cfg: ExperimentConfig, store: RunStore, *, show_progress: boo
         result.extra.update(folds=cfg.folds, pretrain_runs=[r for r in pretrain_runs.values() if r is not None],
                             ssl_pool_test_overlap=overlap, **pool, steps={str(f): n for f, n in budgets.items()},
                             data_fingerprint=data.manifests[0].fingerprint(), split_level=data.grouping.level
-                            if data.grouping else None)
+                            if data.grouping else None,
+                            untrained_test_classes=untrained_by_fold(store, experiment_id))
         store.log_result(experiment_id, "summary", result.to_json())
         print_summary(result, cfg)
         if failures:
@@ -453,4 +466,8 @@ def print_summary(result: ExperimentResult, cfg: ExperimentConfig) -> None:
     notes = dict.fromkeys(r["note"] for r in [*result.summary, *result.paired] if r.get("note"))
     for note in notes:
         console.print(f"note: {note}", style="yellow")
+    for fold, classes in result.extra.get("untrained_test_classes", {}).items():
+        where = "" if fold == "all" else f" of fold {fold}"
+        console.print(f"note: no training image of {', '.join(classes)} in the split{where}: its test recall is 0 "
+                      "by construction", style="yellow")
     console.print(f"intervals: {result.interval}. {result.pretraining[:1].upper()}{result.pretraining[1:]}.")

@@ -125,6 +125,18 @@ def test_folds_test_every_subject_once_with_pretraining_per_fold(synth_tumor: Pa
         assert row["n_test_subjects"] == len(subjects) == 20
 
 
+def test_the_summary_names_a_fold_whose_test_class_had_no_training_image(synth_lonely_class: Path,
+                                                                        tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    code, out, err = _invoke(["experiment", "--data", str(synth_lonely_class), "--folds", "5", "--fractions", "1.0",
+                              "--seeds", "1", "--arms", "scratch", *TINY, "--db", db,
+                              "--out", str(tmp_path / "runs"), "--json"])
+    assert code == 0, err
+    (fold, classes), = out["untrained_test_classes"].items()  # notumor's one subject is tested by one fold only
+    assert classes == ["notumor"] and 1 <= int(fold) <= 5
+    assert f"no training image of notumor in the split of fold {fold}" in " ".join(err.split())
+
+
 @pytest.mark.parametrize("folds, expected", [("1", "--folds must be at least 2"), ("21", "more than the 20 groups")])
 def test_impossible_folds_are_refused_before_anything_is_stored(
     synth_tumor: Path, tmp_path: Path, folds: str, expected: str
