@@ -211,9 +211,9 @@ def untrained_by_fold(store: RunStore, experiment_id: int) -> dict[str, list[str
     """Per fold (1-based, "all" without folds), the test classes that no finished child had a training
     image of (their recall is 0 by construction); folds without any are left out."""
     found: dict[str, set[str]] = {}
-    for record in _children(store, experiment_id):
+    for record in (r for r in _children(store, experiment_id) if r.status == "finished"):
         classes = json.loads(store.params(record.id).get("untrained_test_classes") or "[]")
-        if record.status == "finished" and classes:
+        if classes:
             fold = _cell(record)[3]
             found.setdefault("all" if fold is None else str(fold + 1), set()).update(classes)
     return {fold: sorted(classes) for fold, classes in sorted(found.items())}
